@@ -1,0 +1,27 @@
+//! The device: everything cpbackup learns from or asks of Android itself. `shell` is the only
+//! place that spawns processes.
+
+pub mod shell;
+
+/// What the manifest records about the system a backup came from.
+#[derive(Debug, Clone, Default)]
+pub struct SystemInfo {
+    /// `ro.build.fingerprint`, empty off-device.
+    pub fingerprint: String,
+    /// `ro.build.version.sdk`, 0 off-device.
+    pub sdk: u32,
+    /// `ro.product.cpu.abi`, or the agent's own architecture off-device.
+    pub abi: String,
+}
+
+impl SystemInfo {
+    /// Ask `getprop`; off-device (no getprop on PATH) fall back to what the binary knows.
+    pub fn read() -> SystemInfo {
+        let fingerprint = shell::getprop("ro.build.fingerprint").unwrap_or_default();
+        let sdk = shell::getprop("ro.build.version.sdk").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let abi = shell::getprop("ro.product.cpu.abi")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        SystemInfo { fingerprint, sdk, abi }
+    }
+}

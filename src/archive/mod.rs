@@ -1,0 +1,92 @@
+//! Archives: the tar stream and its containers. `write` turns entries into tar (ustar with pax
+//! records where needed, GNU sparse for sparse files), `read` parses and checks entries from any
+//! tar, `unpack` puts them safely into a staging directory and then into place, `ab` owns the
+//! Android backup container.
+//!
+//! Nothing here knows where bytes come from or go to (files, stdout, object stores): every
+//! function takes an `io::Read` or `io::Write`.
+
+pub mod ab;
+pub mod read;
+pub mod unpack;
+pub mod write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The archive formats cpbackup writes and reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Format {
+    #[serde(rename = "tar")]
+    Tar,
+    #[serde(rename = "tar.zst")]
+    TarZst,
+    #[serde(rename = "ab")]
+    Ab,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Result<Format> {
+        match s {
+            "tar" => Ok(Format::Tar),
+            "tar.zst" | "tzst" | "zst" => Ok(Format::TarZst),
+            "ab" => Ok(Format::Ab),
+            other => Err(Error::usage(format!(
+                "unknown format {other:?}: use tar, tar.zst or ab"
+            ))),
+        }
+    }
+
+    /// The format a file name asks for by its extension; `None` when it names none.
+    pub fn from_name(name: &str) -> Option<Format> {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".tar.zst") || lower.ends_with(".tzst") {
+            Some(Format::TarZst)
+        } else if lower.ends_with(".tar") {
+            Some(Format::Tar)
+        } else if lower.ends_with(".ab") {
+            Some(Format::Ab)
+        } else {
+            None
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Tar => "tar",
+            Format::TarZst => "tar.zst",
+            Format::Ab => "ab",
+        }
+    }
+}
+
+/// How strictly the tar must follow Android's own restore reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Everything tar can carry: symlinks, hard links, pax times and xattrs, GNU sparse.
+    Full,
+    /// Only what `TarBackupReader` accepts: types `0`, `5` and `x` (with `path=` and `size=`),
+    /// octal numbers.
+    Android,
+}
+
+/// The metadata of one archive entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Relative path inside the archive (no leading `/`), raw bytes.
+    pub path: Vec<u8>,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Meta {
+    pub fn display(&self) -> String {
+        String::from_utf8_lossy(&self.path).into_owned()
+    }
+}

@@ -1,0 +1,593 @@
+//! Safe unpacking. Entries go into a staging directory on the target's filesystem
+//! (`ROOT/<top>/.cpbackup-staging-<id>`); only when the whole archive has been read and
+//! verified does `commit` move them into place, each file by one atomic rename and each new
+//! directory tree by one rename of its top.
+//!
+//! It must never write outside the root: no absolute names or `..` (refused by `read`), no
+//! relative symlink that climbs above the root, no hard link to anything but a file already
+//! unpacked from this archive, no write through a symlink planted by the archive. It must never
+//! touch the existing tree before `commit`, and it removes its staging whatever happens.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use filetime::FileTime;
+
+use super::read::{Item, Kind};
+use super::Meta;
+use crate::error::{Error, IoContext, Result};
+use crate::select;
+
+pub const STAGING_PREFIX: &str = ".cpbackup-staging-";
+const TRASH_PREFIX: &str = ".cpbackup-trash-";
+const COPY_BUF: usize = 1024 * 1024;
+/// Room left free on the target filesystem beyond what the archive needs.
+const SPACE_RESERVE: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Apply the archived `SCHILY.xattr.*` records (SELinux labels among them).
+    pub restore_xattrs: bool,
+}
+
+/// What an unpack did.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    pub entries: u64,
+    pub bytes: u64,
+    pub warnings: Vec<String>,
+}
+
+struct Staging {
+    /// `ROOT/<top>/.cpbackup-staging-<id>`
+    dir: PathBuf,
+    /// Where its contents go: `ROOT/<top>`, resolved inside the root.
+    target: PathBuf,
+    /// Directories known to exist in staging as real directories (relative to `dir`).
+    dirs: HashSet<Vec<u8>>,
+    /// Directories the archive itself describes; only their metadata is applied on commit.
+    explicit: HashSet<Vec<u8>>,
+    available: u64,
+    written: u64,
+}
+
+pub struct Unpacker {
+    root: PathBuf,
+    id: String,
+    opts: Options,
+    stagings: BTreeMap<Vec<u8>, Staging>,
+    /// Directory metadata to apply in staging once every entry is in, children first.
+    dir_meta: Vec<(PathBuf, Meta)>,
+    /// Metadata of top directories (`data`, `cache`) themselves.
+    top_meta: Vec<(PathBuf, Meta)>,
+    is_root: bool,
+    warned_owner: bool,
+    outcome: Outcome,
+    buf: Vec<u8>,
+    committed: bool,
+}
+
+impl Unpacker {
+    pub fn new(root: &Path, opts: Options) -> Result<Unpacker> {
+        let meta = fs::metadata(root).ctx(|| format!("--root {}", root.display()))?;
+        if !meta.is_dir() {
+            return Err(Error::usage(format!("--root {} is not a directory", root.display())));
+        }
+        Ok(Unpacker {
+            root: root.to_path_buf(),
+            id: format!("{}-{}", std::process::id(), rand::random::<u32>()),
+            opts,
+            stagings: BTreeMap::new(),
+            dir_meta: Vec::new(),
+            top_meta: Vec::new(),
+            // SAFETY: geteuid has no preconditions.
+            is_root: unsafe { libc::geteuid() } == 0,
+            warned_owner: false,
+            outcome: Outcome::default(),
+            buf: Vec::new(),
+            committed: false,
+        })
+    }
+
+    /// Check that `needed` bytes fit on every filesystem the archive will be staged on.
+    /// Called before unpacking when the manifest tells the size.
+    pub fn check_space(&self, tops: &[&[u8]], needed: u64) -> Result<()> {
+        for top in tops {
+            let target = self.top_target(top)?;
+            let probe = existing_ancestor(&target);
+            let available = free_bytes(&probe).ctx(|| format!("checking free space on {}", probe.display()))?;
+            if available < needed.saturating_add(SPACE_RESERVE) {
+                return Err(Error::NoSpace {
+                    path: probe,
+                    needed: needed.saturating_add(SPACE_RESERVE),
+                    available,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn top_target(&self, top: &[u8]) -> Result<PathBuf> {
+        let r = select::resolve(&self.root, top, true)
+            .ctx(|| format!("resolving /{} under the root", String::from_utf8_lossy(top)))?;
+        Ok(r.host)
+    }
+
+    fn staging(&mut self, top: &[u8]) -> Result<&mut Staging> {
+        if !self.stagings.contains_key(top) {
+            let target = self.top_target(top)?;
+            fs::create_dir_all(&target).ctx(|| format!("creating {}", target.display()))?;
+            remove_stale(&target);
+            let dir = target.join(format!("{STAGING_PREFIX}{}", self.id));
+            fs::create_dir(&dir).ctx(|| format!("creating staging directory {}", dir.display()))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .ctx(|| format!("securing {}", dir.display()))?;
+            let available = free_bytes(&dir).unwrap_or(u64::MAX);
+            let mut dirs = HashSet::new();
+            dirs.insert(Vec::new());
+            self.stagings.insert(
+                top.to_vec(),
+                Staging { dir, target, dirs, explicit: HashSet::new(), available, written: 0 },
+            );
+        }
+        // The key was inserted above when missing.
+        self.stagings
+            .get_mut(top)
+            .ok_or_else(|| Error::archive("staging", "internal: staging directory missing"))
+    }
+
+    /// Put one entry into staging.
+    pub fn entry(&mut self, item: Item, data: &mut dyn Read) -> Result<()> {
+        let shown = item.meta.display();
+        let (top, rest) = match item.meta.path.iter().position(|b| *b == b'/') {
+            Some(i) => (item.meta.path[..i].to_vec(), item.meta.path[i + 1..].to_vec()),
+            None => (item.meta.path.clone(), Vec::new()),
+        };
+        if rest.is_empty() {
+            // The top directory itself (`data` of an --all backup): only its metadata.
+            if item.kind != Kind::Dir {
+                return Err(Error::archive(
+                    format!("entry {shown:?}"),
+                    "is not a directory but sits at the top of the device tree",
+                ));
+            }
+            let target = self.top_target(&top)?;
+            self.staging(&top)?;
+            self.top_meta.push((target, item.meta));
+            self.outcome.entries += 1;
+            return Ok(());
+        }
+        let is_root = self.is_root;
+        let opts = self.opts;
+        let st = self.staging(&top)?;
+        ensure_parents(st, &rest, &shown)?;
+        let local = st.dir.join(OsStr::from_bytes(&rest));
+        match &item.kind {
+            Kind::Dir => {
+                match fs::symlink_metadata(&local) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        return Err(Error::archive(
+                            format!("entry {shown:?}"),
+                            "is a directory where an earlier entry put a file or link",
+                        ))
+                    }
+                    Err(_) => fs::create_dir(&local).ctx(|| format!("creating {}", local.display()))?,
+                }
+                st.dirs.insert(rest.clone());
+                st.explicit.insert(rest);
+                self.dir_meta.push((local, item.meta));
+            }
+            Kind::File { sparse } => {
+                replace_earlier(&local, &shown)?;
+                if !sparse && item.size > st.available.saturating_sub(st.written).saturating_sub(SPACE_RESERVE) {
+                    return Err(Error::NoSpace {
+                        path: st.target.clone(),
+                        needed: item.size,
+                        available: st.available.saturating_sub(st.written),
+                    });
+                }
+                if self.buf.len() < COPY_BUF {
+                    self.buf.resize(COPY_BUF, 0);
+                }
+                let st = self.stagings.get_mut(&top).ok_or_else(|| Error::archive("staging", "missing"))?;
+                let file = write_file(&local, data, item.size, *sparse, &mut self.buf)
+                    .ctx(|| format!("writing {shown}"))?;
+                st.written += item.size;
+                self.outcome.bytes += item.size;
+                let warn = apply_file_meta(&file, &local, &item.meta, is_root, opts).ctx(|| format!("setting metadata of {shown}"))?;
+                self.owner_warning(warn);
+            }
+            Kind::Symlink(target) => {
+                check_symlink(&item.meta.path, target, &shown)?;
+                replace_earlier(&local, &shown)?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(target), &local)
+                    .ctx(|| format!("creating symlink {shown}"))?;
+                let warn = apply_link_meta(&local, &item.meta, is_root).ctx(|| format!("setting metadata of {shown}"))?;
+                self.owner_warning(warn);
+            }
+            Kind::Hardlink(target) => {
+                let (ttop, trest) = match target.iter().position(|b| *b == b'/') {
+                    Some(i) => (&target[..i], &target[i + 1..]),
+                    None => (&target[..], &b""[..]),
+                };
+                if ttop != top.as_slice() || trest.is_empty() {
+                    return Err(Error::archive(
+                        format!("entry {shown:?}"),
+                        format!("is a hard link to {:?}, which this archive did not unpack under the same top directory", String::from_utf8_lossy(target)),
+                    ));
+                }
+                let st = self.stagings.get_mut(&top).ok_or_else(|| Error::archive("staging", "missing"))?;
+                let src = st.dir.join(OsStr::from_bytes(trest));
+                let parent_ok = match trest.iter().rposition(|b| *b == b'/') {
+                    Some(i) => st.dirs.contains(&trest[..i]),
+                    None => true,
+                };
+                let is_file = fs::symlink_metadata(&src).map(|m| m.is_file()).unwrap_or(false);
+                if !parent_ok || !is_file {
+                    return Err(Error::archive(
+                        format!("entry {shown:?}"),
+                        format!("is a hard link to {:?}, which is not a file unpacked earlier from this archive", String::from_utf8_lossy(target)),
+                    ));
+                }
+                replace_earlier(&local, &shown)?;
+                fs::hard_link(&src, &local).ctx(|| format!("creating hard link {shown}"))?;
+            }
+        }
+        self.outcome.entries += 1;
+        Ok(())
+    }
+
+    fn owner_warning(&mut self, refused: bool) {
+        if refused && !self.warned_owner {
+            self.warned_owner = true;
+            let w = "not running as root: files keep the restoring user as owner instead of the archived uid/gid".to_string();
+            tracing::warn!("{w}");
+            self.outcome.warnings.push(w);
+        }
+    }
+
+    /// Everything is unpacked and verified: set directory metadata, flush staging to disk,
+    /// and move it into place.
+    pub fn commit(mut self) -> Result<Outcome> {
+        let mut refused = false;
+        for (path, meta) in self.dir_meta.iter().rev() {
+            refused |= apply_dir_meta(path, meta, self.is_root).ctx(|| format!("setting metadata of {}", meta.display()))?;
+        }
+        self.owner_warning(refused);
+        for st in self.stagings.values() {
+            sync_fs(&st.dir).ctx(|| format!("flushing {}", st.dir.display()))?;
+        }
+        let mut deferred: Vec<(PathBuf, fs::Metadata)> = Vec::new();
+        let tops: Vec<Vec<u8>> = self.stagings.keys().cloned().collect();
+        for top in tops {
+            let Some(st) = self.stagings.get(&top) else { continue };
+            let (dir, target) = (st.dir.clone(), st.target.clone());
+            let explicit = st.explicit.clone();
+            merge(&self.root, &dir, &target, &[], &explicit, &mut deferred)?;
+        }
+        for (dst, meta) in &deferred {
+            copy_dir_meta(meta, dst, self.is_root).ctx(|| format!("setting metadata of {}", dst.display()))?;
+        }
+        for (target, meta) in &self.top_meta {
+            apply_dir_meta(target, meta, self.is_root).ctx(|| format!("setting metadata of {}", target.display()))?;
+        }
+        self.committed = true;
+        self.cleanup();
+        Ok(std::mem::take(&mut self.outcome))
+    }
+
+    fn cleanup(&mut self) {
+        for st in self.stagings.values() {
+            if let Err(e) = fs::remove_dir_all(&st.dir) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!("could not remove staging {}: {e}", st.dir.display());
+                }
+            }
+        }
+        self.stagings.clear();
+    }
+}
+
+impl Drop for Unpacker {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.cleanup();
+        }
+    }
+}
+
+/// Make every parent of `rest` a real directory in staging, refusing to go through anything
+/// an earlier entry left there that is not a directory (a planted symlink above all).
+fn ensure_parents(st: &mut Staging, rest: &[u8], shown: &str) -> Result<()> {
+    let mut end = 0;
+    let positions: Vec<usize> = rest.iter().enumerate().filter(|(_, b)| **b == b'/').map(|(i, _)| i).collect();
+    for pos in positions {
+        let prefix = &rest[..pos];
+        end = pos;
+        if st.dirs.contains(prefix) {
+            continue;
+        }
+        let p = st.dir.join(OsStr::from_bytes(prefix));
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::archive(
+                    format!("entry {shown:?}"),
+                    format!(
+                        "would be written through the symlink {:?} that the archive planted earlier; refusing",
+                        String::from_utf8_lossy(prefix)
+                    ),
+                ))
+            }
+            Ok(_) => {
+                return Err(Error::archive(
+                    format!("entry {shown:?}"),
+                    format!("needs {:?} to be a directory, but an earlier entry made it a file", String::from_utf8_lossy(prefix)),
+                ))
+            }
+            Err(_) => {
+                fs::create_dir(&p).ctx(|| format!("creating {}", p.display()))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).ctx(|| format!("creating {}", p.display()))?;
+            }
+        }
+        st.dirs.insert(prefix.to_vec());
+    }
+    let _ = end;
+    Ok(())
+}
+
+/// A later entry of the same name replaces an earlier file or link (tar semantics).
+fn replace_earlier(local: &Path, shown: &str) -> Result<()> {
+    match fs::symlink_metadata(local) {
+        Ok(m) if m.is_dir() => Err(Error::archive(
+            format!("entry {shown:?}"),
+            "would replace a directory unpacked earlier from this archive",
+        )),
+        Ok(_) => fs::remove_file(local).ctx(|| format!("replacing {shown}")),
+        Err(_) => Ok(()),
+    }
+}
+
+/// A relative symlink target must not climb above the device root from where the link sits.
+fn check_symlink(path: &[u8], target: &[u8], shown: &str) -> Result<()> {
+    if target.starts_with(b"/") {
+        // Absolute: a device path, inside the device by definition; cpbackup itself resolves
+        // such links inside --root.
+        return Ok(());
+    }
+    let mut depth = path.split(|b| *b == b'/').count() as i64 - 1;
+    for comp in target.split(|b| *b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err(Error::archive(
+                        format!("entry {shown:?}"),
+                        format!("is a symlink to {:?}, which leads out of the restore root", String::from_utf8_lossy(target)),
+                    ));
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    Ok(())
+}
+
+fn write_file(local: &Path, data: &mut dyn Read, size: u64, sparse: bool, buf: &mut [u8]) -> io::Result<File> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(local)?;
+    let mut remaining = size;
+    let mut holes = false;
+    while remaining > 0 {
+        let want = remaining.min(buf.len() as u64) as usize;
+        let n = data.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the archive ended inside this file"));
+        }
+        if sparse {
+            // Keep holes as holes: skip 4 KiB blocks of zeros instead of writing them.
+            for chunk in buf[..n].chunks(4096) {
+                if chunk.iter().all(|b| *b == 0) {
+                    file.seek(SeekFrom::Current(chunk.len() as i64))?;
+                    holes = true;
+                } else {
+                    file.write_all(chunk)?;
+                }
+            }
+        } else {
+            file.write_all(&buf[..n])?;
+        }
+        remaining -= n as u64;
+    }
+    if holes {
+        file.set_len(size)?;
+    }
+    Ok(file)
+}
+
+fn mtime_of(meta: &Meta) -> FileTime {
+    FileTime::from_unix_time(meta.mtime, meta.mtime_nsec)
+}
+
+/// chown, then chmod (chown clears set-id bits), then times. Returns true when ownership
+/// could not be set because we are not root.
+fn apply_file_meta(file: &File, local: &Path, meta: &Meta, is_root: bool, opts: Options) -> io::Result<bool> {
+    let mut refused = false;
+    if is_root {
+        std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid))?;
+    } else {
+        refused = true;
+    }
+    file.set_permissions(fs::Permissions::from_mode(meta.mode))?;
+    if opts.restore_xattrs {
+        for (k, v) in &meta.xattrs {
+            xattr::set(local, OsStr::from_bytes(k), v)?;
+        }
+    }
+    filetime::set_file_handle_times(file, None, Some(mtime_of(meta)))?;
+    Ok(refused)
+}
+
+fn apply_link_meta(local: &Path, meta: &Meta, is_root: bool) -> io::Result<bool> {
+    if is_root {
+        std::os::unix::fs::lchown(local, Some(meta.uid), Some(meta.gid))?;
+    }
+    filetime::set_symlink_file_times(local, mtime_of(meta), mtime_of(meta))?;
+    Ok(!is_root)
+}
+
+fn apply_dir_meta(path: &Path, meta: &Meta, is_root: bool) -> io::Result<bool> {
+    if is_root {
+        std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid))?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(meta.mode))?;
+    filetime::set_symlink_file_times(path, mtime_of(meta), mtime_of(meta))?;
+    Ok(!is_root)
+}
+
+fn copy_dir_meta(src: &fs::Metadata, dst: &Path, is_root: bool) -> io::Result<()> {
+    if is_root {
+        std::os::unix::fs::lchown(dst, Some(src.uid()), Some(src.gid()))?;
+    }
+    fs::set_permissions(dst, fs::Permissions::from_mode(src.mode() & 0o7777))?;
+    let t = FileTime::from_last_modification_time(src);
+    filetime::set_symlink_file_times(dst, t, t)
+}
+
+/// Move the contents of staging `src` into `dst`: new names by one rename each (a whole new
+/// directory tree at once), files and links over existing ones by an atomic rename, existing
+/// directories merged. Directory metadata the archive described is applied after, children
+/// first.
+fn merge(
+    root: &Path,
+    src: &Path,
+    dst: &Path,
+    rel: &[u8],
+    explicit: &HashSet<Vec<u8>>,
+    deferred: &mut Vec<(PathBuf, fs::Metadata)>,
+) -> Result<()> {
+    let mut names: Vec<_> = fs::read_dir(src)
+        .ctx(|| format!("listing {}", src.display()))?
+        .collect::<io::Result<Vec<_>>>()
+        .ctx(|| format!("listing {}", src.display()))?;
+    names.sort_by_key(|e| e.file_name());
+    for ent in names {
+        let name = ent.file_name();
+        let s = ent.path();
+        let mut d = dst.join(&name);
+        let mut child_rel = rel.to_vec();
+        if !child_rel.is_empty() {
+            child_rel.push(b'/');
+        }
+        child_rel.extend_from_slice(name.as_bytes());
+        let smeta = fs::symlink_metadata(&s).ctx(|| format!("reading {}", s.display()))?;
+        let mut dmeta = fs::symlink_metadata(&d).ok();
+        if smeta.is_dir() {
+            if let Some(m) = &dmeta {
+                if m.file_type().is_symlink() {
+                    // The device has a symlink where the archive has a directory (e.g.
+                    // /data/user/0 -> /data/data): follow it, inside the root.
+                    if let Ok(rel_to_root) = d.strip_prefix(root) {
+                        if let Ok(r) = select::resolve(root, rel_to_root.as_os_str().as_bytes(), true) {
+                            if fs::metadata(&r.host).map(|m| m.is_dir()).unwrap_or(false) {
+                                d = r.host;
+                                dmeta = fs::symlink_metadata(&d).ok();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        match dmeta {
+            None => fs::rename(&s, &d).ctx(|| format!("moving {} into place", d.display()))?,
+            Some(m) if smeta.is_dir() && m.is_dir() => {
+                merge(root, &s, &d, &child_rel, explicit, deferred)?;
+                if explicit.contains(&child_rel) {
+                    deferred.push((d, smeta));
+                }
+            }
+            Some(m) if m.is_dir() || smeta.is_dir() => {
+                // A file replaces a directory or the other way round: set the old one aside,
+                // put the new one in, then remove the old.
+                let trash = dst.join(format!("{TRASH_PREFIX}{}", rand::random::<u32>()));
+                fs::rename(&d, &trash).ctx(|| format!("setting {} aside", d.display()))?;
+                fs::rename(&s, &d).ctx(|| format!("moving {} into place", d.display()))?;
+                let removed = if m.is_dir() { fs::remove_dir_all(&trash) } else { fs::remove_file(&trash) };
+                removed.ctx(|| format!("removing the replaced {}", trash.display()))?;
+            }
+            Some(_) => fs::rename(&s, &d).ctx(|| format!("moving {} into place", d.display()))?,
+        }
+    }
+    Ok(())
+}
+
+/// Remove staging directories that a killed run left behind.
+fn remove_stale(target: &Path) {
+    let Ok(rd) = fs::read_dir(target) else { return };
+    for ent in rd.flatten() {
+        let name = ent.file_name();
+        let n = name.as_bytes();
+        if n.starts_with(STAGING_PREFIX.as_bytes()) || n.starts_with(TRASH_PREFIX.as_bytes()) {
+            tracing::info!("removing {} left by an earlier run", ent.path().display());
+            let _ = fs::remove_dir_all(ent.path());
+        }
+    }
+}
+
+fn existing_ancestor(p: &Path) -> PathBuf {
+    let mut cur = p.to_path_buf();
+    while !cur.exists() {
+        if !cur.pop() {
+            return PathBuf::from("/");
+        }
+    }
+    cur
+}
+
+/// Free bytes for an unprivileged writer on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
+}
+
+fn sync_fs(dir: &Path) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let f = File::open(dir)?;
+    // SAFETY: syncfs on a valid descriptor.
+    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlink_escape_rules() {
+        assert!(check_symlink(b"data/a/link", b"../b", "").is_ok());
+        assert!(check_symlink(b"data/a/link", b"../../x", "").is_ok());
+        assert!(check_symlink(b"data/a/link", b"../../../etc", "").is_err());
+        assert!(check_symlink(b"data/link", b"/data/data", "").is_ok());
+    }
+}

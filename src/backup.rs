@@ -1,0 +1,345 @@
+//! The backup data path, one straight function per kind:
+//! select → tar → compress → hash → store, manifest first as `BACKUPING`, last as
+//! `AVAILABLE` (or `BACKUP_FAILED` with the reason).
+//!
+//! It must never leave a manifest saying `AVAILABLE` for an archive that is not complete, and
+//! never stage the archive on the phone's disk: bytes stream from the files to the store.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use crate::android::SystemInfo;
+use crate::archive::write::{sparse_map, Content, TarWriter};
+use crate::archive::{ab, Flavor, Format, Meta};
+use crate::compress::{Codec, Encoder};
+use crate::digest::HashWriter;
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{self, Manifest, Status};
+use crate::progress::Progress;
+use crate::select::{Entry, Selection, Skipped};
+use crate::spec::ExportSpec;
+use crate::store::{self, Location, Store, Upload};
+use crate::version;
+
+/// Warnings kept in a manifest; the rest are counted.
+const MAX_WARNINGS: usize = 1000;
+
+/// Export data paths into one archive (CPH batch-storage, ECP BackupFile).
+pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
+    let root = if spec.root.as_os_str().is_empty() { Path::new("/") } else { spec.root.as_path() };
+    let (mut selection, skipped) = if spec.all {
+        Selection::all(root, &spec.excludes)?
+    } else {
+        Selection::new(root, &spec.includes, &spec.excludes)?
+    };
+    let mut warnings = Warnings::default();
+    skipped.into_iter().for_each(|s| warnings.skip(s));
+
+    let location = Location::parse(&spec.to)?;
+    let now = time::OffsetDateTime::now_utc();
+    let system = SystemInfo::read();
+    let mut m = Manifest {
+        backup_file_id: manifest::new_backup_file_id(),
+        identity: spec.identity.clone(),
+        status: Status::Backuping,
+        source_file_path_list: selection.source_paths.clone(),
+        description: spec.description.clone(),
+        backup_all: spec.all,
+        system_version: system.fingerprint.clone(),
+        gmt_created: manifest::format_time(now),
+        gmt_modified: manifest::format_time(now),
+        manifest_version: 1,
+        arch: system.abi.clone(),
+        ..version::stamp(Manifest::default())
+    };
+
+    // Where the archive goes, and under which name.
+    let (dest, format) = match &location {
+        Location::Stdio => (None, spec.format.unwrap_or(Format::TarZst)),
+        loc => {
+            let (store, mut key, folder) = store::open(loc, &spec.store)?;
+            if folder || key.ends_with('/') || key.is_empty() {
+                let ext = spec.format.unwrap_or(Format::TarZst).extension();
+                key.push_str(&store::name_in_folder(spec.name.as_deref(), &spec.identity.android_instance_id, now, ext));
+            }
+            let format = spec.format.or_else(|| Format::from_name(&key)).unwrap_or(Format::TarZst);
+            if let Location::File { .. } = loc {
+                // Never archive the archive: its partial file and manifest may be inside the selection.
+                let fin = Path::new(&store.url(&key)).to_path_buf();
+                for suffix in ["", ".partial", manifest::SUFFIX] {
+                    let mut p = fin.clone().into_os_string();
+                    p.push(suffix);
+                    selection.ignore_host.push(p.into());
+                }
+            }
+            (Some((store, key)), format)
+        }
+    };
+    m.format = Some(format);
+    if let Some((store, key)) = &dest {
+        m.backup_file_name = key.rsplit('/').next().unwrap_or(key).to_string();
+        m.backup_file_path = store.url(key);
+        m.upload_type = store.kind().to_string();
+        m.upload_endpoint = store.endpoint();
+        put_manifest(store.as_ref(), key, &m)?;
+    }
+
+    // A pre-scan sizes the upload's parts and the progress bar.
+    let totals = selection.scan()?;
+    progress.set_total(totals.bytes);
+    m.file_size = totals.bytes;
+
+    let sink = match &dest {
+        None => Sink::Stdout(io::stdout()),
+        Some((store, key)) => Sink::Upload(store.upload(key, totals.bytes)?),
+    };
+    let result = write_archive(&selection, sink, format, progress, &mut warnings);
+    progress.finish();
+    m.gmt_modified = manifest::format_time(time::OffsetDateTime::now_utc());
+    m.warnings = warnings.list.clone();
+    m.warning_count = warnings.count;
+    match result {
+        Ok(done) => {
+            m.sha256 = done.sha256;
+            m.archive_size = done.archive_size;
+            m.entry_count = done.entries;
+            m.uncompressed_size = done.tar_bytes;
+            m.status = if warnings.unreadable > 0 { Status::PartBackupFinished } else { Status::Available };
+            if let Some((store, key)) = &dest {
+                put_manifest(store.as_ref(), key, &m)?;
+            }
+            Ok(m)
+        }
+        Err(e) => {
+            m.status = Status::BackupFailed;
+            m.error_code = e.code().to_string();
+            m.failure_reason = e.to_string();
+            if let Some((store, key)) = &dest {
+                if let Err(e2) = put_manifest(store.as_ref(), key, &m) {
+                    tracing::error!("could not record the failure in the manifest: {e2}");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+fn put_manifest(store: &dyn Store, key: &str, m: &Manifest) -> Result<()> {
+    store.put(&manifest::key_for(key), &m.to_json())
+}
+
+/// Where the archive bytes go.
+enum Sink {
+    Stdout(io::Stdout),
+    Upload(Box<dyn Upload>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Stdout(s) => s.write(buf),
+            Sink::Upload(u) => u.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Stdout(s) => s.flush(),
+            Sink::Upload(u) => u.flush(),
+        }
+    }
+}
+
+impl Sink {
+    fn finish(self) -> Result<()> {
+        match self {
+            Sink::Stdout(mut s) => s.flush().ctx(|| "writing the archive to stdout".into()),
+            Sink::Upload(u) => u.finish(),
+        }
+    }
+}
+
+struct Written {
+    sha256: String,
+    archive_size: u64,
+    entries: u64,
+    tar_bytes: u64,
+}
+
+#[derive(Default)]
+struct Warnings {
+    list: Vec<String>,
+    count: u64,
+    unreadable: u64,
+}
+
+impl Warnings {
+    fn push(&mut self, w: String) {
+        tracing::warn!("{w}");
+        self.count += 1;
+        if self.list.len() < MAX_WARNINGS {
+            self.list.push(w);
+        }
+    }
+    fn skip(&mut self, s: Skipped) {
+        if !s.reason.starts_with("skipped:") {
+            self.unreadable += 1;
+        }
+        self.push(format!("{}: {}", s.path, s.reason));
+    }
+}
+
+/// Finish order, explicit: tar end → compressor end → sink complete. Any error aborts the sink.
+fn write_archive(sel: &Selection, sink: Sink, format: Format, progress: &Progress, warnings: &mut Warnings) -> Result<Written> {
+    let counter = progress.counters.transferred.clone();
+    let mut hashed = HashWriter::new(sink, counter);
+    let (codec, flavor) = match format {
+        Format::Tar => (Codec::None, Flavor::Full),
+        Format::TarZst => (Codec::zstd_default(), Flavor::Full),
+        Format::Ab => (Codec::Zlib { level: 6 }, Flavor::Full),
+    };
+    if format == Format::Ab {
+        // On error the sink is dropped, which aborts the upload.
+        ab::write_header(&mut hashed).ctx(|| "writing the .ab header".into())?;
+    }
+    let encoder = match Encoder::new(codec, hashed) {
+        Ok(e) => e,
+        Err(e) => return Err(Error::Io { context: "starting the compressor".into(), source: e }),
+    };
+    let mut tar = TarWriter::new(BufWriter::with_capacity(256 * 1024, encoder), flavor);
+    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    let shared = std::cell::RefCell::new(std::mem::take(warnings));
+    let walked = sel.walk(
+        &mut |e| add_entry(&mut tar, e, &mut links, progress, &mut shared.borrow_mut()),
+        &mut |s| shared.borrow_mut().skip(s),
+    );
+    *warnings = shared.into_inner();
+    let entries = tar.entries();
+    let finished = walked.and_then(|()| {
+        let tar_bytes = tar.bytes() + 1024;
+        let buf = tar.finish().ctx(|| "ending the tar stream".into())?;
+        let encoder = buf.into_inner().map_err(|e| e.into_error()).ctx(|| "writing the archive".into())?;
+        let hashed = encoder.finish().ctx(|| "ending the compressed stream".into())?;
+        Ok((hashed, tar_bytes))
+    });
+    match finished {
+        Ok((hashed, tar_bytes)) => {
+            let (sink, sha256, archive_size) = hashed.finish();
+            sink.finish()?;
+            Ok(Written { sha256, archive_size, entries, tar_bytes })
+        }
+        // Dropping the writer chain drops the sink, which aborts the upload.
+        Err(e) => Err(e),
+    }
+}
+
+fn add_entry<W: Write>(
+    tar: &mut TarWriter<W>,
+    e: Entry,
+    links: &mut HashMap<(u64, u64), Vec<u8>>,
+    progress: &Progress,
+    warnings: &mut Warnings,
+) -> Result<()> {
+    let shown = e.path.display();
+    let md = &e.meta;
+    let meta = Meta {
+        path: e.path.device.clone(),
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: md.mtime(),
+        mtime_nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32,
+        xattrs: read_xattrs(&e.path.host),
+    };
+    let sink_err = |err: io::Error| Error::Io { context: format!("writing the archive at {shown}"), source: err };
+    let ft = md.file_type();
+    if ft.is_dir() {
+        tar.append_dir(&meta).map_err(sink_err)?;
+    } else if ft.is_symlink() {
+        match fs::read_link(&e.path.host) {
+            Ok(target) => tar.append_symlink(&meta, target.as_os_str().as_bytes()).map_err(sink_err)?,
+            Err(err) => {
+                warnings.skip(Skipped { path: shown, reason: format!("cannot read symlink: {err}") });
+                return Ok(());
+            }
+        }
+    } else {
+        if md.nlink() > 1 {
+            let id = (md.dev(), md.ino());
+            if let Some(first) = links.get(&id) {
+                tar.append_hardlink(&meta, first).map_err(sink_err)?;
+                progress.entry(0);
+                return Ok(());
+            }
+            links.insert(id, e.path.device.clone());
+        }
+        let file = match open_for_read(&e.path.host) {
+            Ok(f) => f,
+            Err(err) => {
+                links.remove(&(md.dev(), md.ino()));
+                warnings.skip(Skipped { path: shown, reason: format!("cannot read: {err}") });
+                return Ok(());
+            }
+        };
+        let size = md.len();
+        let sparse = if md.blocks() * 512 < size { sparse_map(&file, size) } else { None };
+        let outcome = match &sparse {
+            Some(map) => tar.append_sparse(&meta, size, map, &file),
+            None => tar.append_file(&meta, size, &mut &file),
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(err) if is_source_error(&err) => {
+                // A read error mid-file is the source's fault, but the header is already out:
+                // the archive cannot be kept consistent, so fail loudly.
+                return Err(Error::Io { context: format!("reading {shown}"), source: err });
+            }
+            Err(err) => return Err(sink_err(err)),
+        };
+        match outcome {
+            Content::Complete => {}
+            Content::Shrunk { read } => warnings.push(format!(
+                "{shown}: shrank while being read ({read} of {size} bytes); the entry was padded with zeros"
+            )),
+            Content::Grew => warnings.push(format!(
+                "{shown}: grew while being read; only the first {size} bytes were archived"
+            )),
+        }
+        progress.entry(size);
+        return Ok(());
+    }
+    progress.entry(0);
+    Ok(())
+}
+
+fn is_source_error(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EACCES) | Some(libc::EPERM))
+}
+
+/// Open without following links and without blocking (a FIFO swapped in after the walk's
+/// lstat must not hang the backup).
+fn open_for_read(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no longer a regular file"));
+    }
+    Ok(f)
+}
+
+fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Ok(names) = xattr::list(path) else { return Vec::new() };
+    let mut out = Vec::new();
+    for name in names {
+        if let Ok(Some(value)) = xattr::get(path, &name) {
+            out.push((name.as_bytes().to_vec(), value));
+        }
+    }
+    out.sort();
+    out
+}

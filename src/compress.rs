@@ -1,0 +1,92 @@
+//! Compression codecs for the archive stream: none (`.tar`), zstd with worker threads
+//! (`.tar.zst`), zlib (the `.ab` container). Owns levels and thread counts; knows nothing of
+//! tar or of where the bytes go.
+//!
+//! Every encoder must be finished explicitly (`Encoder::finish`): dropping one loses the end
+//! of the stream, the classic truncated archive.
+
+use std::io::{self, Write};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    None,
+    Zstd { level: i32, workers: u32 },
+    Zlib { level: u32 },
+}
+
+impl Codec {
+    /// zstd level 3 (the CLI's default) with one worker per core.
+    pub fn zstd_default() -> Codec {
+        let workers = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        Codec::Zstd { level: 3, workers }
+    }
+}
+
+pub enum Encoder<W: Write> {
+    None(W),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Zlib(flate2::write::ZlibEncoder<W>),
+}
+
+impl<W: Write> Encoder<W> {
+    pub fn new(codec: Codec, out: W) -> io::Result<Encoder<W>> {
+        Ok(match codec {
+            Codec::None => Encoder::None(out),
+            Codec::Zstd { level, workers } => {
+                let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+                if workers > 1 {
+                    enc.multithread(workers)?;
+                }
+                enc.include_checksum(true)?;
+                Encoder::Zstd(enc)
+            }
+            Codec::Zlib { level } => {
+                Encoder::Zlib(flate2::write::ZlibEncoder::new(out, flate2::Compression::new(level)))
+            }
+        })
+    }
+
+    /// End the compressed stream and hand back the inner writer.
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::None(mut w) => {
+                w.flush()?;
+                Ok(w)
+            }
+            Encoder::Zstd(e) => e.finish(),
+            Encoder::Zlib(e) => e.finish(),
+        }
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        match self {
+            Encoder::None(w) => w,
+            Encoder::Zstd(e) => e.get_mut(),
+            Encoder::Zlib(e) => e.get_mut(),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::None(w) => w.write(buf),
+            Encoder::Zstd(e) => e.write(buf),
+            Encoder::Zlib(e) => e.write(buf),
+        }
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Encoder::None(w) => w.write_all(buf),
+            Encoder::Zstd(e) => e.write_all(buf),
+            Encoder::Zlib(e) => e.write_all(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::None(w) => w.flush(),
+            Encoder::Zstd(e) => e.flush(),
+            Encoder::Zlib(e) => e.flush(),
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! cpbackup: the backup agent for Android cloud phones.
+//!
+//! Two data paths, each a straight line:
+//!
+//! ```text
+//! backup:  select (walk + globs) -> archive (tar / .ab) -> compress (zstd | zlib) -> hash -> store
+//!          manifest: BACKUPING first, AVAILABLE last
+//! restore: store -> hash -> decompress -> unpack into staging -> verify -> move into place
+//! ```
+//!
+//! - [`select`]: which device paths a backup takes (CPH rules, globs, the walk inside `--root`).
+//! - [`archive`]: tar writing and safe unpacking; `.ab` container.
+//! - [`compress`]: zstd and zlib codecs.
+//! - [`digest`]: SHA-256 and byte counts of the stored archive.
+//! - [`store`]: where archives live (local files; object stores behind the `Store` trait).
+//! - [`manifest`]: the backup-file record beside each archive.
+//! - [`backup`] / [`restore`]: the two data paths.
+//! - [`android`]: the device's command line (getprop, pm, am, restorecon).
+//! - [`spec`], [`progress`], [`version`], [`error`]: what is asked, how far it got, what built it, what went wrong.
+
+pub mod android;
+pub mod archive;
+pub mod backup;
+pub mod compress;
+pub mod digest;
+pub mod error;
+pub mod manifest;
+pub mod progress;
+pub mod restore;
+pub mod select;
+pub mod spec;
+pub mod store;
+pub mod version;
+
+pub use error::{Error, Result};

@@ -1,0 +1,223 @@
+//! The restore data path, one straight function per kind:
+//! store → hash → decompress → tar → staging → (verified) → into place.
+//!
+//! It must never change the existing tree before the whole archive has been read and its
+//! SHA-256 checked against the manifest, and never leave its staging behind.
+
+use std::io::{self, Read};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::archive::read::{self, Container};
+use crate::archive::unpack::{self, Unpacker};
+use crate::digest::HashReader;
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{self, Manifest, Status};
+use crate::progress::Progress;
+use crate::spec::{ImportSpec, StoreOptions, VerifySpec};
+use crate::store::{self, Location, Store};
+
+/// What an import or verify did: the result object `--json` prints.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Report {
+    pub source: String,
+    pub container: String,
+    pub entries: u64,
+    /// File content bytes restored (or checked).
+    pub bytes: u64,
+    pub archive_size: u64,
+    pub sha256: String,
+    /// Whether the SHA-256 was compared with a manifest (false for stdin and bare archives).
+    pub checksum_verified: bool,
+    /// A whole-instance (`BackupAll`) archive was restored: the phone must restart.
+    pub restart_required: bool,
+    pub warnings: Vec<String>,
+    pub manifest: Option<Manifest>,
+}
+
+/// An archive to read, and its manifest when there is one.
+struct Source {
+    reader: Box<dyn Read + Send>,
+    manifest: Option<Manifest>,
+    store: Option<(Box<dyn Store>, String)>,
+    shown: String,
+}
+
+fn open_source(from: &str, opts: &StoreOptions) -> Result<Source> {
+    let loc = Location::parse(from)?;
+    if loc == Location::Stdio {
+        return Ok(Source { reader: Box::new(io::stdin()), manifest: None, store: None, shown: "stdin".into() });
+    }
+    let (store, key, folder) = store::open(&loc, opts)?;
+    if folder || key.is_empty() || key.ends_with('/') {
+        return Err(Error::usage(format!("{from} is a folder: name the archive itself, e.g. {from}/NAME.tar.zst")));
+    }
+    let shown = store.url(&key);
+    let manifest = match store.get(&manifest::key_for(&key))? {
+        Some(bytes) => Some(Manifest::from_json(&manifest::key_for(&key), &bytes)?),
+        None => None,
+    };
+    if let Some(m) = &manifest {
+        if !m.status.archive_complete() {
+            let why = if m.failure_reason.is_empty() { String::new() } else { format!(" ({})", m.failure_reason) };
+            return Err(Error::Manifest {
+                what: manifest::key_for(&key),
+                reason: format!(
+                    "says {}{why}: the archive is not complete; refusing to restore from it",
+                    m.status.as_str()
+                ),
+            });
+        }
+    }
+    let reader = store.download(&key)?;
+    Ok(Source { reader, manifest, store: Some((store, key)), shown })
+}
+
+fn check_digest(src: &Source, sha256: &str, size: u64) -> Result<bool> {
+    let Some(m) = &src.manifest else { return Ok(false) };
+    if m.sha256.is_empty() {
+        return Ok(false);
+    }
+    if m.sha256 != sha256 || m.archive_size != size {
+        return Err(Error::Checksum {
+            what: src.shown.clone(),
+            expected: format!("{} ({} bytes)", m.sha256, m.archive_size),
+            actual: format!("{sha256} ({size} bytes)"),
+        });
+    }
+    Ok(true)
+}
+
+fn set_status(src: &Source, status: Status, reason: &str) {
+    let (Some((store, key)), Some(m)) = (&src.store, &src.manifest) else { return };
+    let mut m = m.clone();
+    m.status = status;
+    m.gmt_modified = manifest::format_time(time::OffsetDateTime::now_utc());
+    if !reason.is_empty() {
+        m.failure_reason = reason.to_string();
+    }
+    if let Err(e) = store.put(&manifest::key_for(key), &m.to_json()) {
+        tracing::warn!("could not mark {} {}: {e}", src.shown, status.as_str());
+    }
+}
+
+/// Import an archive into `--root` (CPH batch-restore, ECP RecoveryFile).
+pub fn import(spec: &ImportSpec, progress: &Progress) -> Result<Report> {
+    let root = if spec.root.as_os_str().is_empty() { Path::new("/") } else { spec.root.as_path() };
+    let mut unpacker = Unpacker::new(root, unpack::Options { restore_xattrs: spec.restore_xattrs })?;
+    let mut src = open_source(&spec.from, &spec.store)?;
+    let mut report = Report { source: src.shown.clone(), ..Default::default() };
+    if let Some(m) = &src.manifest {
+        let tops: Vec<Vec<u8>> = m
+            .source_file_path_list
+            .iter()
+            .filter_map(|p| p.trim_start_matches('/').split('/').next().map(|s| s.as_bytes().to_vec()))
+            .collect();
+        let tops: Vec<&[u8]> = tops.iter().map(Vec::as_slice).collect();
+        unpacker.check_space(&tops, m.uncompressed_size)?;
+        progress.set_total(m.file_size);
+        report.restart_required = m.backup_all;
+    }
+    set_status(&src, Status::Recovering, "");
+    let result = (|| {
+        let reader = std::mem::replace(&mut src.reader, Box::new(io::empty()));
+        let mut hashed = HashReader::new(reader, progress.counters.transferred.clone());
+        {
+            let (container, mut tar) = read::open(&mut hashed)?;
+            report.container = container_name(container);
+            read::each_entry(&mut tar, &mut |item, data| {
+                progress.entry(item.size);
+                unpacker.entry(item, data)
+            })?;
+        }
+        let (sha256, size) = hashed.finish().ctx(|| format!("reading {}", src.shown))?;
+        report.checksum_verified = check_digest(&src, &sha256, size)?;
+        report.sha256 = sha256;
+        report.archive_size = size;
+        // Only now, with the whole archive read and verified, does anything existing change.
+        unpacker.commit()
+    })();
+    progress.finish();
+    match result {
+        Ok(outcome) => {
+            set_status(&src, Status::Available, "");
+            report.entries = outcome.entries;
+            report.bytes = outcome.bytes;
+            report.warnings = outcome.warnings;
+            if src.manifest.is_none() {
+                report.warnings.push(format!(
+                    "{} has no manifest beside it: its SHA-256 could not be checked, only its structure",
+                    src.shown
+                ));
+            }
+            if report.restart_required {
+                let w = "this archive is a whole-instance backup (BackupAll): restart the phone to finish the restore".to_string();
+                tracing::warn!("{w}");
+                report.warnings.push(w);
+            }
+            report.manifest = src.manifest.clone();
+            Ok(report)
+        }
+        Err(e) => {
+            set_status(&src, Status::RecoveryFailed, &e.to_string());
+            Err(e)
+        }
+    }
+}
+
+/// Read an archive through, check its structure and SHA-256, write nothing.
+pub fn verify(spec: &VerifySpec, progress: &Progress) -> Result<Report> {
+    let mut src = open_source(&spec.from, &spec.store)?;
+    let mut report = Report { source: src.shown.clone(), ..Default::default() };
+    if let Some(m) = &src.manifest {
+        progress.set_total(m.file_size);
+    }
+    let reader = std::mem::replace(&mut src.reader, Box::new(io::empty()));
+    let mut hashed = HashReader::new(reader, progress.counters.transferred.clone());
+    let mut bytes = 0u64;
+    let entries = {
+        let (container, mut tar) = read::open(&mut hashed)?;
+        report.container = container_name(container);
+        read::each_entry(&mut tar, &mut |item, data| {
+            let n = io::copy(data, &mut io::sink()).map_err(|e| Error::archive(format!("entry {:?}", item.meta.display()), e.to_string()))?;
+            if n != item.size {
+                return Err(Error::archive(format!("entry {:?}", item.meta.display()), "is truncated"));
+            }
+            bytes += n;
+            progress.entry(n);
+            Ok(())
+        })?
+    };
+    progress.finish();
+    let (sha256, size) = hashed.finish().ctx(|| format!("reading {}", src.shown))?;
+    report.checksum_verified = check_digest(&src, &sha256, size)?;
+    if let Some(m) = &src.manifest {
+        if m.entry_count != 0 && m.entry_count != entries {
+            return Err(Error::archive(
+                src.shown.clone(),
+                format!("holds {entries} entries but its manifest says {}", m.entry_count),
+            ));
+        }
+    } else {
+        report.warnings.push(format!("{} has no manifest beside it: only its structure was checked", src.shown));
+    }
+    report.entries = entries;
+    report.bytes = bytes;
+    report.sha256 = sha256;
+    report.archive_size = size;
+    report.manifest = src.manifest;
+    Ok(report)
+}
+
+fn container_name(c: Container) -> String {
+    match c {
+        Container::Tar => "tar".into(),
+        Container::Zstd => "tar.zst".into(),
+        Container::Gzip => "tar.gz".into(),
+        Container::Ab { version, compressed } => {
+            format!("ab (version {version}, {})", if compressed { "compressed" } else { "uncompressed" })
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Where archives and manifests live. Owns parsing of destinations (`-`, a path, `file://`,
+//! `oss://`, `obs://`, `s3://`), the naming of objects under a folder key, and the `Store`
+//! trait: the one edge between the synchronous data path and remote or local storage.
+//!
+//! A store must never expose an archive under its final key before the upload is complete:
+//! uploads are written aside and published by `Upload::finish`, or thrown away by `abort`.
+
+pub mod file;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// An archive being written. Bytes go in through `Write`; nothing is visible under the key
+/// until `finish` returns. Dropping an upload without `finish` aborts it (removes what was
+/// written, aborts the multipart upload), so every error path cleans up by itself.
+pub trait Upload: Write + Send {
+    fn finish(self: Box<Self>) -> Result<()>;
+    /// Throw away what was written, now. Never fails loudly: it runs on the way out of errors.
+    fn abort(self: Box<Self>);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+pub trait Store: Send + Sync {
+    /// A human- and manifest-friendly address of `key` (never with credentials).
+    fn url(&self, key: &str) -> String;
+    /// "FILE", "OSS", "OBS" or "S3": the manifest's UploadType.
+    fn kind(&self) -> &'static str;
+    /// The endpoint to record in manifests.
+    fn endpoint(&self) -> String;
+    /// Start writing an archive. `size_hint` is the expected size, used to size parts.
+    fn upload(&self, key: &str, size_hint: u64) -> Result<Box<dyn Upload>>;
+    /// Stream an object.
+    fn download(&self, key: &str) -> Result<Box<dyn Read + Send>>;
+    /// Write a small object (a manifest) atomically.
+    fn put(&self, key: &str, body: &[u8]) -> Result<()>;
+    /// Read a small object; `None` when it does not exist.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Objects whose key starts with `prefix`, sorted by key.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// Remove an object; removing a missing one is not an error.
+    fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// Which object storage an URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Oss,
+    Obs,
+    S3,
+}
+
+/// A parsed DEST or SRC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// `-`: stdout for an export, stdin for an import.
+    Stdio,
+    /// A local path (given plainly or as `file://`). `folder` when it names a directory.
+    File { path: PathBuf, folder: bool },
+    Object { scheme: Scheme, bucket: String, key: String },
+}
+
+impl Location {
+    pub fn parse(s: &str) -> Result<Location> {
+        if s == "-" {
+            return Ok(Location::Stdio);
+        }
+        if s.is_empty() {
+            return Err(Error::usage("empty destination: give a path, file://PATH, -, or oss://, obs://, s3://BUCKET/KEY"));
+        }
+        for (prefix, scheme) in [("oss://", Scheme::Oss), ("obs://", Scheme::Obs), ("s3://", Scheme::S3)] {
+            if let Some(rest) = s.strip_prefix(prefix) {
+                let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                return Ok(Location::Object { scheme, bucket: bucket.to_string(), key: key.to_string() });
+            }
+        }
+        let path = match s.strip_prefix("file://") {
+            Some(p) if p.starts_with('/') => p,
+            Some(p) => {
+                return Err(Error::usage(format!("file URL {s:?} must be absolute (file:///path), got {p:?}")));
+            }
+            None if s.contains("://") => {
+                return Err(Error::usage(format!(
+                    "unsupported location {s:?}: use a path, file://PATH, -, or oss://, obs://, s3://BUCKET/KEY"
+                )))
+            }
+            None => s,
+        };
+        let folder = path.ends_with('/') || std::path::Path::new(path).is_dir();
+        Ok(Location::File { path: PathBuf::from(path), folder })
+    }
+}
+
+/// The object name for a backup written into a folder: `--name` when given, otherwise the
+/// instance id and the time (`acp-xxxx_20240520140000.tar.zst`).
+pub fn name_in_folder(name: Option<&str>, instance_id: &str, now: time::OffsetDateTime, ext: &str) -> String {
+    match name {
+        Some(n) => n.to_string(),
+        None => {
+            let f = time::macros::format_description!("[year][month][day][hour][minute][second]");
+            let stamp = now.format(&f).unwrap_or_default();
+            let id = if instance_id.is_empty() { "cpbackup" } else { instance_id };
+            format!("{id}_{stamp}.{ext}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        assert_eq!(Location::parse("-").unwrap(), Location::Stdio);
+        assert_eq!(
+            Location::parse("oss://b/backups/").unwrap(),
+            Location::Object { scheme: Scheme::Oss, bucket: "b".into(), key: "backups/".into() }
+        );
+        assert_eq!(
+            Location::parse("file:///nonexistent/x.tar").unwrap(),
+            Location::File { path: "/nonexistent/x.tar".into(), folder: false }
+        );
+        assert!(Location::parse("ftp://x/y").is_err());
+        assert!(Location::parse("file://relative").is_err());
+    }
+}
+
+/// Open the store a location names, and the key within it (which may be a folder, ending in
+/// `/`, or empty for a local directory).
+pub fn open(loc: &Location, _opts: &crate::spec::StoreOptions) -> Result<(Box<dyn Store>, String, bool)> {
+    match loc {
+        Location::Stdio => Err(Error::usage("internal: stdin/stdout is not a store")),
+        Location::File { path, folder: true } => Ok((Box::new(file::FileStore::new(path)), String::new(), true)),
+        Location::File { path, folder: false } => {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| Error::usage(format!("{} does not name a file", path.display())))?;
+            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+            Ok((Box::new(file::FileStore::new(&dir)), name.to_string(), false))
+        }
+        Location::Object { .. } => Err(Error::usage(
+            "object storage destinations (oss://, obs://, s3://) are not supported by this build",
+        )),
+    }
+}
