@@ -12,7 +12,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use crate::android::SystemInfo;
+use crate::android::device::{Device, Shell};
+use crate::android::{pm, SystemInfo};
+use crate::apps;
 use crate::archive::write::{sparse_map, Content, TarWriter};
 use crate::archive::{ab, Flavor, Format, Meta};
 use crate::compress::{Codec, Encoder};
@@ -21,7 +23,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, Manifest, Status};
 use crate::progress::Progress;
 use crate::select::{Entry, Selection, Skipped};
-use crate::spec::ExportSpec;
+use crate::spec::{BackupAppSpec, ExportSpec};
 use crate::store::{self, Location, Store, Upload};
 use crate::version;
 
@@ -61,11 +63,8 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
     let (dest, format) = match &location {
         Location::Stdio => (None, spec.format.unwrap_or(Format::TarZst)),
         loc => {
-            let (store, mut key, folder) = store::open(loc, &spec.store)?;
-            if folder || key.ends_with('/') || key.is_empty() {
-                let ext = spec.format.unwrap_or(Format::TarZst).extension();
-                key.push_str(&store::name_in_folder(spec.name.as_deref(), &spec.identity.android_instance_id, now, ext));
-            }
+            let ext = spec.format.unwrap_or(Format::TarZst).extension();
+            let (store, key) = store_key(loc, &spec.store, spec.name.as_deref(), &spec.identity.android_instance_id, now, ext)?;
             let format = spec.format.or_else(|| Format::from_name(&key)).unwrap_or(Format::TarZst);
             if let Location::File { .. } = loc {
                 // Never archive the archive: its partial file and manifest may be inside the selection.
@@ -80,13 +79,7 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
         }
     };
     m.format = Some(format);
-    if let Some((store, key)) = &dest {
-        m.backup_file_name = key.rsplit('/').next().unwrap_or(key).to_string();
-        m.backup_file_path = store.url(key);
-        m.upload_type = store.kind().to_string();
-        m.upload_endpoint = store.endpoint();
-        put_manifest(store.as_ref(), key, &m)?;
-    }
+    announce(&dest, &mut m)?;
 
     // A pre-scan sizes the upload's parts and the progress bar.
     let totals = selection.scan()?;
@@ -102,14 +95,132 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
     m.gmt_modified = manifest::format_time(time::OffsetDateTime::now_utc());
     m.warnings = warnings.list.clone();
     m.warning_count = warnings.count;
+    record(&dest, m, result, warnings.unreadable > 0)
+}
+
+/// Back up apps into one `.ab` (ECP BackupApp): for each package `_manifest`, APKs, data, in
+/// Android's own order and tar flavour (see `apps`). Unknown packages are left out with a
+/// warning (PART_BACKUP_FINISHED); when none is left the backup fails.
+pub fn backup_app(spec: &BackupAppSpec, progress: &Progress) -> Result<Manifest> {
+    let root = if spec.root.as_os_str().is_empty() { Path::new("/") } else { spec.root.as_path() };
+    for pkg in &spec.apps {
+        pm::check_package_name(pkg)?;
+    }
+    if spec.apps.is_empty() {
+        return Err(Error::usage("name at least one app with --app PKG"));
+    }
+    let location = Location::parse(&spec.to)?;
+    let now = time::OffsetDateTime::now_utc();
+    let system = SystemInfo::read();
+    let shell = Shell;
+    let device = Device::new(&shell);
+    let opts = apps::BackupOptions { stop: !spec.no_stop, cache: !spec.no_cache };
+    let mut warnings = Warnings::default();
+    let mut sources = Vec::new();
+    for pkg in &spec.apps {
+        match apps::resolve(&device, root, pkg, opts) {
+            Ok(app) => sources.push(app),
+            Err(e) => warnings.push(format!("{pkg}: not backed up: {e}")),
+        }
+    }
+    let mut m = Manifest {
+        backup_file_id: manifest::new_backup_file_id(),
+        identity: spec.identity.clone(),
+        status: Status::Backuping,
+        source_app_info_list: sources.iter().map(|a| a.package.clone()).collect(),
+        description: spec.description.clone(),
+        system_version: system.fingerprint.clone(),
+        gmt_created: manifest::format_time(now),
+        gmt_modified: manifest::format_time(now),
+        manifest_version: 1,
+        arch: system.abi.clone(),
+        format: Some(Format::Ab),
+        file_size: sources.iter().map(|a| a.bytes).sum(),
+        ..version::stamp(Manifest::default())
+    };
+    let dest = match &location {
+        Location::Stdio => None,
+        loc => Some(store_key(loc, &spec.store, spec.name.as_deref(), &spec.identity.android_instance_id, now, "ab")?),
+    };
+    announce(&dest, &mut m)?;
+    progress.set_total(m.file_size);
+
+    let result = if sources.is_empty() {
+        Err(Error::Device { command: "pm list packages -U --show-versioncode".into(), output: warnings.list.join("; ") })
+    } else {
+        let sink = match &dest {
+            None => Sink::Stdout(io::stdout()),
+            Some((store, key)) => Sink::Upload(store.upload(key, m.file_size)?),
+        };
+        write_apps(&sources, &device, system.sdk, opts, sink, progress, &mut warnings)
+    };
+    progress.finish();
+    m.gmt_modified = manifest::format_time(time::OffsetDateTime::now_utc());
+    m.warnings = warnings.list.clone();
+    m.warning_count = warnings.count;
+    record(&dest, m, result, sources.len() < spec.apps.len())
+}
+
+/// The `.ab` stream of app backups: header, zlib, Android-flavoured tar, one package after the
+/// other (each stopped right before it is read).
+fn write_apps(
+    sources: &[apps::AppSource],
+    device: &Device,
+    sdk: u32,
+    opts: apps::BackupOptions,
+    sink: Sink,
+    progress: &Progress,
+    warnings: &mut Warnings,
+) -> Result<Written> {
+    let mut tar = start_stream(sink, Codec::Zlib { level: 6 }, true, Flavor::Android, progress)?;
+    for app in sources {
+        if opts.stop {
+            device.force_stop(&app.package)?;
+        }
+        apps::write_app(&mut tar, app, sdk, opts, &mut |w| warnings.push(w), &mut |n| progress.entry(n))?;
+    }
+    finish_stream(tar)
+}
+
+/// The destination's store and the archive's key in it; a folder gets a generated name.
+fn store_key(
+    loc: &Location,
+    opts: &crate::spec::StoreOptions,
+    name: Option<&str>,
+    instance_id: &str,
+    now: time::OffsetDateTime,
+    ext: &str,
+) -> Result<(Box<dyn Store>, String)> {
+    let (store, mut key, folder) = store::open(loc, opts)?;
+    if folder || key.ends_with('/') || key.is_empty() {
+        key.push_str(&store::name_in_folder(name, instance_id, now, ext));
+    }
+    Ok((store, key))
+}
+
+/// Fill the manifest's location fields and put it beside the archive-to-be (status BACKUPING).
+fn announce(dest: &Option<(Box<dyn Store>, String)>, m: &mut Manifest) -> Result<()> {
+    if let Some((store, key)) = dest {
+        m.backup_file_name = key.rsplit('/').next().unwrap_or(key).to_string();
+        m.backup_file_path = store.url(key);
+        m.upload_type = store.kind().to_string();
+        m.upload_endpoint = store.endpoint();
+        put_manifest(store.as_ref(), key, m)?;
+    }
+    Ok(())
+}
+
+/// The manifest's last word: AVAILABLE (PART_BACKUP_FINISHED when `partial`) with the
+/// archive's digest, or BACKUP_FAILED with the reason.
+fn record(dest: &Option<(Box<dyn Store>, String)>, mut m: Manifest, result: Result<Written>, partial: bool) -> Result<Manifest> {
     match result {
         Ok(done) => {
             m.sha256 = done.sha256;
             m.archive_size = done.archive_size;
             m.entry_count = done.entries;
             m.uncompressed_size = done.tar_bytes;
-            m.status = if warnings.unreadable > 0 { Status::PartBackupFinished } else { Status::Available };
-            if let Some((store, key)) = &dest {
+            m.status = if partial { Status::PartBackupFinished } else { Status::Available };
+            if let Some((store, key)) = dest {
                 put_manifest(store.as_ref(), key, &m)?;
             }
             Ok(m)
@@ -118,7 +229,7 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
             m.status = Status::BackupFailed;
             m.error_code = e.code().to_string();
             m.failure_reason = e.to_string();
-            if let Some((store, key)) = &dest {
+            if let Some((store, key)) = dest {
                 if let Err(e2) = put_manifest(store.as_ref(), key, &m) {
                     tracing::error!("could not record the failure in the manifest: {e2}");
                 }
@@ -194,22 +305,13 @@ impl Warnings {
 
 /// Finish order, explicit: tar end → compressor end → sink complete. Any error aborts the sink.
 fn write_archive(sel: &Selection, sink: Sink, format: Format, progress: &Progress, warnings: &mut Warnings) -> Result<Written> {
-    let counter = progress.counters.transferred.clone();
-    let mut hashed = HashWriter::new(sink, counter);
     let (codec, flavor) = match format {
         Format::Tar => (Codec::None, Flavor::Full),
         Format::TarZst => (Codec::zstd_default(), Flavor::Full),
         Format::Ab => (Codec::Zlib { level: 6 }, Flavor::Full),
     };
-    if format == Format::Ab {
-        // On error the sink is dropped, which aborts the upload.
-        ab::write_header(&mut hashed).ctx(|| "writing the .ab header".into())?;
-    }
-    let encoder = match Encoder::new(codec, hashed) {
-        Ok(e) => e,
-        Err(e) => return Err(Error::Io { context: "starting the compressor".into(), source: e }),
-    };
-    let mut tar = TarWriter::new(BufWriter::with_capacity(256 * 1024, encoder), flavor);
+    // On error the sink is dropped, which aborts the upload.
+    let mut tar = start_stream(sink, codec, format == Format::Ab, flavor, progress)?;
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let shared = std::cell::RefCell::new(std::mem::take(warnings));
     let walked = sel.walk(
@@ -217,23 +319,34 @@ fn write_archive(sel: &Selection, sink: Sink, format: Format, progress: &Progres
         &mut |s| shared.borrow_mut().skip(s),
     );
     *warnings = shared.into_inner();
-    let entries = tar.entries();
-    let finished = walked.and_then(|()| {
-        let tar_bytes = tar.bytes() + 1024;
-        let buf = tar.finish().ctx(|| "ending the tar stream".into())?;
-        let encoder = buf.into_inner().map_err(|e| e.into_error()).ctx(|| "writing the archive".into())?;
-        let hashed = encoder.finish().ctx(|| "ending the compressed stream".into())?;
-        Ok((hashed, tar_bytes))
-    });
-    match finished {
-        Ok((hashed, tar_bytes)) => {
-            let (sink, sha256, archive_size) = hashed.finish();
-            sink.finish()?;
-            Ok(Written { sha256, archive_size, entries, tar_bytes })
-        }
-        // Dropping the writer chain drops the sink, which aborts the upload.
-        Err(e) => Err(e),
+    // On error, dropping the writer chain drops the sink, which aborts the upload.
+    walked?;
+    finish_stream(tar)
+}
+
+/// The archive stream: tar over a buffer over the compressor over the hash over the sink.
+type Stream = TarWriter<BufWriter<Encoder<HashWriter<Sink>>>>;
+
+/// Start the stream: `.ab` header (when asked), compressor, tar.
+fn start_stream(sink: Sink, codec: Codec, ab_header: bool, flavor: Flavor, progress: &Progress) -> Result<Stream> {
+    let mut hashed = HashWriter::new(sink, progress.counters.transferred.clone());
+    if ab_header {
+        ab::write_header(&mut hashed).ctx(|| "writing the .ab header".into())?;
     }
+    let encoder = Encoder::new(codec, hashed).ctx(|| "starting the compressor".into())?;
+    Ok(TarWriter::new(BufWriter::with_capacity(256 * 1024, encoder), flavor))
+}
+
+/// Finish order, explicit: tar end → compressor end → sink complete.
+fn finish_stream(tar: Stream) -> Result<Written> {
+    let entries = tar.entries();
+    let tar_bytes = tar.bytes() + 1024;
+    let buf = tar.finish().ctx(|| "ending the tar stream".into())?;
+    let encoder = buf.into_inner().map_err(|e| e.into_error()).ctx(|| "writing the archive".into())?;
+    let hashed = encoder.finish().ctx(|| "ending the compressed stream".into())?;
+    let (sink, sha256, archive_size) = hashed.finish();
+    sink.finish()?;
+    Ok(Written { sha256, archive_size, entries, tar_bytes })
 }
 
 fn add_entry<W: Write>(

@@ -14,13 +14,17 @@
 //! - [`digest`]: SHA-256 and byte counts of the stored archive.
 //! - [`store`]: where archives live (local files; object stores behind the `Store` trait).
 //! - [`manifest`]: the backup-file record beside each archive.
+//! - [`catalog`]: `list` and `delete` over the manifests in a bucket or folder (DescribeBackupFiles).
 //! - [`backup`] / [`restore`]: the two data paths.
 //! - [`android`]: the device's command line (getprop, pm, am, restorecon).
+//! - [`apps`]: per-package plans of app backups and recoveries (`.ab`, BackupApp / RecoverApp).
 //! - [`spec`], [`progress`], [`version`], [`error`]: what is asked, how far it got, what built it, what went wrong.
 
 pub mod android;
+pub mod apps;
 pub mod archive;
 pub mod backup;
+pub mod catalog;
 pub mod compress;
 pub mod digest;
 pub mod error;

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use cpbackup::archive::Format;
 use cpbackup::manifest::Identity;
 use cpbackup::progress::Progress;
-use cpbackup::spec::{ExportSpec, ImportSpec, StoreOptions, VerifySpec};
+use cpbackup::spec::{BackupAppSpec, ExportSpec, ImportSpec, RecoverAppSpec, StoreOptions, VerifySpec};
 use cpbackup::{backup, restore, version};
 
 #[derive(Parser)]
@@ -33,6 +33,16 @@ enum Command {
     Verify(VerifyArgs),
     /// Print the version, git commit, target and build profile.
     Version,
+    /// List the backup files under a bucket prefix or folder (ECP DescribeBackupFiles).
+    List(ListArgs),
+    /// Delete a backup file: its archive, then its manifest (ECP DeleteBackupFile).
+    Delete(DeleteArgs),
+    /// Abort multipart uploads left open by an agent that was killed.
+    Cleanup(CleanupArgs),
+    /// Back up apps (APKs, data, cache) into one Android .ab (ECP BackupApp).
+    BackupApp(BackupAppArgs),
+    /// Reinstall apps and their data from an .ab, replacing installed copies (ECP RecoverApp).
+    RecoverApp(RecoverAppArgs),
 }
 
 #[derive(Args)]
@@ -49,6 +59,10 @@ struct StoreArgs {
     /// Concurrent part uploads.
     #[arg(long, default_value_t = 4)]
     parts_in_flight: usize,
+    /// Where upload ids of multipart uploads in progress are recorded (default /data/cpbackup/state
+    /// on a device, else a per-user directory).
+    #[arg(long, env = "CPBACKUP_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -58,6 +72,7 @@ impl StoreArgs {
             region: self.region.clone(),
             path_style: self.path_style,
             parts_in_flight: self.parts_in_flight,
+            state_dir: self.state_dir.clone(),
         }
     }
 }
@@ -114,6 +129,56 @@ struct ExportArgs {
 }
 
 #[derive(Args)]
+struct BackupAppArgs {
+    /// A package to back up (repeat for more; ECP SourceAppList).
+    #[arg(long = "app", value_name = "PKG", required = true)]
+    apps: Vec<String>,
+    /// Where the .ab goes: a path, file://PATH, a folder ending in /, or - for stdout.
+    #[arg(long, value_name = "DEST")]
+    to: String,
+    /// Name of the archive when DEST is a folder (ECP BackupFileName).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "")]
+    description: String,
+    /// Do not `am force-stop` the apps before reading their data.
+    #[arg(long)]
+    no_stop: bool,
+    /// Leave the apps' cache directories out.
+    #[arg(long)]
+    no_cache: bool,
+    /// The directory that stands for the phone's /.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Print the manifest as JSON (on stderr when the archive goes to stdout).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    identity: IdentityArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+struct RecoverAppArgs {
+    /// The .ab: a path, file://PATH, or - for stdin.
+    #[arg(long, value_name = "SRC")]
+    from: String,
+    /// Only this package (repeat for more); default: every app in the archive.
+    #[arg(long = "app", value_name = "PKG")]
+    apps: Vec<String>,
+    /// Install even when the app is from a newer Android or lacks this phone's ABI.
+    #[arg(long)]
+    force: bool,
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
 struct ImportArgs {
     /// The archive: a path, file://PATH, or - for stdin.
     #[arg(long, value_name = "SRC")]
@@ -137,6 +202,72 @@ struct VerifyArgs {
     json: bool,
     #[command(flatten)]
     store: StoreArgs,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// The prefix to look under: oss://, obs://, s3://BUCKET/PREFIX, or a local folder.
+    #[arg(long = "in", value_name = "URL_PREFIX")]
+    location: String,
+    #[arg(long)]
+    backup_file_id: Option<String>,
+    /// Substring of the file name.
+    #[arg(long)]
+    backup_file_name: Option<String>,
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Substring of the instance name.
+    #[arg(long)]
+    instance_name: Option<String>,
+    #[arg(long)]
+    instance_group_id: Option<String>,
+    /// Substring of the description.
+    #[arg(long)]
+    description: Option<String>,
+    /// AVAILABLE, BACKUPING, RECOVERING, DELETING, BACKUP_FAILED, RECOVERY_FAILED, PART_BACKUP_FINISHED.
+    #[arg(long = "status", value_name = "S", num_args = 1.., value_delimiter = ',')]
+    statuses: Vec<String>,
+    /// Created at or after, YYYY-MM-DD HH:MM:SS (UTC).
+    #[arg(long)]
+    start_time: Option<String>,
+    /// Created at or before, YYYY-MM-DD HH:MM:SS (UTC).
+    #[arg(long)]
+    end_time: Option<String>,
+    #[arg(long)]
+    end_user_id: Option<String>,
+    #[arg(long)]
+    backup_all: Option<bool>,
+    /// 1 to 100 (default 10).
+    #[arg(long, allow_negative_numbers = true)]
+    max_results: Option<i64>,
+    #[arg(long)]
+    next_token: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+struct DeleteArgs {
+    /// The prefix the backup file is under.
+    #[arg(long = "in", value_name = "URL_PREFIX")]
+    location: String,
+    #[arg(long)]
+    backup_file_id: String,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+struct CleanupArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// The store and key prefix a `--in` names.
+fn catalog_store(location: &str, opts: &StoreOptions) -> anyhow::Result<(Box<dyn cpbackup::store::Store>, String)> {
+    let loc = cpbackup::store::Location::parse(location)?;
+    let (store, prefix, _) = cpbackup::store::open(&loc, opts)?;
+    Ok((store, prefix))
 }
 
 fn main() -> ExitCode {
@@ -209,7 +340,90 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             let report = restore::verify(&spec, &Progress::new(true))?;
             print_report(&report, a.json, "verified")?;
         }
+        Command::BackupApp(a) => {
+            let spec = BackupAppSpec {
+                apps: a.apps,
+                to: a.to,
+                root: a.root,
+                name: a.name,
+                description: a.description,
+                no_stop: a.no_stop,
+                no_cache: a.no_cache,
+                identity: identity(a.identity),
+                store: a.store.options(),
+            };
+            let manifest = backup::backup_app(&spec, &Progress::new(true))?;
+            let json = serde_json::to_string_pretty(&manifest)?;
+            if a.json && spec.to == "-" {
+                eprintln!("{json}");
+            } else if a.json {
+                println!("{json}");
+            } else if spec.to != "-" {
+                eprintln!(
+                    "{} {}: apps {}, {} bytes ({} stored), sha256 {}",
+                    manifest.status.as_str(),
+                    manifest.backup_file_path,
+                    manifest.source_app_info_list.join(" "),
+                    manifest.file_size,
+                    manifest.archive_size,
+                    manifest.sha256
+                );
+            }
+            for w in &manifest.warnings {
+                eprintln!("cpbackup: warning: {w}");
+            }
+        }
+        Command::RecoverApp(a) => {
+            let spec = RecoverAppSpec { from: a.from, apps: a.apps, force: a.force, root: a.root, store: a.store.options() };
+            let report = restore::recover_app(&spec, &Progress::new(true))?;
+            if a.json {
+                let mut out = std::io::stdout().lock();
+                serde_json::to_writer_pretty(&mut out, &report)?;
+                writeln!(out)?;
+            } else {
+                for app in &report.apps {
+                    let why = if app.error.is_empty() { String::new() } else { format!(" at {}: {}", app.step, app.error) };
+                    eprintln!("{} {}{why}", app.status, app.package);
+                }
+            }
+            if !report.all_recovered() {
+                let failed: Vec<&str> = report.apps.iter().filter(|x| !x.ok()).map(|x| x.package.as_str()).collect();
+                anyhow::bail!("not recovered: {}", failed.join(", "));
+            }
+        }
         Command::Version => println!("{}", version::long()),
+        Command::List(a) => {
+            let statuses = a.statuses.iter().map(|s| cpbackup::manifest::Status::parse(s)).collect::<Result<Vec<_>, _>>()?;
+            let q = cpbackup::catalog::Query {
+                backup_file_id: a.backup_file_id.unwrap_or_default(),
+                backup_file_name: a.backup_file_name.unwrap_or_default(),
+                instance_id: a.instance_id.unwrap_or_default(),
+                instance_name: a.instance_name.unwrap_or_default(),
+                instance_group_id: a.instance_group_id.unwrap_or_default(),
+                description: a.description.unwrap_or_default(),
+                statuses,
+                start_time: a.start_time,
+                end_time: a.end_time,
+                end_user_id: a.end_user_id.unwrap_or_default(),
+                backup_all: a.backup_all,
+                max_results: a.max_results,
+                next_token: a.next_token,
+            };
+            // Check the query before touching the network: bad input is exit 2, quickly.
+            q.check()?;
+            let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
+            let page = cpbackup::catalog::list(store.as_ref(), &prefix, &q)?;
+            println!("{}", serde_json::to_string_pretty(&page)?);
+        }
+        Command::Delete(a) => {
+            let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
+            let done = cpbackup::catalog::delete(store.as_ref(), &prefix, &a.backup_file_id)?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
+        }
+        Command::Cleanup(a) => {
+            let done = cpbackup::store::s3::cleanup(&a.store.options())?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
+        }
     }
     Ok(())
 }

@@ -9,13 +9,16 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::android::device::{Device, Shell};
+use crate::android::pm;
+use crate::apps::{self, AppOutcome, RecoverOptions, Stager};
 use crate::archive::read::{self, Container};
 use crate::archive::unpack::{self, Unpacker};
 use crate::digest::HashReader;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, Manifest, Status};
 use crate::progress::Progress;
-use crate::spec::{ImportSpec, StoreOptions, VerifySpec};
+use crate::spec::{ImportSpec, RecoverAppSpec, StoreOptions, VerifySpec};
 use crate::store::{self, Location, Store};
 
 /// What an import or verify did: the result object `--json` prints.
@@ -165,6 +168,94 @@ pub fn import(spec: &ImportSpec, progress: &Progress) -> Result<Report> {
             Err(e)
         }
     }
+}
+
+/// What recover-app did: the result object `--json` prints, one outcome per package.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AppReport {
+    pub source: String,
+    pub container: String,
+    pub archive_size: u64,
+    pub sha256: String,
+    pub checksum_verified: bool,
+    pub apps: Vec<AppOutcome>,
+    pub warnings: Vec<String>,
+}
+
+impl AppReport {
+    pub fn all_recovered(&self) -> bool {
+        self.apps.iter().all(AppOutcome::ok)
+    }
+}
+
+/// Recover apps from an `.ab` (ECP RecoverApp): one pass stages every package's APKs and data
+/// beside their targets while the SHA-256 is computed; only once the archive is verified is
+/// each package stopped, uninstalled, reinstalled and given its data (see `apps`). A package
+/// that fails does not stop the others.
+pub fn recover_app(spec: &RecoverAppSpec, progress: &Progress) -> Result<AppReport> {
+    let root = if spec.root.as_os_str().is_empty() { Path::new("/") } else { spec.root.as_path() };
+    for pkg in &spec.apps {
+        pm::check_package_name(pkg)?;
+    }
+    let mut stager = Stager::new(root, &spec.apps)?;
+    let mut src = open_source(&spec.from, &spec.store)?;
+    let mut report = AppReport { source: src.shown.clone(), ..Default::default() };
+    if let Some(m) = &src.manifest {
+        if spec.apps.is_empty() {
+            stager.check_space(m.uncompressed_size)?;
+        }
+        progress.set_total(m.file_size);
+    }
+    set_status(&src, Status::Recovering, "");
+    let read = (|| -> Result<()> {
+        let reader = std::mem::replace(&mut src.reader, Box::new(io::empty()));
+        let mut hashed = HashReader::new(reader, progress.counters.transferred.clone());
+        {
+            let (container, mut tar) = read::open(&mut hashed)?;
+            report.container = container_name(container);
+            read::each_entry(&mut tar, &mut |item, data| {
+                progress.entry(item.size);
+                stager.entry(item, data)
+            })?;
+        }
+        let (sha256, size) = hashed.finish().ctx(|| format!("reading {}", src.shown))?;
+        report.checksum_verified = check_digest(&src, &sha256, size)?;
+        report.sha256 = sha256;
+        report.archive_size = size;
+        Ok(())
+    })();
+    progress.finish();
+    if let Err(e) = read {
+        set_status(&src, Status::RecoveryFailed, &e.to_string());
+        return Err(e);
+    }
+    if stager.packages().is_empty() && spec.apps.is_empty() {
+        let e = Error::archive(src.shown.clone(), "holds no app backup (no apps/PKG/ entries)");
+        set_status(&src, Status::RecoveryFailed, &e.to_string());
+        return Err(e);
+    }
+
+    // Only now, with the whole archive read and verified, does anything on the phone change.
+    let shell = Shell;
+    let device = Device::new(&shell);
+    report.apps = apps::recover(&mut stager, &device, RecoverOptions { force: spec.force });
+    for pkg in &spec.apps {
+        if !report.apps.iter().any(|a| &a.package == pkg) {
+            report.apps.push(apps::missing(pkg));
+        }
+    }
+    report.warnings = stager.warnings().to_vec();
+    if src.manifest.is_none() {
+        report.warnings.push(format!("{} has no manifest beside it: its SHA-256 could not be checked", src.shown));
+    }
+    let failed: Vec<String> = report.apps.iter().filter(|a| !a.ok()).map(|a| format!("{}: {}", a.package, a.error)).collect();
+    if failed.is_empty() {
+        set_status(&src, Status::Available, "");
+    } else {
+        set_status(&src, Status::RecoveryFailed, &failed.join("; "));
+    }
+    Ok(report)
 }
 
 /// Read an archive through, check its structure and SHA-256, write nothing.

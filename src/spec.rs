@@ -18,11 +18,13 @@ pub struct StoreOptions {
     pub region: Option<String>,
     pub path_style: bool,
     pub parts_in_flight: usize,
+    /// Where in-progress multipart uploads are recorded (`--state-dir`); `None`: the default.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { endpoint: None, region: None, path_style: false, parts_in_flight: 4 }
+        StoreOptions { endpoint: None, region: None, path_style: false, parts_in_flight: 4, state_dir: None }
     }
 }
 
@@ -56,5 +58,36 @@ pub struct ImportSpec {
 #[serde(default)]
 pub struct VerifySpec {
     pub from: String,
+    pub store: StoreOptions,
+}
+
+/// ECP BackupApp: chosen apps (APKs, data, cache) into one `.ab`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackupAppSpec {
+    /// Package names (ECP SourceAppList).
+    pub apps: Vec<String>,
+    pub to: String,
+    pub root: PathBuf,
+    pub name: Option<String>,
+    pub description: String,
+    /// Leave the apps running (no `am force-stop`).
+    pub no_stop: bool,
+    /// Leave `cache` out.
+    pub no_cache: bool,
+    pub identity: Identity,
+    pub store: StoreOptions,
+}
+
+/// ECP RecoverApp: reinstall apps and their data from an `.ab`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RecoverAppSpec {
+    pub from: String,
+    /// Only these packages (all in the archive when empty).
+    pub apps: Vec<String>,
+    /// Install even onto an older Android or a phone without the app's ABI.
+    pub force: bool,
+    pub root: PathBuf,
     pub store: StoreOptions,
 }

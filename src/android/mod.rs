@@ -1,6 +1,14 @@
 //! The device: everything cpbackup learns from or asks of Android itself. `shell` is the only
-//! place that spawns processes.
+//! place that spawns processes; `device` is the phone's command line as operations (pm, am,
+//! getprop, restorecon, chcon); `pm` parses their output (pure); `apk` reads signing
+//! certificates and ABIs out of APKs; `owner` and `selinux` give restored files the fresh
+//! install's owner and label.
 
+pub mod apk;
+pub mod device;
+pub mod owner;
+pub mod pm;
+pub mod selinux;
 pub mod shell;
 
 /// What the manifest records about the system a backup came from.

@@ -76,8 +76,14 @@ pub fn each_entry(src: &mut dyn Read, f: &mut dyn FnMut(Item, &mut dyn Read) -> 
         let entries = archive.entries().map_err(|e| Error::archive("tar stream", e.to_string()))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| Error::archive(format!("entry {}", count + 1), e.to_string()))?;
-            let Some(item) = check(&mut entry)? else { continue };
-            f(item, &mut entry)?;
+            let Some((item, sparse)) = check(&mut entry)? else { continue };
+            match sparse {
+                None => f(item, &mut entry)?,
+                Some(layout) => {
+                    let mut expanded = SparseReader::new(&mut entry, layout, item.size, &item.meta.display())?;
+                    f(item, &mut expanded)?
+                }
+            }
             // Whatever the consumer left unread is skipped by the tar reader itself.
             count += 1;
         }
@@ -106,7 +112,15 @@ pub fn each_entry(src: &mut dyn Read, f: &mut dyn FnMut(Item, &mut dyn Read) -> 
     Ok(count)
 }
 
-fn check<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<Item>> {
+/// Where a pax-format sparse file (GNU tar's `--format=posix --sparse`) keeps its map.
+enum SparseLayout {
+    /// Format 0.1: `GNU.sparse.map` in the pax header.
+    Map(Vec<(u64, u64)>),
+    /// Format 1.0: a decimal map at the start of the entry's data.
+    InData,
+}
+
+fn check<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<(Item, Option<SparseLayout>)>> {
     use tar::EntryType as T;
     let raw_path = entry.path_bytes().into_owned();
     let shown = String::from_utf8_lossy(&raw_path).into_owned();
@@ -144,15 +158,17 @@ fn check<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<Item>> {
             ))
         }
     };
-    let Some(path) = clean_path(&raw_path, &shown)? else {
-        return Ok(None); // "./": the archive's own top, nothing to create
-    };
+    let mut raw_path = raw_path;
     let mode = header.mode().map_err(|e| bad_field(&shown, "mode", e))? & 0o7777;
     let mut uid = header.uid().map_err(|e| bad_field(&shown, "uid", e))?;
     let mut gid = header.gid().map_err(|e| bad_field(&shown, "gid", e))?;
     let mut mtime = header.mtime().map_err(|e| bad_field(&shown, "mtime", e))? as i64;
     let mut mtime_nsec = 0u32;
     let mut xattrs = Vec::new();
+    let mut sparse_name = None;
+    let mut sparse_size = None;
+    let mut sparse_map = None;
+    let mut sparse_major = None;
     if let Some(exts) = entry.pax_extensions().map_err(|e| Error::archive(format!("entry {shown:?}"), e.to_string()))? {
         for ext in exts {
             let ext = ext.map_err(|e| Error::archive(format!("entry {shown:?} pax record"), e.to_string()))?;
@@ -166,6 +182,12 @@ fn check<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<Item>> {
                     mtime = s;
                     mtime_nsec = n;
                 }
+                b"GNU.sparse.name" => sparse_name = Some(value.to_vec()),
+                b"GNU.sparse.realsize" | b"GNU.sparse.size" => {
+                    sparse_size = Some(parse_num(value).ok_or_else(|| bad_pax(&shown, "GNU.sparse.realsize"))?)
+                }
+                b"GNU.sparse.major" => sparse_major = parse_num(value),
+                b"GNU.sparse.map" => sparse_map = Some(parse_map(value).ok_or_else(|| bad_pax(&shown, "GNU.sparse.map"))?),
                 _ => {
                     if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                         xattrs.push((name.to_vec(), value.to_vec()));
@@ -174,11 +196,28 @@ fn check<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<Item>> {
             }
         }
     }
-    let size = match kind {
+    let mut kind = kind;
+    let mut size = match kind {
         Kind::File { .. } => entry.size(),
         _ => 0,
     };
-    Ok(Some(Item {
+    let mut layout = None;
+    if let (Some(name), Some(real)) = (sparse_name, sparse_size) {
+        raw_path = name;
+        size = real;
+        kind = Kind::File { sparse: true };
+        layout = Some(match (sparse_major, sparse_map) {
+            (Some(1), _) => SparseLayout::InData,
+            (_, Some(map)) => SparseLayout::Map(map),
+            _ => {
+                return Err(Error::archive(format!("entry {shown:?}"), "uses a GNU sparse format cpbackup does not read (0.0)"));
+            }
+        });
+    }
+    let Some(path) = clean_path(&raw_path, &shown)? else {
+        return Ok(None); // "./": the archive's own top, nothing to create
+    };
+    Ok(Some((Item {
         meta: Meta {
             path,
             mode,
@@ -190,7 +229,116 @@ fn check<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<Item>> {
         },
         kind,
         size,
-    }))
+    }, layout)))
+}
+
+/// `off,len,off,len,…`
+fn parse_map(v: &[u8]) -> Option<Vec<(u64, u64)>> {
+    let nums: Vec<u64> = std::str::from_utf8(v).ok()?.split(',').map(|s| s.trim().parse().ok()).collect::<Option<_>>()?;
+    if nums.len() % 2 != 0 {
+        return None;
+    }
+    Some(nums.chunks(2).map(|c| (c[0], c[1])).collect())
+}
+
+/// At most this many regions in a sparse map: more is an attack, not a file.
+const MAX_SPARSE_REGIONS: u64 = 1 << 20;
+
+/// Expands a pax sparse entry's stored regions into the file's full content, zeros in the
+/// holes.
+struct SparseReader<'a> {
+    inner: &'a mut dyn Read,
+    map: Vec<(u64, u64)>,
+    idx: usize,
+    pos: u64,
+    size: u64,
+}
+
+impl<'a> SparseReader<'a> {
+    fn new(inner: &'a mut dyn Read, layout: SparseLayout, size: u64, shown: &str) -> Result<SparseReader<'a>> {
+        let bad = |why: &str| Error::archive(format!("entry {shown:?}"), format!("has a bad sparse map: {why}"));
+        let map = match layout {
+            SparseLayout::Map(m) => m,
+            SparseLayout::InData => {
+                let mut consumed = 0u64;
+                let count = read_decimal_line(inner, &mut consumed).map_err(|e| bad(&e.to_string()))?;
+                if count > MAX_SPARSE_REGIONS {
+                    return Err(bad("too many regions"));
+                }
+                let mut m = Vec::new();
+                for _ in 0..count {
+                    let off = read_decimal_line(inner, &mut consumed).map_err(|e| bad(&e.to_string()))?;
+                    let len = read_decimal_line(inner, &mut consumed).map_err(|e| bad(&e.to_string()))?;
+                    m.push((off, len));
+                }
+                let pad = (512 - consumed % 512) % 512;
+                io::copy(&mut inner.take(pad), &mut io::sink()).map_err(|e| bad(&e.to_string()))?;
+                m
+            }
+        };
+        let mut end = 0u64;
+        for &(off, len) in &map {
+            let stop = off.checked_add(len).ok_or_else(|| bad("region overflows"))?;
+            if off < end || stop > size {
+                return Err(bad("regions out of order or past the end"));
+            }
+            end = stop;
+        }
+        Ok(SparseReader { inner, map, idx: 0, pos: 0, size })
+    }
+}
+
+fn read_decimal_line(r: &mut dyn Read, consumed: &mut u64) -> io::Result<u64> {
+    let mut digits = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        r.read_exact(&mut b)?;
+        *consumed += 1;
+        if b[0] == b'\n' {
+            break;
+        }
+        if !b[0].is_ascii_digit() || digits.len() > 20 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a decimal number"));
+        }
+        digits.push(b[0]);
+    }
+    std::str::from_utf8(&digits)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a decimal number"))
+}
+
+impl Read for SparseReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pos >= self.size || buf.is_empty() {
+                return Ok(0);
+            }
+            match self.map.get(self.idx) {
+                Some(&(off, len)) if self.pos >= off => {
+                    let end = off + len;
+                    if self.pos >= end {
+                        self.idx += 1;
+                        continue;
+                    }
+                    let want = (end - self.pos).min(buf.len() as u64) as usize;
+                    let n = self.inner.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "sparse data ends early"));
+                    }
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                next => {
+                    let until = next.map(|(o, _)| *o).unwrap_or(self.size);
+                    let n = (until - self.pos).min(buf.len() as u64) as usize;
+                    buf[..n].fill(0);
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+            }
+        }
+    }
 }
 
 fn bad_field(shown: &str, field: &str, e: io::Error) -> Error {

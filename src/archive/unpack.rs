@@ -54,6 +54,10 @@ struct Staging {
     explicit: HashSet<Vec<u8>>,
     available: u64,
     written: u64,
+    /// The highest directory this run had to create to reach `target` (removed on abort).
+    created: Option<PathBuf>,
+    /// `target`'s times before the staging directory was made in it (put back on abort).
+    target_times: (FileTime, FileTime),
 }
 
 pub struct Unpacker {
@@ -121,8 +125,11 @@ impl Unpacker {
     fn staging(&mut self, top: &[u8]) -> Result<&mut Staging> {
         if !self.stagings.contains_key(top) {
             let target = self.top_target(top)?;
+            let created = highest_missing(&target);
             fs::create_dir_all(&target).ctx(|| format!("creating {}", target.display()))?;
             remove_stale(&target);
+            let tm = fs::metadata(&target).ctx(|| format!("reading {}", target.display()))?;
+            let target_times = (FileTime::from_last_access_time(&tm), FileTime::from_last_modification_time(&tm));
             let dir = target.join(format!("{STAGING_PREFIX}{}", self.id));
             fs::create_dir(&dir).ctx(|| format!("creating staging directory {}", dir.display()))?;
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
@@ -132,7 +139,7 @@ impl Unpacker {
             dirs.insert(Vec::new());
             self.stagings.insert(
                 top.to_vec(),
-                Staging { dir, target, dirs, explicit: HashSet::new(), available, written: 0 },
+                Staging { dir, target, dirs, explicit: HashSet::new(), available, written: 0, created, target_times },
             );
         }
         // The key was inserted above when missing.
@@ -196,8 +203,10 @@ impl Unpacker {
                     self.buf.resize(COPY_BUF, 0);
                 }
                 let st = self.stagings.get_mut(&top).ok_or_else(|| Error::archive("staging", "missing"))?;
-                let file = write_file(&local, data, item.size, *sparse, &mut self.buf)
-                    .ctx(|| format!("writing {shown}"))?;
+                let file = write_file(&local, data, item.size, *sparse, &mut self.buf).map_err(|e| match e {
+                    Copy::Read(e) => Error::archive(format!("entry {shown:?}"), format!("cannot be read: {e}")),
+                    Copy::Write(e) => Error::Io { context: format!("writing {shown}"), source: e },
+                })?;
                 st.written += item.size;
                 self.outcome.bytes += item.size;
                 let warn = apply_file_meta(&file, &local, &item.meta, is_root, opts).ctx(|| format!("setting metadata of {shown}"))?;
@@ -282,11 +291,30 @@ impl Unpacker {
         Ok(std::mem::take(&mut self.outcome))
     }
 
+    /// Remove staging. After a failure, also undo the traces staging left: directories this
+    /// run created to hold it, and the target directory's times.
     fn cleanup(&mut self) {
         for st in self.stagings.values() {
             if let Err(e) = fs::remove_dir_all(&st.dir) {
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::warn!("could not remove staging {}: {e}", st.dir.display());
+                }
+            }
+            if self.committed {
+                continue;
+            }
+            match &st.created {
+                Some(top) => {
+                    // Only empty directories go: remove_dir refuses anything else.
+                    let mut p = st.target.clone();
+                    while fs::remove_dir(&p).is_ok() && &p != top {
+                        if !p.pop() {
+                            break;
+                        }
+                    }
+                }
+                None => {
+                    let _ = filetime::set_file_times(&st.target, st.target_times.0, st.target_times.1);
                 }
             }
         }
@@ -380,40 +408,55 @@ fn check_symlink(path: &[u8], target: &[u8], shown: &str) -> Result<()> {
     Ok(())
 }
 
-fn write_file(local: &Path, data: &mut dyn Read, size: u64, sparse: bool, buf: &mut [u8]) -> io::Result<File> {
+/// Which side of a copy failed: the archive (its fault) or the disk (ours).
+enum Copy {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+fn write_file(local: &Path, data: &mut dyn Read, size: u64, sparse: bool, buf: &mut [u8]) -> Result<File, Copy> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(local)?;
+        .open(local)
+        .map_err(Copy::Write)?;
     let mut remaining = size;
     let mut holes = false;
     while remaining > 0 {
         let want = remaining.min(buf.len() as u64) as usize;
-        let n = data.read(&mut buf[..want])?;
+        let n = match data.read(&mut buf[..want]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Copy::Read(e)),
+        };
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the archive ended inside this file"));
+            return Err(Copy::Read(io::Error::new(io::ErrorKind::UnexpectedEof, "the archive ends inside this file")));
         }
-        if sparse {
-            // Keep holes as holes: skip 4 KiB blocks of zeros instead of writing them.
-            for chunk in buf[..n].chunks(4096) {
-                if chunk.iter().all(|b| *b == 0) {
-                    file.seek(SeekFrom::Current(chunk.len() as i64))?;
-                    holes = true;
-                } else {
-                    file.write_all(chunk)?;
-                }
-            }
-        } else {
-            file.write_all(&buf[..n])?;
-        }
+        write_chunk(&mut file, &buf[..n], sparse, &mut holes).map_err(Copy::Write)?;
         remaining -= n as u64;
     }
     if holes {
-        file.set_len(size)?;
+        file.set_len(size).map_err(Copy::Write)?;
     }
     Ok(file)
+}
+
+fn write_chunk(file: &mut File, data: &[u8], sparse: bool, holes: &mut bool) -> io::Result<()> {
+    if !sparse {
+        return file.write_all(data);
+    }
+    // Keep holes as holes: skip 4 KiB blocks of zeros instead of writing them.
+    for block in data.chunks(4096) {
+        if block.iter().all(|b| *b == 0) {
+            file.seek(SeekFrom::Current(block.len() as i64))?;
+            *holes = true;
+        } else {
+            file.write_all(block)?;
+        }
+    }
+    Ok(())
 }
 
 fn mtime_of(meta: &Meta) -> FileTime {
@@ -543,6 +586,19 @@ fn remove_stale(target: &Path) {
             let _ = fs::remove_dir_all(ent.path());
         }
     }
+}
+
+/// The highest ancestor of `p` (or `p` itself) that does not exist yet.
+fn highest_missing(p: &Path) -> Option<PathBuf> {
+    let mut missing = None;
+    let mut cur = p.to_path_buf();
+    while fs::symlink_metadata(&cur).is_err() {
+        missing = Some(cur.clone());
+        if !cur.pop() {
+            break;
+        }
+    }
+    missing
 }
 
 fn existing_ancestor(p: &Path) -> PathBuf {

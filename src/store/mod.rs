@@ -6,6 +6,9 @@
 //! uploads are written aside and published by `Upload::finish`, or thrown away by `abort`.
 
 pub mod file;
+pub mod pending;
+pub mod retry;
+pub mod s3;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -145,8 +148,13 @@ pub fn open(loc: &Location, _opts: &crate::spec::StoreOptions) -> Result<(Box<dy
             let dir = path.parent().map(PathBuf::from).unwrap_or_default();
             Ok((Box::new(file::FileStore::new(&dir)), name.to_string(), false))
         }
-        Location::Object { .. } => Err(Error::usage(
-            "object storage destinations (oss://, obs://, s3://) are not supported by this build",
-        )),
+        Location::Object { scheme, bucket, key } => {
+            s3::check_bucket(bucket)?;
+            s3::check_key(key)?;
+            let store = s3::S3Store::new(*scheme, bucket, _opts)?;
+            // A key ending in `/` (or no key) is a folder: ECP's BackupFilePath.
+            let folder = key.is_empty() || key.ends_with('/');
+            Ok((Box::new(store), key.clone(), folder))
+        }
     }
 }

@@ -1,0 +1,207 @@
+//! Multipart uploads in progress, remembered on disk so that an agent killed mid-upload can
+//! abort what it started on its next start. OSS offers no ListMultipartUploads through its S3
+//! API, so the agent cannot ask the store what it left behind: it has to remember.
+//!
+//! Owns the state directory and its records: one JSON file per upload (bucket, key, upload id,
+//! endpoint, the process that owns it), written to a temporary name and renamed into place.
+//! A record must never hold a credential: it says where the upload is, never how to sign for it.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IoContext, Result};
+
+/// The state directory on a device (the agent's own directory on /data).
+pub const DEVICE_STATE_DIR: &str = "/data/cpbackup/state";
+
+/// One multipart upload this agent started and has not yet completed or aborted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    /// "OSS", "OBS" or "S3".
+    pub scheme: String,
+    pub bucket: String,
+    pub key: String,
+    pub upload_id: String,
+    /// The endpoint as it was given (`--endpoint`), to reach the same store again.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub path_style: bool,
+    /// The process that runs the upload, and its start time (clock ticks since boot, from
+    /// /proc/PID/stat), so a recycled pid is not mistaken for the uploader.
+    pub pid: u32,
+    pub pid_start: u64,
+    pub started: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// The state directory: the one given (`--state-dir`, `CPBACKUP_STATE_DIR`), else
+    /// /data/cpbackup/state when this is a device (it has a /data) and it is writable, else a
+    /// per-user directory (`$XDG_STATE_HOME/cpbackup`, `~/.local/state/cpbackup`), else one
+    /// under the temp dir.
+    pub fn resolve(given: Option<&Path>) -> StateDir {
+        if let Some(d) = given {
+            return StateDir { dir: d.to_path_buf() };
+        }
+        let mut candidates = Vec::new();
+        if Path::new("/data").is_dir() {
+            candidates.push(PathBuf::from(DEVICE_STATE_DIR));
+        }
+        if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+            candidates.push(PathBuf::from(x).join("cpbackup"));
+        }
+        if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            candidates.push(PathBuf::from(h).join(".local/state/cpbackup"));
+        }
+        // SAFETY: getuid cannot fail and has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        let tmp = std::env::temp_dir().join(format!("cpbackup-state-{uid}"));
+        for c in &candidates {
+            if writable(c) {
+                return StateDir { dir: c.clone() };
+            }
+        }
+        StateDir { dir: tmp }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Remember an upload; returns the record's file, to remove once the upload is over.
+    pub fn save(&self, rec: &Record) -> Result<PathBuf> {
+        fs::create_dir_all(&self.dir).ctx(|| format!("creating the state directory {}", self.dir.display()))?;
+        let name = format!("upload-{}-{}.json", rec.pid, crate::manifest::random_id(12));
+        let fin = self.dir.join(&name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let body = serde_json::to_vec_pretty(rec).unwrap_or_default();
+        let mut f = fs::File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+        f.write_all(&body).ctx(|| format!("writing {}", tmp.display()))?;
+        f.sync_all().ctx(|| format!("flushing {}", tmp.display()))?;
+        fs::rename(&tmp, &fin).ctx(|| format!("renaming {} to {}", tmp.display(), fin.display()))?;
+        Ok(fin)
+    }
+
+    /// Records whose uploader is no longer running: the uploads a killed agent left behind.
+    /// Unreadable files are skipped with a warning (and left for a person to look at).
+    pub fn stale(&self) -> Vec<(PathBuf, Record)> {
+        let Ok(rd) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut out = Vec::new();
+        for ent in rd.flatten() {
+            let path = ent.path();
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            if !name.starts_with("upload-") || !name.ends_with(".json") {
+                continue;
+            }
+            let rec: Record = match fs::read(&path).map(|b| serde_json::from_slice(&b)) {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    tracing::warn!("ignoring unreadable upload record {}: {e}", path.display());
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if !running(rec.pid, rec.pid_start) {
+                out.push((path, rec));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+/// Forget an upload (it completed, or it was aborted).
+pub fn remove(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("could not remove upload record {}: {e}", path.display());
+        }
+    }
+}
+
+fn writable(dir: &Path) -> bool {
+    if fs::create_dir_all(dir).is_err() {
+        return false;
+    }
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let ok = fs::write(&probe, b"").is_ok();
+    let _ = fs::remove_file(&probe);
+    ok
+}
+
+/// This process and its start time, for a new record.
+pub fn me() -> (u32, u64) {
+    let pid = std::process::id();
+    (pid, start_time(pid).unwrap_or(0))
+}
+
+/// Whether the process that wrote a record still runs. Our own records count as running:
+/// they belong to uploads in this process.
+pub fn running(pid: u32, pid_start: u64) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    match start_time(pid) {
+        None => false,
+        // A start time of 0 means it could not be read when the record was written: trust the pid.
+        Some(t) => pid_start == 0 || t == pid_start,
+    }
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ')' come fields 3…; field 22 is the 20th of them.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(pid: u32, pid_start: u64) -> Record {
+        Record {
+            scheme: "S3".into(),
+            bucket: "b".into(),
+            key: "k".into(),
+            upload_id: "u".into(),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            region: "garage".into(),
+            path_style: true,
+            pid,
+            pid_start,
+            started: "2024-05-20 10:00:00".into(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_only_dead_ones_are_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::resolve(Some(dir.path()));
+        let (pid, start) = me();
+        assert!(start > 0);
+        let mine = s.save(&rec(pid, start)).unwrap();
+        // A pid that cannot exist (above the kernel's pid_max) is not running.
+        let dead = s.save(&rec(u32::MAX - 1, 1)).unwrap();
+        let stale = s.stale();
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].0, dead);
+        assert_eq!(stale[0].1, rec(u32::MAX - 1, 1));
+        // pid 1 runs, but not since the recorded start: a recycled pid.
+        assert!(!running(1, start_time(1).unwrap_or(0) + 12345));
+        remove(&dead);
+        remove(&mine);
+        assert!(s.stale().is_empty());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "no temp files left");
+    }
+}

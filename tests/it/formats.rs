@@ -1,0 +1,153 @@
+//! Interoperability: GNU tar, the zstd CLI and the `.ab` shell recipe read what cpbackup writes,
+//! with the same paths, modes, owners and times; cpbackup reads what GNU tar writes.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::support::tree::{self, Ignore};
+use crate::support::{cpbackup, have, path_str, run};
+
+const APP: &str = "data/data/com.example.app";
+
+fn require(tool: &str) {
+    assert!(have(tool), "{tool} is not installed: .ci/run installs it (apt-get install tar zstd qpdf)");
+}
+
+fn export(root: &Path, dest: &Path) {
+    run(
+        cpbackup().args(["export", "--root", path_str(root), "--include", &format!("/{APP}"), "--to", path_str(dest)]),
+        0,
+    );
+}
+
+fn sh(script: &str) -> std::process::Output {
+    let o = Command::new("sh").arg("-c").arg(script).env_remove("TAR_OPTIONS").output().unwrap();
+    assert!(o.status.success(), "{script}\n{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+/// Metadata GNU tar cannot or does not restore exactly like cpbackup.
+fn gnu_ignore() -> Ignore {
+    Ignore { xattrs: true, link_mtime: false, top_meta: false }
+}
+
+#[test]
+fn gnu_tar_extracts_cpbackup_tar_exactly() {
+    require("tar");
+    let src = tempfile::tempdir().unwrap();
+    tree::full_case_tree(src.path());
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("x.tar");
+    export(src.path(), &archive);
+    let dst = tempfile::tempdir().unwrap();
+    sh(&format!(
+        "tar --numeric-owner --same-owner -xpf '{}' -C '{}'",
+        archive.display(),
+        dst.path().display()
+    ));
+    tree::assert_same(&tree::snapshot(src.path(), APP), &tree::snapshot(dst.path(), APP), gnu_ignore());
+}
+
+#[test]
+fn zstd_cli_and_gnu_tar_extract_cpbackup_tar_zst() {
+    require("tar");
+    require("zstd");
+    let src = tempfile::tempdir().unwrap();
+    tree::full_case_tree(src.path());
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("x.tar.zst");
+    export(src.path(), &archive);
+    let dst = tempfile::tempdir().unwrap();
+    sh(&format!(
+        "zstd -d -c < '{}' | tar --numeric-owner --same-owner -xpf - -C '{}'",
+        archive.display(),
+        dst.path().display()
+    ));
+    tree::assert_same(&tree::snapshot(src.path(), APP), &tree::snapshot(dst.path(), APP), gnu_ignore());
+}
+
+#[test]
+fn ab_container_passes_the_dd_zlib_flate_recipe() {
+    require("tar");
+    require("zlib-flate");
+    let src = tempfile::tempdir().unwrap();
+    tree::full_case_tree(src.path());
+    let out = tempfile::tempdir().unwrap();
+    let ab = out.path().join("x.ab");
+    let tar = out.path().join("x.tar");
+    export(src.path(), &ab);
+    export(src.path(), &tar);
+    let bytes = fs::read(&ab).unwrap();
+    assert!(bytes.starts_with(b"ANDROID BACKUP\n5\n1\nnone\n"));
+    assert_eq!(bytes[24], 0x78, "zlib stream right after the 24-byte header");
+    let listed = sh(&format!("dd if='{}' bs=24 skip=1 2>/dev/null | zlib-flate -uncompress | tar -t", ab.display()));
+    let direct = sh(&format!("tar -tf '{}'", tar.display()));
+    assert!(!listed.stdout.is_empty());
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), String::from_utf8_lossy(&direct.stdout));
+    // And the .ab's tar extracts to the same tree.
+    let dst = tempfile::tempdir().unwrap();
+    sh(&format!(
+        "dd if='{}' bs=24 skip=1 2>/dev/null | zlib-flate -uncompress | tar --numeric-owner --same-owner -xpf - -C '{}'",
+        ab.display(),
+        dst.path().display()
+    ));
+    tree::assert_same(&tree::snapshot(src.path(), APP), &tree::snapshot(dst.path(), APP), gnu_ignore());
+}
+
+#[test]
+fn cpbackup_imports_what_gnu_tar_writes() {
+    require("tar");
+    let src = tempfile::tempdir().unwrap();
+    tree::full_case_tree(src.path());
+    let out = tempfile::tempdir().unwrap();
+    for (name, flags) in [("posix.tar", "--format=posix --sparse"), ("gnu.tar", "--format=gnu --sparse")] {
+        let archive = out.path().join(name);
+        sh(&format!(
+            "tar {flags} --numeric-owner -cf '{}' -C '{}' {APP}",
+            archive.display(),
+            src.path().display()
+        ));
+        let dst = tempfile::tempdir().unwrap();
+        run(cpbackup().args(["import", "--root", path_str(dst.path()), "--from", path_str(&archive)]), 0);
+        let mut ignore = gnu_ignore();
+        if name == "gnu.tar" {
+            // The GNU format stores whole seconds only.
+            ignore.link_mtime = true;
+            let a = strip_nanos(tree::snapshot(src.path(), APP));
+            let b = strip_nanos(tree::snapshot(dst.path(), APP));
+            tree::assert_same(&a, &b, ignore);
+        } else {
+            tree::assert_same(&tree::snapshot(src.path(), APP), &tree::snapshot(dst.path(), APP), ignore);
+        }
+        let sparse = fs::metadata(dst.path().join(APP).join("files/sparse.img")).unwrap();
+        assert!(std::os::unix::fs::MetadataExt::blocks(&sparse) * 512 < 8 << 20, "{name}: sparse file restored dense");
+    }
+}
+
+fn strip_nanos(
+    mut s: std::collections::BTreeMap<Vec<u8>, tree::Node>,
+) -> std::collections::BTreeMap<Vec<u8>, tree::Node> {
+    for n in s.values_mut() {
+        n.mtime.1 = 0;
+    }
+    s
+}
+
+#[test]
+fn tar_over_stdout_matches_the_file() {
+    let src = tempfile::tempdir().unwrap();
+    tree::Builder::new(src.path()).file("data/d/f", b"content");
+    let o = cpbackup()
+        .args(["export", "--root", path_str(src.path()), "--include", "/data/d", "--to", "-", "--format", "tar"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(o.stderr.is_empty(), "nothing but the archive on a non-terminal: {}", String::from_utf8_lossy(&o.stderr));
+    let out = tempfile::tempdir().unwrap();
+    let p = out.path().join("s.tar");
+    fs::write(&p, &o.stdout).unwrap();
+    let listed = sh(&format!("tar -tvf '{}'", p.display()));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("data/d/f"));
+}

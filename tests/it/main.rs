@@ -1,0 +1,10 @@
+//! One integration-test binary. Each module is one capability, exercised through the real
+//! `cpbackup` binary against real temp directories (and, where storage is remote, a real
+//! Garage server started by `support::garage`).
+
+mod support;
+
+mod formats;
+mod malicious;
+mod roundtrip;
+mod s3;

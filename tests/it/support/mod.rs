@@ -1,0 +1,64 @@
+//! Test support: running the binary, building trees with every case the archive must carry,
+//! and comparing trees (content and metadata).
+
+#![allow(dead_code)]
+
+pub mod garage;
+pub mod tree;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// The cpbackup binary under test. `CPBACKUP_BIN` overrides it (used to run the same tests
+/// against the aarch64 build under qemu).
+pub fn bin() -> String {
+    std::env::var("CPBACKUP_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cpbackup").to_string())
+}
+
+/// A `cpbackup` command with a clean environment for what matters to it.
+pub fn cpbackup() -> Command {
+    let bin = bin();
+    let mut parts = bin.split_whitespace();
+    let mut c = Command::new(parts.next().expect("CPBACKUP_BIN is empty"));
+    c.args(parts);
+    c.env_remove("RUST_LOG").env_remove("AWS_CA_BUNDLE").stdin(Stdio::null());
+    c
+}
+
+/// Run and return the output, asserting the exit code.
+pub fn run(cmd: &mut Command, code: i32) -> Output {
+    let out = cmd.output().expect("spawn cpbackup");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit code; stderr:\n{}\nstdout:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Is a command on PATH?
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
