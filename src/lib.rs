@@ -18,6 +18,7 @@
 //! - [`backup`] / [`restore`]: the two data paths.
 //! - [`android`]: the device's command line (getprop, pm, am, restorecon).
 //! - [`apps`]: per-package plans of app backups and recoveries (`.ab`, BackupApp / RecoverApp).
+//! - [`demo`]: the built-in demo phone root behind `cpbackup demo`.
 //! - [`spec`], [`progress`], [`version`], [`error`]: what is asked, how far it got, what built it, what went wrong.
 
 pub mod android;
@@ -26,6 +27,7 @@ pub mod archive;
 pub mod backup;
 pub mod catalog;
 pub mod compress;
+pub mod demo;
 pub mod digest;
 pub mod error;
 pub mod manifest;

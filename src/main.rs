@@ -33,6 +33,12 @@ enum Command {
     Verify(VerifyArgs),
     /// Print the version, git commit, target and build profile.
     Version,
+    /// Run export → verify → import on a built-in demo phone root, with a local folder as the store.
+    Demo {
+        /// Where the demo root, the store and the restored copy go.
+        #[arg(long, default_value = "cpbackup-demo")]
+        dir: PathBuf,
+    },
     /// List the backup files under a bucket prefix or folder (ECP DescribeBackupFiles).
     List(ListArgs),
     /// Delete a backup file: its archive, then its manifest (ECP DeleteBackupFile).
@@ -369,9 +375,6 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                     manifest.sha256
                 );
             }
-            for w in &manifest.warnings {
-                eprintln!("cpbackup: warning: {w}");
-            }
         }
         Command::RecoverApp(a) => {
             let spec = RecoverAppSpec { from: a.from, apps: a.apps, force: a.force, root: a.root, store: a.store.options() };
@@ -392,6 +395,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             }
         }
         Command::Version => println!("{}", version::long()),
+        Command::Demo { dir } => demo(&dir)?,
         Command::List(a) => {
             let statuses = a.statuses.iter().map(|s| cpbackup::manifest::Status::parse(s)).collect::<Result<Vec<_>, _>>()?;
             let q = cpbackup::catalog::Query {
@@ -425,6 +429,41 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&done)?);
         }
     }
+    Ok(())
+}
+
+/// The README's first command: the whole data path on a demo root, a local folder as store.
+fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let phone = dir.join("phone");
+    let store = dir.join("store");
+    let restored = dir.join("restored");
+    for d in [&phone, &store, &restored] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    cpbackup::demo::make_root(&phone)?;
+    let pkg = cpbackup::demo::PACKAGE;
+    let spec = ExportSpec {
+        includes: vec![format!("/data/user/0/{pkg}"), format!("/data/user_de/0/{pkg}"), "/data/media/0".into()],
+        to: format!("{}/", store.display()),
+        root: phone.clone(),
+        name: Some("demo.tar.zst".into()),
+        description: "cpbackup demo".into(),
+        identity: Identity { android_instance_id: "acp-demo".into(), ..Default::default() },
+        ..Default::default()
+    };
+    let m = backup::export(&spec, &Progress::new(true))?;
+    println!("exported  {} -> {}", spec.includes.join(" "), m.backup_file_path);
+    println!("          {} entries, {} bytes of files, {} bytes stored ({}), sha256 {}", m.entry_count, m.file_size, m.archive_size, m.status.as_str(), m.sha256);
+    let from = m.backup_file_path.clone();
+    let v = restore::verify(&VerifySpec { from: from.clone(), ..Default::default() }, &Progress::new(true))?;
+    println!("verified  {} entries, checksum {}", v.entries, if v.checksum_verified { "matches the manifest" } else { "not checked" });
+    let r = restore::import(&ImportSpec { from, root: restored.clone(), ..Default::default() }, &Progress::new(true))?;
+    println!("imported  {} entries, {} bytes into {}", r.entries, r.bytes, restored.display());
+    println!("manifest  {}.manifest.json", m.backup_file_path);
     Ok(())
 }
 

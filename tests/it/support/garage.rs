@@ -175,6 +175,18 @@ fn watchdog(pid: u32) {
         .spawn();
 }
 
+fn remove_when_gone(dir: &Path) {
+    let me = std::process::id();
+    let script = format!("while kill -0 {me} 2>/dev/null; do sleep 0.5; done; sleep 1; rm -rf '{}'", dir.display());
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
 /// A Garage cluster (one node, or three) with the test key and a layout applied.
 pub struct Garage {
     pub nodes: Vec<Node>,
@@ -186,6 +198,9 @@ pub struct Garage {
 impl Garage {
     pub fn start(nodes: usize) -> Garage {
         let dir = tempfile::Builder::new().prefix("cpbackup-garage-").tempdir().expect("tempdir");
+        // The shared server lives in a static that is never dropped: its directory goes when
+        // the test process does.
+        remove_when_gone(dir.path());
         let replication = if nodes >= 3 { 3 } else { 1 };
         let ns: Vec<Node> = (0..nodes).map(|i| Node::new(&dir.path().join(format!("node{i}")), replication)).collect();
         let first = &ns[0];
