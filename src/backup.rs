@@ -45,7 +45,7 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
     let now = time::OffsetDateTime::now_utc();
     let system = SystemInfo::read();
     let mut m = Manifest {
-        backup_file_id: manifest::new_backup_file_id(),
+        backup_file_id: spec.backup_file_id.clone().unwrap_or_else(manifest::new_backup_file_id),
         identity: spec.identity.clone(),
         status: Status::Backuping,
         source_file_path_list: selection.source_paths.clone(),
@@ -86,11 +86,11 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
     progress.set_total(totals.bytes);
     m.file_size = totals.bytes;
 
-    let sink = match &dest {
-        None => Sink::Stdout(io::stdout()),
-        Some((store, key)) => Sink::Upload(store.upload(key, totals.bytes)?),
-    };
-    let result = write_archive(&selection, sink, format, progress, &mut warnings);
+    let result = match &dest {
+        None => Ok(Sink::Stdout(io::stdout())),
+        Some((store, key)) => store.upload(key, totals.bytes).map(Sink::Upload),
+    }
+    .and_then(|sink| write_archive(&selection, sink, format, progress, &mut warnings));
     progress.finish();
     m.gmt_modified = manifest::format_time(time::OffsetDateTime::now_utc());
     m.warnings = warnings.list.clone();
@@ -124,7 +124,7 @@ pub fn backup_app(spec: &BackupAppSpec, progress: &Progress) -> Result<Manifest>
         }
     }
     let mut m = Manifest {
-        backup_file_id: manifest::new_backup_file_id(),
+        backup_file_id: spec.backup_file_id.clone().unwrap_or_else(manifest::new_backup_file_id),
         identity: spec.identity.clone(),
         status: Status::Backuping,
         source_app_info_list: sources.iter().map(|a| a.package.clone()).collect(),
@@ -356,6 +356,7 @@ fn add_entry<W: Write>(
     progress: &Progress,
     warnings: &mut Warnings,
 ) -> Result<()> {
+    progress.check_cancel()?;
     let shown = e.path.display();
     let md = &e.meta;
     let meta = Meta {

@@ -16,8 +16,10 @@
 //! - [`manifest`]: the backup-file record beside each archive.
 //! - [`catalog`]: `list` and `delete` over the manifests in a bucket or folder (DescribeBackupFiles).
 //! - [`backup`] / [`restore`]: the two data paths.
+//! - [`net`]: DNS and TLS roots for a static binary on a phone; the one HTTP client.
 //! - [`android`]: the device's command line (getprop, pm, am, restorecon).
 //! - [`apps`]: per-package plans of app backups and recoveries (`.ab`, BackupApp / RecoverApp).
+//! - [`daemon`]: the agent as an HTTP service: vendor APIs, task queue, journal, callbacks.
 //! - [`demo`]: the built-in demo phone root behind `cpbackup demo`.
 //! - [`spec`], [`progress`], [`version`], [`error`]: what is asked, how far it got, what built it, what went wrong.
 
@@ -27,10 +29,12 @@ pub mod archive;
 pub mod backup;
 pub mod catalog;
 pub mod compress;
+pub mod daemon;
 pub mod demo;
 pub mod digest;
 pub mod error;
 pub mod manifest;
+pub mod net;
 pub mod progress;
 pub mod restore;
 pub mod select;

@@ -19,6 +19,10 @@ struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// DNS servers, IP or IP:PORT, comma-separated (default: /etc/resolv.conf, else public
+    /// resolvers: a phone has no resolv.conf).
+    #[arg(long, global = true, env = "CPBACKUP_DNS", value_name = "SERVERS")]
+    dns: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +53,12 @@ enum Command {
     BackupApp(BackupAppArgs),
     /// Reinstall apps and their data from an .ab, replacing installed copies (ECP RecoverApp).
     RecoverApp(RecoverAppArgs),
+    /// Run as a service: the control plane pushes tasks over HTTP, status goes back by callbacks.
+    Daemon {
+        /// TOML configuration; every key can also be set as CPBACKUP_<KEY> in the environment.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -279,14 +289,41 @@ fn catalog_store(location: &str, opts: &StoreOptions) -> anyhow::Result<(Box<dyn
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    if let Err(code) = install_network(cli.dns.as_deref(), &cli.command) {
+        return code;
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let input = e.downcast_ref::<cpbackup::Error>().is_some_and(|e| e.is_input());
             eprintln!("cpbackup: error: {e:#}");
+            if let Some(hint) = cpbackup::net::hint(&format!("{e:#}")) {
+                eprintln!("cpbackup: hint: {hint}");
+            }
             ExitCode::from(if input { 2 } else { 1 })
         }
     }
+}
+
+/// DNS servers and CA roots for every connection of this process (see `cpbackup::net`): the CA
+/// store is the one of the phone the command works on (`--root`), `/` for the others.
+fn install_network(dns: Option<&str>, cmd: &Command) -> Result<(), ExitCode> {
+    let servers = match dns.map(cpbackup::net::dns::parse_servers).transpose() {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("cpbackup: error: --dns: {e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    let root = match cmd {
+        Command::Export(a) => a.root.as_path(),
+        Command::Import(a) => a.root.as_path(),
+        Command::BackupApp(a) => a.root.as_path(),
+        Command::RecoverApp(a) => a.root.as_path(),
+        _ => std::path::Path::new("/"),
+    };
+    cpbackup::net::Network::new(servers, root).install();
+    Ok(())
 }
 
 fn init_logging(verbose: u8) {
@@ -305,6 +342,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Export(a) => {
             let format = a.format.as_deref().map(Format::parse).transpose()?;
             let spec = ExportSpec {
+                backup_file_id: None,
                 includes: a.includes,
                 excludes: a.excludes,
                 all: a.all,
@@ -348,6 +386,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::BackupApp(a) => {
             let spec = BackupAppSpec {
+                backup_file_id: None,
                 apps: a.apps,
                 to: a.to,
                 root: a.root,
@@ -395,6 +434,11 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             }
         }
         Command::Version => println!("{}", version::long()),
+        Command::Daemon { config } => {
+            let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("CPBACKUP_")).collect();
+            let cfg = cpbackup::daemon::config::Config::load(config.as_deref(), &env)?;
+            cpbackup::daemon::run(cfg)?;
+        }
         Command::Demo { dir } => demo(&dir)?,
         Command::List(a) => {
             let statuses = a.statuses.iter().map(|s| cpbackup::manifest::Status::parse(s)).collect::<Result<Vec<_>, _>>()?;

@@ -17,6 +17,9 @@ pub struct Counters {
     pub total: AtomicU64,
     /// Bytes sent to or read from the store.
     pub transferred: Arc<AtomicU64>,
+    /// Set by whoever wants the operation stopped (the daemon's cancel); checked between
+    /// entries, so a cancelled export aborts its upload and a cancelled import its staging.
+    pub cancel: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -58,6 +61,14 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.set_position(done);
         }
+    }
+
+    /// `Err(Cancelled)` once a cancel was asked for.
+    pub fn check_cancel(&self) -> crate::error::Result<()> {
+        if self.counters.cancel.load(Ordering::Relaxed) {
+            return Err(crate::error::Error::Cancelled);
+        }
+        Ok(())
     }
 
     pub fn finish(&self) {

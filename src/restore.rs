@@ -131,6 +131,7 @@ pub fn import(spec: &ImportSpec, progress: &Progress) -> Result<Report> {
             let (container, mut tar) = read::open(&mut hashed)?;
             report.container = container_name(container);
             read::each_entry(&mut tar, &mut |item, data| {
+                progress.check_cancel()?;
                 progress.entry(item.size);
                 unpacker.entry(item, data)
             })?;

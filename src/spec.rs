@@ -43,6 +43,9 @@ pub struct ExportSpec {
     pub description: String,
     pub identity: Identity,
     pub store: StoreOptions,
+    /// The BackupFileId to record (the daemon answers with it before the backup starts);
+    /// a new one when absent.
+    pub backup_file_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -77,6 +80,9 @@ pub struct BackupAppSpec {
     pub no_cache: bool,
     pub identity: Identity,
     pub store: StoreOptions,
+    /// The BackupFileId to record (the daemon answers with it before the backup starts);
+    /// a new one when absent.
+    pub backup_file_id: Option<String>,
 }
 
 /// ECP RecoverApp: reinstall apps and their data from an `.ab`.

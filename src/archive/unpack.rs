@@ -575,6 +575,16 @@ fn merge(
     Ok(())
 }
 
+/// Remove the staging that killed runs left under `ROOT/data` and `ROOT/cache` (the daemon does
+/// this on start; an import does it for its own target directories anyway).
+pub fn remove_stale_staging(root: &Path) {
+    for top in ["data", "cache"] {
+        if let Ok(r) = select::resolve(root, top.as_bytes(), true) {
+            remove_stale(&r.host);
+        }
+    }
+}
+
 /// Remove staging directories that a killed run left behind.
 fn remove_stale(target: &Path) {
     let Ok(rd) = fs::read_dir(target) else { return };

@@ -68,6 +68,9 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.trim().parse().ok()
 }
 
+/// Requests retried since the process started (the daemon's `cpbackup_part_retries_total`).
+pub static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Run `op` until it succeeds, fails permanently, or the budget is spent. `what` names the
 /// request in logs. The last error is returned, its message saying how many attempts it took.
 pub async fn run<T, F, Fut>(policy: &Policy, what: &str, mut op: F) -> Result<T, Error>
@@ -81,6 +84,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
                 let wait = policy.delay(attempt);
+                RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!("{what}: attempt {attempt} of {} failed ({e}); retrying in {wait:?}", policy.max_attempts);
                 tokio::time::sleep(wait).await;
                 attempt += 1;

@@ -5,7 +5,7 @@
 //!
 //! The synchronous data path meets tokio here: the store owns a small runtime, uploads hand
 //! full parts to it through a bounded channel, downloads hand chunks back through another.
-//! Memory stays at about `part_size × (parts_in_flight + 2)` on the way up and a few MiB on the
+//! Memory stays at about `part_size × (parts_in_flight + 1)` on the way up and a few MiB on the
 //! way down, however large the archive.
 //!
 //! It must never let a credential reach a log line, an error, a record or a manifest (they come
@@ -30,7 +30,7 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::{Bytes, BytesMut};
 use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::pending::{self, Record, StateDir};
@@ -41,7 +41,7 @@ use crate::spec::StoreOptions;
 
 /// The smallest part: AWS's minimum (OSS and OBS accept 100 KB, Garage anything).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
-/// The default part: 4 in flight + 1 queued + 1 filling stay well under 64 MiB.
+/// The default part: 4 in flight + 1 filling stay well under 64 MiB.
 pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
 /// The largest part S3, OSS and OBS accept.
 pub const MAX_PART_SIZE: u64 = 5 << 30;
@@ -238,10 +238,9 @@ pub fn part_size(size_hint: u64) -> u64 {
 /// build for Android arm64 everywhere). The one place it is built: DNS for a static binary on
 /// Android (`build_with_resolver`) and Android's CA roots plug in here.
 pub fn http_client() -> SharedHttpClient {
-    use aws_smithy_http_client::tls;
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-        .build_https()
+    // Name servers (--dns, resolv.conf, public) and CA roots (the phone's cacerts, else bundled):
+    // see net.rs.
+    crate::net::Network::current().http_client()
 }
 
 /// Credentials: the standard environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
@@ -776,12 +775,16 @@ async fn put_object(sh: &Shared, key: &str, body: Bytes) -> Result<()> {
 struct Part {
     number: i32,
     body: Bytes,
+    /// An upload slot, held from the hand-off until the part is uploaded.
+    _slot: OwnedSemaphorePermit,
 }
 
 struct Multipart {
     upload_id: String,
     /// Full parts go here; `None` once the last part was sent.
     tx: Option<mpsc::Sender<Part>>,
+    /// `parts_in_flight` slots: a part is handed off only with one.
+    slots: Arc<Semaphore>,
     dispatcher: Option<JoinHandle<Result<Vec<CompletedPart>>>>,
     record: Option<std::path::PathBuf>,
 }
@@ -847,11 +850,13 @@ impl S3Upload {
                 None
             }
         };
-        // The channel holds one part; the dispatcher takes a part only when an upload slot is
-        // free, so at most `in_flight` parts upload, one waits, and one fills.
-        let (tx, rx) = mpsc::channel(1);
+        // A part is handed off only with an upload slot, so parts in the channel and parts
+        // uploading are `in_flight` at most, plus the one filling: memory is
+        // part_size × (in_flight + 1), and `write` blocks while every slot is taken.
+        let (tx, rx) = mpsc::channel(self.in_flight);
+        let slots = Arc::new(Semaphore::new(self.in_flight));
         let dispatcher = self.rt.spawn(dispatch(self.shared.clone(), self.key.clone(), upload_id.clone(), rx, self.in_flight));
-        self.mp = Some(Multipart { upload_id, tx: Some(tx), dispatcher: Some(dispatcher), record });
+        self.mp = Some(Multipart { upload_id, tx: Some(tx), slots, dispatcher: Some(dispatcher), record });
         Ok(())
     }
 
@@ -870,11 +875,25 @@ impl S3Upload {
                 retryable: false,
             });
         }
-        let body = std::mem::replace(&mut self.buf, BytesMut::new()).freeze();
-        let part = Part { number: self.next_part, body };
-        self.next_part += 1;
-        let sent = match self.mp.as_ref().and_then(|m| m.tx.as_ref()) {
-            Some(tx) => tx.blocking_send(part).is_ok(),
+        let sent = match self.mp.as_ref().and_then(|m| m.tx.as_ref().map(|tx| (tx.clone(), m.slots.clone()))) {
+            Some((tx, slots)) => {
+                // Wait for a slot, or for the dispatcher to stop (then the send fails below).
+                let slot = block_on(&self.rt, async {
+                    tokio::select! {
+                        s = slots.acquire_owned() => s.ok(),
+                        _ = tx.closed() => None,
+                    }
+                });
+                match slot {
+                    Some(slot) => {
+                        let body = std::mem::replace(&mut self.buf, BytesMut::new()).freeze();
+                        let part = Part { number: self.next_part, body, _slot: slot };
+                        self.next_part += 1;
+                        tx.blocking_send(part).is_ok()
+                    }
+                    None => false,
+                }
+            }
             None => false,
         };
         if sent {

@@ -151,3 +151,47 @@ fn tar_over_stdout_matches_the_file() {
     let listed = sh(&format!("tar -tvf '{}'", p.display()));
     assert!(String::from_utf8_lossy(&listed.stdout).contains("data/d/f"));
 }
+
+#[test]
+fn reads_ab_versions_1_to_5_compressed_or_not() {
+    let src = tempfile::tempdir().unwrap();
+    tree::Builder::new(src.path()).file("data/d/f", b"from an old phone");
+    let out = tempfile::tempdir().unwrap();
+    let tar = out.path().join("x.tar");
+    run(cpbackup().args(["export", "--root", path_str(src.path()), "--include", "/data/d", "--to", path_str(&tar)]), 0);
+    let tar_bytes = fs::read(&tar).unwrap();
+    for version in 1..=5 {
+        for compressed in [false, true] {
+            let mut ab = format!("ANDROID BACKUP\n{version}\n{}\nnone\n", u8::from(compressed)).into_bytes();
+            if compressed {
+                ab.append(&mut zlib_flate(&tar_bytes));
+            } else {
+                ab.extend_from_slice(&tar_bytes);
+            }
+            let file = out.path().join(format!("v{version}-{compressed}.ab"));
+            fs::write(&file, &ab).unwrap();
+            let dst = tempfile::tempdir().unwrap();
+            run(cpbackup().args(["import", "--root", path_str(dst.path()), "--from", path_str(&file)]), 0);
+            assert_eq!(fs::read(dst.path().join("data/d/f")).unwrap(), b"from an old phone", "v{version} compressed={compressed}");
+        }
+    }
+}
+
+/// zlib through the `zlib-flate` CLI, independent of cpbackup's own encoder.
+fn zlib_flate(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    require("zlib-flate");
+    let mut child = Command::new("zlib-flate")
+        .arg("-compress")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}

@@ -4,6 +4,8 @@
 
 mod support;
 
+mod android;
+mod daemon;
 mod formats;
 mod malicious;
 mod roundtrip;

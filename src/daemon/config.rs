@@ -1,0 +1,162 @@
+//! The daemon's configuration: a TOML file, every key also settable by an environment
+//! variable `CPBACKUP_<KEY>` (upper case), the environment winning. Owns the defaults and the
+//! checks that make an unsafe configuration refuse to start.
+//!
+//! It never logs the token or the callback secret, and refuses to listen beyond loopback
+//! without a token.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: String,
+    /// Bearer token every request but /healthz must carry.
+    pub token: Option<String>,
+    /// Read the token from this file instead (0600).
+    pub token_file: Option<PathBuf>,
+    /// Where the journal (tasks, outbox) and upload records live.
+    pub state_dir: PathBuf,
+    /// The directory that stands for the phone's `/` (tests use a fake root).
+    pub root: PathBuf,
+    /// This phone's identity, as the control plane knows it.
+    pub instance_id: String,
+    pub instance_name: String,
+    pub instance_group_id: String,
+    pub region_id: String,
+    /// Where status events go when a task does not name its own callback.
+    pub callback_url: Option<String>,
+    /// HMAC key for callback signatures.
+    pub callback_secret: Option<String>,
+    /// Heavy tasks at a time.
+    pub max_concurrent: usize,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// Seconds a running task may take to finish after SIGTERM before it is cancelled.
+    pub shutdown_deadline_secs: u64,
+    /// Seconds between progress events of a running task.
+    pub progress_interval_secs: u64,
+    /// Object storage defaults for requests that give only a bucket path.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+    pub parts_in_flight: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8640".into(),
+            token: None,
+            token_file: None,
+            state_dir: PathBuf::from("/data/cpbackup"),
+            root: PathBuf::from("/"),
+            instance_id: String::new(),
+            instance_name: String::new(),
+            instance_group_id: String::new(),
+            region_id: String::new(),
+            callback_url: None,
+            callback_secret: None,
+            max_concurrent: 1,
+            body_limit: 1 << 20,
+            shutdown_deadline_secs: 30,
+            progress_interval_secs: 5,
+            endpoint: None,
+            region: None,
+            path_style: false,
+            parts_in_flight: 4,
+        }
+    }
+}
+
+impl Config {
+    /// Load the file (if given), then apply `CPBACKUP_*` variables from `env`.
+    pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Config> {
+        let mut table: toml::Table = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::usage(format!("config {}: {e}", p.display())))?;
+                text.parse().map_err(|e| Error::usage(format!("config {}: {e}", p.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        let keys = [
+            "listen", "token", "token_file", "state_dir", "root", "instance_id", "instance_name",
+            "instance_group_id", "region_id", "callback_url", "callback_secret", "max_concurrent",
+            "body_limit", "shutdown_deadline_secs", "progress_interval_secs", "endpoint", "region",
+            "path_style", "parts_in_flight",
+        ];
+        for key in keys {
+            let var = format!("CPBACKUP_{}", key.to_ascii_uppercase());
+            if let Some((_, v)) = env.iter().find(|(k, _)| *k == var) {
+                let value = match key {
+                    "max_concurrent" | "body_limit" | "shutdown_deadline_secs" | "progress_interval_secs" | "parts_in_flight" => {
+                        toml::Value::Integer(v.parse().map_err(|_| Error::usage(format!("{var}={v:?} is not a number")))?)
+                    }
+                    "path_style" => toml::Value::Boolean(matches!(v.as_str(), "1" | "true" | "yes")),
+                    _ => toml::Value::String(v.clone()),
+                };
+                table.insert(key.to_string(), value);
+            }
+        }
+        let mut cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::usage(format!("config: {}", e.message())))?;
+        if let Some(p) = &cfg.token_file {
+            let t = std::fs::read_to_string(p).map_err(|e| Error::usage(format!("token_file {}: {e}", p.display())))?;
+            cfg.token = Some(t.trim().to_string());
+        }
+        if cfg.token.as_deref().is_some_and(str::is_empty) {
+            cfg.token = None;
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<()> {
+        let addr: SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|_| Error::usage(format!("listen = {:?} is not an address such as 127.0.0.1:8640", self.listen)))?;
+        if self.token.is_none() && !addr.ip().is_loopback() {
+            return Err(Error::usage(format!(
+                "listen = {:?} reaches beyond this phone but no token is configured: set token (or token_file, or CPBACKUP_TOKEN), or listen on 127.0.0.1",
+                self.listen
+            )));
+        }
+        if self.max_concurrent == 0 {
+            return Err(Error::usage("max_concurrent must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn addr(&self) -> Result<SocketAddr> {
+        self.listen.parse().map_err(|_| Error::usage(format!("listen = {:?} is not an address", self.listen)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_and_unsafe_setups_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:1\"\ninstance_id = \"acp-1\"\nmax_concurrent = 2\n").unwrap();
+        let c = Config::load(Some(&f), &[("CPBACKUP_INSTANCE_ID".into(), "acp-2".into())]).unwrap();
+        assert_eq!(c.instance_id, "acp-2");
+        assert_eq!(c.max_concurrent, 2);
+        let e = Config::load(Some(&f), &[("CPBACKUP_LISTEN".into(), "0.0.0.0:1".into())]).unwrap_err();
+        assert!(e.to_string().contains("no token"), "{e}");
+        assert!(Config::load(Some(&f), &[("CPBACKUP_LISTEN".into(), "0.0.0.0:1".into()), ("CPBACKUP_TOKEN".into(), "t".into())]).is_ok());
+        std::fs::write(&f, "bogus = 1\n").unwrap();
+        assert!(Config::load(Some(&f), &[]).unwrap_err().to_string().contains("bogus"));
+    }
+}

@@ -1,0 +1,153 @@
+//! The daemon's memory across crashes and reboots: one JSON file per task and one per
+//! undelivered status event, each written to a temporary name, fsynced and renamed into
+//! place, so a reader finds the old version or the new, never half of one. Files are 0600.
+//!
+//! It never deletes a task record, and deletes an event only once it was delivered.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::task::Task;
+use crate::error::{Error, IoContext, Result};
+
+/// A status change waiting to be delivered to the control plane.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Event {
+    /// `TASKID-SEQ`: the same id on every delivery attempt, so receivers can de-duplicate.
+    pub event_id: String,
+    pub task_id: String,
+    pub seq: u64,
+    pub time: String,
+    /// "status" or "progress".
+    pub kind: String,
+    pub url: String,
+    /// The task as it was when the event was made.
+    pub task: serde_json::Value,
+}
+
+impl Default for Event {
+    fn default() -> Self {
+        Event {
+            event_id: String::new(),
+            task_id: String::new(),
+            seq: 0,
+            time: String::new(),
+            kind: "status".into(),
+            url: String::new(),
+            task: serde_json::Value::Null,
+        }
+    }
+}
+
+pub struct Journal {
+    tasks: PathBuf,
+    outbox: PathBuf,
+    next: AtomicU64,
+}
+
+impl Journal {
+    pub fn open(dir: &Path) -> Result<Journal> {
+        let tasks = dir.join("tasks");
+        let outbox = dir.join("outbox");
+        for d in [dir, &tasks, &outbox] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .ctx(|| format!("creating the journal directory {}", d.display()))?;
+        }
+        let last = list(&outbox)?
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str()?.split('-').next()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        Ok(Journal { tasks, outbox, next: AtomicU64::new(last + 1) })
+    }
+
+    pub fn save_task(&self, t: &Task) -> Result<()> {
+        let body = serde_json::to_vec_pretty(t).map_err(|e| Error::usage(format!("task {}: {e}", t.task_id)))?;
+        write_atomic(&self.tasks.join(format!("{}.json", t.task_id)), &body)
+    }
+
+    /// Every task on disk. A file that does not parse is reported and skipped, never deleted.
+    pub fn load_tasks(&self) -> Result<Vec<Task>> {
+        let mut out = Vec::new();
+        for p in list(&self.tasks)? {
+            if p.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match fs::read(&p).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<Task>(&b).map_err(|e| e.to_string())) {
+                Ok(t) => out.push(t),
+                Err(e) => tracing::error!("journal: cannot read {}: {e}; left in place", p.display()),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn push_event(&self, ev: &Event) -> Result<()> {
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        let body = serde_json::to_vec(ev).map_err(|e| Error::usage(format!("event {}: {e}", ev.event_id)))?;
+        write_atomic(&self.outbox.join(format!("{n:020}-{}.json", ev.event_id)), &body)
+    }
+
+    /// Undelivered events, oldest first.
+    pub fn pending(&self) -> Result<Vec<(PathBuf, Event)>> {
+        let mut out = Vec::new();
+        for p in list(&self.outbox)? {
+            if p.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Event>(&b).ok()) {
+                Some(ev) => out.push((p, ev)),
+                None => tracing::error!("journal: cannot read event {}; left in place", p.display()),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn pending_count(&self) -> usize {
+        list(&self.outbox).map(|v| v.len()).unwrap_or(0)
+    }
+
+    pub fn ack(&self, path: &Path) -> Result<()> {
+        fs::remove_file(path).ctx(|| format!("removing delivered event {}", path.display()))
+    }
+}
+
+/// Sorted entries of a directory, temporary files left out.
+fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .ctx(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Write to `.NAME.tmp` (0600), fsync, rename over NAME, fsync the directory.
+pub fn write_atomic(path: &Path, body: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .ctx(|| format!("writing {}", tmp.display()))?;
+    f.write_all(body).ctx(|| format!("writing {}", tmp.display()))?;
+    f.sync_all().ctx(|| format!("flushing {}", tmp.display()))?;
+    fs::rename(&tmp, path).ctx(|| format!("renaming {} into place", tmp.display()))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

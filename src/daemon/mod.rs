@@ -1,0 +1,102 @@
+//! `cpbackup daemon`: the agent as a service. The control plane pushes tasks over HTTP in the
+//! vendors' own shapes (`api`), a queue runs them with the command line's own functions
+//! (`runner`), every state change is journaled (`journal`) and reported back through a durable
+//! outbox (`report`), and a restart settles whatever a crash left (`Runner::recover`).
+//!
+//! It must never lose a task or an event across a crash, and never leave a manifest saying
+//! AVAILABLE for an archive that is not complete.
+
+pub mod api;
+pub mod config;
+pub mod journal;
+pub mod report;
+pub mod runner;
+pub mod task;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, IoContext, Result};
+use config::Config;
+use journal::Journal;
+use report::Reporter;
+use runner::Runner;
+
+/// Run until SIGTERM or SIGINT.
+pub fn run(cfg: Config) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .ctx(|| "starting the async runtime".into())?;
+    rt.block_on(async move {
+        let addr = cfg.addr()?;
+        let listener = tokio::net::TcpListener::bind(addr).await.ctx(|| format!("listening on {addr}"))?;
+        serve(cfg, listener, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+}
+
+/// Serve on `listener` until `shutdown` completes, then stop cleanly: no new tasks, running
+/// ones finished or cancelled within the deadline, every state journaled.
+pub async fn serve(cfg: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    let journal = Arc::new(Journal::open(&cfg.state_dir.join("journal"))?);
+    let secret = cfg.callback_secret.clone().unwrap_or_default().into_bytes();
+    let reporter = Reporter::new(journal.clone(), secret, report::http_agent());
+    let deadline = Duration::from_secs(cfg.shutdown_deadline_secs);
+    let runner = Runner::new(cfg, journal, reporter.clone());
+    {
+        // Recovery talks to the store with blocking calls of its own.
+        let r = runner.clone();
+        tokio::task::spawn_blocking(move || r.recover())
+            .await
+            .map_err(|e| Error::usage(format!("recovering the journal: {e}")))??;
+    }
+    {
+        let reporter = reporter.clone();
+        std::thread::Builder::new()
+            .name("outbox".into())
+            .spawn(move || reporter.run())
+            .ctx(|| "starting the outbox thread".into())?;
+    }
+    runner.start();
+    let local = listener.local_addr().ctx(|| "reading the listening address".into())?;
+    tracing::info!("listening on {local}");
+    // The one line on stdout: supervisors and tests learn the port (listen = "…:0") from it.
+    println!("cpbackup daemon listening on {local}");
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = api::router(runner.clone());
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
+    let server = tokio::spawn(async move { server.await });
+    shutdown.await;
+    // Refuse new tasks, let running ones end, then stop the listener.
+    runner.shutdown(deadline).await;
+    let _ = stop_tx.send(());
+    match server.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::Io { context: "serving HTTP".into(), source: e }),
+        Err(e) => Err(Error::usage(format!("server task: {e}"))),
+    }
+}

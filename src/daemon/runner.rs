@@ -1,0 +1,449 @@
+//! Running tasks: the queue, the concurrency limit, progress, cancellation, and the record of
+//! every state change (journal first, then an event for the control plane). Tasks run the same
+//! functions the command line runs, on blocking threads.
+//!
+//! It never starts a second task for a task id or client token it has seen, never reports a
+//! state before the journal holds it, and on start never leaves a task "Processing" that no
+//! longer runs.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::config::Config;
+use super::journal::{Event, Journal};
+use super::report::Reporter;
+use super::task::{iso_now, Task, TaskProgress, TaskStatus, Work};
+use crate::error::{Error, Result};
+use crate::manifest::{self, Manifest, Status};
+use crate::progress::Progress;
+use crate::store::{self, Location};
+use crate::{backup, catalog, restore};
+
+#[derive(Default)]
+pub struct Metrics {
+    pub bytes_uploaded: AtomicU64,
+    pub bytes_downloaded: AtomicU64,
+}
+
+pub struct Runner {
+    pub cfg: Config,
+    journal: Arc<Journal>,
+    pub reporter: Arc<Reporter>,
+    tasks: Mutex<BTreeMap<String, Task>>,
+    live: Mutex<HashMap<String, Progress>>,
+    queue: Mutex<VecDeque<String>>,
+    wake: tokio::sync::Notify,
+    accepting: AtomicBool,
+    pub metrics: Metrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock aborts the process (panic = "abort"), so poisoning
+    // cannot be observed in the shipped binary; in tests, carry on with the data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Runner {
+    pub fn new(cfg: Config, journal: Arc<Journal>, reporter: Arc<Reporter>) -> Arc<Runner> {
+        Arc::new(Runner {
+            cfg,
+            journal,
+            reporter,
+            tasks: Mutex::new(BTreeMap::new()),
+            live: Mutex::new(HashMap::new()),
+            queue: Mutex::new(VecDeque::new()),
+            wake: tokio::sync::Notify::new(),
+            accepting: AtomicBool::new(true),
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// Load the journal and settle what a crash left: running tasks end `Failed` (their
+    /// uploads aborted, their manifests marked failed, their staging removed), waiting ones
+    /// go back in the queue.
+    pub fn recover(&self) -> Result<()> {
+        let mut loaded = self.journal.load_tasks()?;
+        loaded.sort_by(|a, b| a.created_time.cmp(&b.created_time).then(a.task_id.cmp(&b.task_id)));
+        let opts = crate::spec::StoreOptions {
+            endpoint: self.cfg.endpoint.clone(),
+            region: self.cfg.region.clone(),
+            path_style: self.cfg.path_style,
+            state_dir: Some(self.cfg.state_dir.join("uploads")),
+            ..Default::default()
+        };
+        match store::s3::cleanup(&opts) {
+            Ok(c) if !c.aborted.is_empty() => tracing::info!("aborted multipart uploads left by an earlier run: {}", c.aborted.join(", ")),
+            Ok(c) if !c.failed.is_empty() => tracing::warn!("could not abort: {}", c.failed.join(", ")),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cleaning up earlier uploads: {e}"),
+        }
+        crate::archive::unpack::remove_stale_staging(&self.cfg.root);
+        for mut t in loaded {
+            match t.status {
+                TaskStatus::Processing => {
+                    t.status = TaskStatus::Failed;
+                    t.error_code = "AgentRestarted".into();
+                    t.error_msg = "the agent stopped while this task ran; its upload was aborted and nothing partial was kept".into();
+                    t.finish_time = iso_now();
+                    settle_manifest(&t);
+                    self.record(&mut t, "status")?;
+                }
+                TaskStatus::Waiting => lock(&self.queue).push_back(t.task_id.clone()),
+                _ => {}
+            }
+            lock(&self.tasks).insert(t.task_id.clone(), t);
+        }
+        Ok(())
+    }
+
+    /// Journal the task, then queue its event. Journal first: an event never reports a state
+    /// that a restart could lose.
+    fn record(&self, t: &mut Task, kind: &str) -> Result<()> {
+        let url = if t.callback_url.is_empty() { self.cfg.callback_url.clone().unwrap_or_default() } else { t.callback_url.clone() };
+        if !url.is_empty() {
+            t.event_seq += 1;
+        }
+        self.journal.save_task(t)?;
+        if url.is_empty() {
+            return Ok(());
+        }
+        let mut shown = t.clone();
+        shown.work = None;
+        let ev = Event {
+            event_id: format!("{}-{}", t.task_id, t.event_seq),
+            task_id: t.task_id.clone(),
+            seq: t.event_seq,
+            time: iso_now(),
+            kind: kind.to_string(),
+            url,
+            task: serde_json::to_value(&shown).unwrap_or_default(),
+        };
+        self.journal.push_event(&ev)?;
+        self.reporter.poke();
+        Ok(())
+    }
+
+    /// Accept a task. A client token or task id seen before returns that task instead.
+    pub fn submit(&self, mut t: Task) -> Result<Task> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(Error::usage("the agent is shutting down and takes no new tasks"));
+        }
+        {
+            let tasks = lock(&self.tasks);
+            if let Some(existing) = tasks.get(&t.task_id) {
+                return Ok(existing.clone());
+            }
+            if !t.client_token.is_empty() {
+                if let Some(existing) = tasks.values().find(|x| x.client_token == t.client_token && x.task_type == t.task_type) {
+                    return Ok(existing.clone());
+                }
+            }
+        }
+        t.status = TaskStatus::Waiting;
+        t.created_time = iso_now();
+        self.record(&mut t, "status")?;
+        lock(&self.tasks).insert(t.task_id.clone(), t.clone());
+        lock(&self.queue).push_back(t.task_id.clone());
+        self.wake.notify_one();
+        Ok(t)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Task> {
+        let mut t = lock(&self.tasks).get(id).cloned()?;
+        self.refresh_progress(&mut t);
+        Some(t)
+    }
+
+    pub fn all(&self) -> Vec<Task> {
+        let mut v: Vec<Task> = lock(&self.tasks).values().cloned().collect();
+        for t in &mut v {
+            self.refresh_progress(t);
+        }
+        v.sort_by(|a, b| a.created_time.cmp(&b.created_time).then(a.task_id.cmp(&b.task_id)));
+        v
+    }
+
+    fn refresh_progress(&self, t: &mut Task) {
+        if let Some(p) = lock(&self.live).get(&t.task_id) {
+            t.progress = progress_of(p);
+        }
+    }
+
+    /// Cancel a task: a waiting one ends at once, a running one stops at its next entry (its
+    /// upload is aborted, its staging removed) and ends `Failed` with code `Cancelled`.
+    pub fn cancel(&self, id: &str) -> Option<Task> {
+        let mut t = lock(&self.tasks).get(id).cloned()?;
+        if t.status.is_final() {
+            return Some(t);
+        }
+        t.cancel_requested = true;
+        if let Some(p) = lock(&self.live).get(id) {
+            p.counters.cancel.store(true, Ordering::SeqCst);
+        } else if t.status == TaskStatus::Waiting {
+            lock(&self.queue).retain(|q| q != id);
+            t.status = TaskStatus::Failed;
+            t.error_code = "Cancelled".into();
+            t.error_msg = "cancelled before it started".into();
+            t.finish_time = iso_now();
+        }
+        if let Err(e) = self.record(&mut t, "status") {
+            tracing::error!("journal: {e}");
+        }
+        lock(&self.tasks).insert(id.to_string(), t.clone());
+        Some(t)
+    }
+
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut m: BTreeMap<&'static str, usize> =
+            ["Waiting", "Processing", "Finished", "PartFinished", "Failed"].into_iter().map(|s| (s, 0)).collect();
+        for t in lock(&self.tasks).values() {
+            *m.entry(t.status.as_str()).or_default() += 1;
+        }
+        m
+    }
+
+    pub fn live_transfer(&self) -> (u64, u64) {
+        let live = lock(&self.live);
+        let tasks = lock(&self.tasks);
+        let (mut up, mut down) = (0, 0);
+        for (id, p) in live.iter() {
+            let n = p.counters.transferred.load(Ordering::Relaxed);
+            match tasks.get(id).and_then(|t| t.work.as_ref()) {
+                Some(Work::Export { .. } | Work::BackupApp { .. }) => up += n,
+                _ => down += n,
+            }
+        }
+        (up, down)
+    }
+
+    /// The workers: `max_concurrent` loops taking tasks off the queue.
+    pub fn start(self: &Arc<Self>) {
+        for _ in 0..self.cfg.max_concurrent {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    let next = lock(&me.queue).pop_front();
+                    match next {
+                        Some(id) => me.run_one(&id).await,
+                        None => me.wake.notified().await,
+                    }
+                    if !me.accepting.load(Ordering::SeqCst) && lock(&me.queue).is_empty() {
+                        // Keep draining nothing; the loop parks on the notify.
+                    }
+                }
+            });
+        }
+    }
+
+    async fn run_one(self: &Arc<Self>, id: &str) {
+        let Some(mut t) = lock(&self.tasks).get(id).cloned() else { return };
+        if t.status != TaskStatus::Waiting {
+            return;
+        }
+        let Some(work) = t.work.clone() else { return };
+        let progress = Progress::hidden();
+        lock(&self.live).insert(id.to_string(), progress.clone());
+        t.status = TaskStatus::Processing;
+        t.start_time = iso_now();
+        if let Err(e) = self.record(&mut t, "status") {
+            tracing::error!("journal: {e}");
+        }
+        lock(&self.tasks).insert(id.to_string(), t.clone());
+
+        // Progress events at most every `progress_interval_secs`.
+        let ticker = {
+            let me = self.clone();
+            let id = id.to_string();
+            let p = progress.clone();
+            let every = Duration::from_secs(self.cfg.progress_interval_secs.max(1));
+            tokio::spawn(async move {
+                let mut last = TaskProgress::default();
+                loop {
+                    tokio::time::sleep(every).await;
+                    let now = progress_of(&p);
+                    if now == last {
+                        continue;
+                    }
+                    last = now.clone();
+                    let snapshot = lock(&me.tasks).get(&id).cloned();
+                    if let Some(mut t) = snapshot {
+                        if t.status != TaskStatus::Processing {
+                            return;
+                        }
+                        t.progress = now;
+                        if let Err(e) = me.record(&mut t, "progress") {
+                            tracing::error!("journal: {e}");
+                        }
+                        lock(&me.tasks).insert(id.clone(), t);
+                    }
+                }
+            })
+        };
+
+        let p2 = progress.clone();
+        let outcome = tokio::task::spawn_blocking(move || execute(&work, &p2)).await;
+        ticker.abort();
+        let transferred = progress.counters.transferred.load(Ordering::Relaxed);
+        let uploads = matches!(t.work, Some(Work::Export { .. } | Work::BackupApp { .. }));
+        let counter = if uploads { &self.metrics.bytes_uploaded } else { &self.metrics.bytes_downloaded };
+        counter.fetch_add(transferred, Ordering::Relaxed);
+        lock(&self.live).remove(id);
+
+        let mut t = lock(&self.tasks).get(id).cloned().unwrap_or(t);
+        t.progress = progress_of(&progress);
+        t.finish_time = iso_now();
+        match outcome {
+            Ok(Ok(done)) => {
+                t.status = done.status;
+                t.result = done.result;
+                if !done.error_msg.is_empty() {
+                    t.error_code = "PartFailed".into();
+                    t.error_msg = done.error_msg;
+                }
+                t.progress.percent = 100;
+            }
+            Ok(Err(e)) => {
+                t.status = TaskStatus::Failed;
+                t.error_code = e.code().to_string();
+                t.error_msg = e.to_string();
+            }
+            Err(join) => {
+                t.status = TaskStatus::Failed;
+                t.error_code = "InternalError".into();
+                t.error_msg = format!("the task stopped unexpectedly: {join}");
+            }
+        }
+        if let Err(e) = self.record(&mut t, "status") {
+            tracing::error!("journal: {e}");
+        }
+        lock(&self.tasks).insert(id.to_string(), t);
+    }
+
+    /// Stop taking tasks; let running ones finish within `deadline`, then cancel them (their
+    /// uploads are aborted and they end `Failed`, journaled).
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.accepting.store(false, Ordering::SeqCst);
+        let start = std::time::Instant::now();
+        while !lock(&self.live).is_empty() && start.elapsed() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for p in lock(&self.live).values() {
+            p.counters.cancel.store(true, Ordering::SeqCst);
+        }
+        let grace = std::time::Instant::now();
+        while !lock(&self.live).is_empty() && grace.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.reporter.stop();
+    }
+
+    /// Status events not yet delivered.
+    pub fn reporter_backlog(&self) -> usize {
+        self.journal.pending_count()
+    }
+
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+}
+
+fn progress_of(p: &Progress) -> TaskProgress {
+    let c = &p.counters;
+    let bytes = c.bytes.load(Ordering::Relaxed);
+    let total = c.total.load(Ordering::Relaxed);
+    TaskProgress {
+        bytes,
+        total_bytes: total,
+        entries: c.entries.load(Ordering::Relaxed),
+        transferred_bytes: c.transferred.load(Ordering::Relaxed),
+        percent: if total > 0 { ((bytes.min(total) * 100) / total) as u32 } else { 0 },
+    }
+}
+
+/// What a finished piece of work reports.
+struct Done {
+    status: TaskStatus,
+    result: String,
+    error_msg: String,
+}
+
+fn from_manifest(m: &Manifest) -> Done {
+    let status = match m.status {
+        Status::PartBackupFinished => TaskStatus::PartFinished,
+        _ => TaskStatus::Finished,
+    };
+    let error_msg = if status == TaskStatus::PartFinished { m.warnings.join("; ") } else { String::new() };
+    Done { status, result: String::from_utf8_lossy(&m.to_json()).into_owned(), error_msg }
+}
+
+/// Run one piece of work with the command line's own functions.
+fn execute(work: &Work, progress: &Progress) -> Result<Done> {
+    match work {
+        Work::Export { spec } => backup::export(spec, progress).map(|m| from_manifest(&m)),
+        Work::BackupApp { spec } => backup::backup_app(spec, progress).map(|m| from_manifest(&m)),
+        Work::Import { spec, backup_file_id } => {
+            let mut spec = spec.clone();
+            spec.from = locate(&spec.from, backup_file_id.as_deref(), &spec.store)?;
+            let r = restore::import(&spec, progress)?;
+            Ok(Done { status: TaskStatus::Finished, result: serde_json::to_string(&r).unwrap_or_default(), error_msg: String::new() })
+        }
+        Work::RecoverApp { spec, backup_file_id } => {
+            let mut spec = spec.clone();
+            spec.from = locate(&spec.from, backup_file_id.as_deref(), &spec.store)?;
+            let r = restore::recover_app(&spec, progress)?;
+            let failed: Vec<String> = r.apps.iter().filter(|a| !a.ok()).map(|a| format!("{}: {}", a.package, a.error)).collect();
+            let status = if failed.is_empty() {
+                TaskStatus::Finished
+            } else if failed.len() == r.apps.len() {
+                return Err(Error::Device { command: "recover-app".into(), output: failed.join("; ") });
+            } else {
+                TaskStatus::PartFinished
+            };
+            Ok(Done { status, result: serde_json::to_string(&r).unwrap_or_default(), error_msg: failed.join("; ") })
+        }
+    }
+}
+
+/// A source given as a folder plus a BackupFileId: find the archive through the manifests.
+fn locate(from: &str, backup_file_id: Option<&str>, opts: &crate::spec::StoreOptions) -> Result<String> {
+    let Some(id) = backup_file_id.filter(|s| !s.is_empty()) else { return Ok(from.to_string()) };
+    if !from.ends_with('/') {
+        return Ok(from.to_string());
+    }
+    let (store, prefix, _) = store::open(&Location::parse(from)?, opts)?;
+    let found = catalog::records(store.as_ref(), &prefix)?
+        .into_iter()
+        .find(|(_, m)| m.backup_file_id == id)
+        .ok_or_else(|| Error::usage(format!("BackupFileId {id} was not found under {from}")))?;
+    Ok(found.1.backup_file_path)
+}
+
+/// After a crash during a backup: its manifest must not keep saying BACKUPING.
+fn settle_manifest(t: &Task) {
+    let opts = match &t.work {
+        Some(Work::Export { spec }) => &spec.store,
+        Some(Work::BackupApp { spec }) => &spec.store,
+        _ => return,
+    };
+    if t.backup_file_path.is_empty() {
+        return;
+    }
+    let Ok(loc) = Location::parse(&t.backup_file_path) else { return };
+    let Ok((store, key, _)) = store::open(&loc, opts) else { return };
+    let mkey = manifest::key_for(&key);
+    if let Ok(Some(bytes)) = store.get(&mkey) {
+        if let Ok(mut m) = Manifest::from_json(&mkey, &bytes) {
+            if m.status == Status::Backuping {
+                m.status = Status::BackupFailed;
+                m.error_code = "AgentRestarted".into();
+                m.failure_reason = "the agent stopped while the archive was written".into();
+                m.gmt_modified = manifest::format_time(time::OffsetDateTime::now_utc());
+                if let Err(e) = store.put(&mkey, &m.to_json()) {
+                    tracing::warn!("could not mark {} failed: {e}", t.backup_file_path);
+                }
+            }
+        }
+    }
+}
