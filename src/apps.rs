@@ -772,6 +772,11 @@ fn recover_one(
         o.relabel.push(match relabel {
             Relabel::Restorecon => format!("{}: restorecon", area.domain()),
             Relabel::Chcon(c) => format!("{}: chcon {c}", area.domain()),
+            Relabel::Unlabelled(w) => {
+                tracing::warn!("{pkg}: {w}");
+                o.warnings.push(w);
+                format!("{}: none", area.domain())
+            }
         });
     }
     Ok(())

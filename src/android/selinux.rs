@@ -25,6 +25,9 @@ pub fn context_of(path: &Path) -> Option<String> {
 pub enum Relabel {
     Restorecon,
     Chcon(String),
+    /// External storage on a system that labels nothing there (no context to copy) and where
+    /// restorecon failed: left as is, with this warning.
+    Unlabelled(String),
 }
 
 /// Relabel `dir`: `restorecon -R`, or `chcon -R -h CONTEXT` with `context` (read from the fresh
@@ -37,6 +40,9 @@ pub fn relabel(device: &Device, dir: &Path, context: Option<&str>, prefer_contex
             Ok(()) => return Ok(Relabel::Restorecon),
             Err(e) => {
                 let Some(ctx) = context else {
+                    if prefer_context {
+                        return Ok(Relabel::Unlabelled(format!("{e}; {shown} and its parent carry no SELinux context, so it was left unlabelled")));
+                    }
                     return Err(Error::Device {
                         command: format!("restorecon -R {shown}"),
                         output: format!("{e}; and {shown} had no SELinux context to copy with chcon"),

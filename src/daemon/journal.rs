@@ -151,3 +151,51 @@ pub fn write_atomic(path: &Path, body: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::task::{TaskStatus, Work};
+
+    /// A journal written by version 1 of the agent, checked in: every later version must load it.
+    #[test]
+    fn the_checked_in_v1_journal_always_loads() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/journal-v1");
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["tasks", "outbox"] {
+            fs::create_dir_all(dir.path().join(sub)).unwrap();
+            for e in fs::read_dir(src.join(sub)).unwrap() {
+                let e = e.unwrap();
+                fs::copy(e.path(), dir.path().join(sub).join(e.file_name())).unwrap();
+            }
+        }
+        let j = Journal::open(dir.path()).unwrap();
+        let mut tasks = j.load_tasks().unwrap();
+        tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        assert_eq!(tasks.len(), 2);
+        assert_eq!(tasks[0].status, TaskStatus::Finished);
+        assert_eq!(tasks[0].backup_file_id, "bf-fixture000000001");
+        assert!(matches!(&tasks[0].work, Some(Work::Export { spec }) if spec.includes == ["/data/data/com.example"]));
+        assert_eq!(tasks[1].status, TaskStatus::Processing);
+        assert!(matches!(&tasks[1].work, Some(Work::Import { spec, .. }) if spec.from == "obs://bucket/myimage/v1/x.tar"));
+        let pending = j.pending().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].1.event_id, "t-fixture0000000001-3");
+        // New events sort after the old ones.
+        j.push_event(&Event { event_id: "t-x-1".into(), ..Default::default() }).unwrap();
+        let pending = j.pending().unwrap();
+        assert_eq!(pending.last().unwrap().1.event_id, "t-x-1");
+    }
+
+    #[test]
+    fn files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j")).unwrap();
+        j.save_task(&Task { task_id: "t-1".into(), ..Default::default() }).unwrap();
+        let m = fs::metadata(dir.path().join("j/tasks/t-1.json")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, 0o600);
+        let m = fs::metadata(dir.path().join("j/tasks")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, 0o700);
+    }
+}

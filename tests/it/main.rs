@@ -8,5 +8,6 @@ mod android;
 mod daemon;
 mod formats;
 mod malicious;
+mod net;
 mod roundtrip;
 mod s3;
