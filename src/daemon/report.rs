@@ -149,7 +149,14 @@ impl Reporter {
 
 /// The HTTP client for callbacks.
 pub fn http_agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(10)).build()
+    // The agent's DNS servers and CA roots (net.rs): a phone has no resolv.conf and no /etc/ssl.
+    let net = crate::net::Network::current();
+    let resolver = net.resolver.clone();
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(10))
+        .resolver(move |netloc: &str| resolver.resolve_blocking(netloc))
+        .tls_config(net.rustls_config())
+        .build()
 }
 
 /// A URL without its query and userinfo, for logs (either may carry a token).

@@ -186,6 +186,24 @@ impl Resolver {
         }
     }
 
+    /// `host:port` (or `[v6]:port`) to socket addresses, blocking: for synchronous HTTP clients
+    /// (`ureq::AgentBuilder::resolver(move |n: &str| r.resolve_blocking(n))`). Runs the lookup
+    /// on a thread of its own, so it may be called from inside a tokio runtime too.
+    pub fn resolve_blocking(&self, netloc: &str) -> std::io::Result<Vec<SocketAddr>> {
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{netloc:?} is not host:port"));
+        let (host, port) = netloc.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let this = self.clone();
+        let host = host.to_string();
+        let ips = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(this.lookup(&host)).map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("DNS lookup thread failed"))??;
+        Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
+    }
+
     fn error(&self, name: &str, why: &str) -> LookupError {
         LookupError { name: name.to_string(), servers: self.inner.servers.clone(), why: why.to_string() }
     }
@@ -495,6 +513,16 @@ mod tests {
         assert_eq!(r.lookup("store.lan").await.unwrap(), vec!["10.9.8.7".parse::<IpAddr>().unwrap()]);
         let e = r.lookup("oss.example").await.unwrap_err();
         assert!(e.to_string().contains("no DNS servers"), "{e}");
+    }
+
+    #[test]
+    fn blocking_lookups_work_inside_and_outside_a_runtime() {
+        let r = Resolver::new(vec![], Source::Configured, "10.9.8.7 cb.lan\n".into());
+        let want = vec!["10.9.8.7:443".parse::<SocketAddr>().unwrap()];
+        assert_eq!(r.resolve_blocking("cb.lan:443").unwrap(), want);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert_eq!(rt.block_on(async { r.resolve_blocking("cb.lan:443") }).unwrap(), want);
+        assert!(r.resolve_blocking("cb.lan").is_err());
     }
 
     #[tokio::test]

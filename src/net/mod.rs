@@ -87,6 +87,22 @@ impl Network {
     }
 }
 
+impl Network {
+    /// The same roots as a rustls client configuration (ring), for HTTP clients other than the
+    /// object store's (the daemon's callbacks: `ureq::AgentBuilder::tls_config`).
+    pub fn rustls_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        let mut store = rustls::RootCertStore::empty();
+        store.add_parsable_certificates(self.roots.certs.iter().cloned());
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        std::sync::Arc::new(config)
+    }
+}
+
 /// `CPBACKUP_DNS` parsed; empty when unset.
 pub fn env_servers() -> Result<Vec<SocketAddr>, dns::BadServer> {
     match std::env::var(DNS_ENV) {

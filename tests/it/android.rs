@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use crate::support::{cpbackup, json, run, stderr};
 
-const NOTES: &str = "com.example.notes";
+pub(crate) const NOTES: &str = "com.example.notes";
 
 fn fakeroid_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/fakeroid")
@@ -20,7 +20,7 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
-fn path_env() -> String {
+pub(crate) fn path_env() -> String {
     format!("{}:{}", fakeroid_dir().display(), std::env::var("PATH").unwrap_or_default())
 }
 
@@ -30,13 +30,13 @@ fn is_root() -> bool {
 }
 
 /// One fake phone: its root, its props, the uid its next fresh install gets.
-struct Phone {
+pub(crate) struct Phone {
     _tmp: tempfile::TempDir,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
 impl Phone {
-    fn new(first_uid: u32, sdk: u32, abilist: &str) -> Phone {
+    pub(crate) fn new(first_uid: u32, sdk: u32, abilist: &str) -> Phone {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("phone");
         for d in ["data/data", "data/user", "data/user_de/0", "data/local/tmp", "data/system", ".fakeroid"] {
@@ -56,7 +56,7 @@ impl Phone {
         Phone { _tmp: tmp, root }
     }
 
-    fn p(&self, rel: &str) -> PathBuf {
+    pub(crate) fn p(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
 
@@ -161,12 +161,12 @@ fn build_split(dir: &Path, package: &str, name: &str) -> PathBuf {
     apk
 }
 
-fn have_tools() -> bool {
+pub(crate) fn have_tools() -> bool {
     ["openssl", "zip", "unzip"].iter().all(|t| crate::support::have(t))
 }
 
 /// Phone A with NOTES installed (base + one split) and data in every area.
-fn phone_with_notes(tmp: &Path) -> (Phone, PathBuf, PathBuf, Vec<u8>) {
+pub(crate) fn phone_with_notes(tmp: &Path) -> (Phone, PathBuf, PathBuf, Vec<u8>) {
     let a = Phone::new(10100, 33, "arm64-v8a,armeabi-v7a,armeabi");
     let (base, der) = build_apk(tmp, NOTES, 42, "arm64-v8a");
     let split = build_split(tmp, NOTES, "split_config.xxhdpi.apk");

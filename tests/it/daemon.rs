@@ -128,8 +128,15 @@ impl Daemon {
     }
 
     fn spawn(g: &Garage, config: PathBuf, dir: &Path) -> Daemon {
+        Self::spawn_env(g, config, dir, &[])
+    }
+
+    fn spawn_env(g: &Garage, config: PathBuf, dir: &Path, envs: &[(&str, String)]) -> Daemon {
         let log = dir.join("daemon.log");
         let mut c = g.cpbackup();
+        for (k, v) in envs {
+            c.env(k, v);
+        }
         c.args(["daemon", "--config", path_str(&config), "-v"])
             // The config names the state dir; the harness's variable would override it.
             .env_remove("CPBACKUP_STATE_DIR")
@@ -523,4 +530,87 @@ fn killed_mid_upload_and_mid_restore_then_restarted() {
         assert!(!n.to_string_lossy().starts_with(".cpbackup-"), "staging left: {n:?}");
     }
     drop(d);
+}
+
+#[test]
+fn sigterm_lets_running_tasks_end_within_the_deadline() {
+    let g = garage::shared();
+    let bucket = g.bucket("daemon-term");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    app_tree(&root, 200);
+    // A deadline shorter than the backup: the task is cancelled, cleanly.
+    let extra = format!("endpoint = \"{}\"\nregion = \"garage\"\nshutdown_deadline_secs = 0\n", g.endpoint());
+    let cfg = dir.path().join("cpbackup.toml");
+    let d = Daemon::start(g, dir.path(), &root, "", &extra.replace("shutdown_deadline_secs = 0\n", ""));
+    drop(d);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("shutdown_deadline_secs = 5", "shutdown_deadline_secs = 0");
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::spawn(g, cfg.clone(), dir.path());
+    let (_, v) = d.post(
+        "/ecp/BackupFile",
+        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": format!("oss://{bucket}/t/"), "SourceFilePathList": ["/data/media/0"]}),
+    );
+    let id = v["Data"][0]["TaskId"].as_str().unwrap().to_string();
+    d.wait(&id, &["Processing"]);
+    let status = d.term();
+    assert!(status.success(), "exit status {status:?}");
+    // After a restart the task is settled by the shutdown itself, not by crash recovery.
+    let d = Daemon::spawn(g, cfg, dir.path());
+    let t = d.task(&id);
+    assert!(
+        t["TaskStatus"] == "Finished" || (t["TaskStatus"] == "Failed" && t["ErrorCode"] == "Cancelled"),
+        "{t}"
+    );
+    assert!(g.store(&bucket).open_uploads("").unwrap().is_empty(), "multipart upload left open");
+}
+
+#[test]
+fn backup_app_and_recover_app_onto_another_phone() {
+    use crate::android::{have_tools, path_env, phone_with_notes, Phone, NOTES};
+    assert!(have_tools(), "openssl, zip and unzip are needed to build test APKs: .ci/run installs them");
+    let g = garage::shared();
+    let bucket = g.bucket("daemon-apps");
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _, _, _) = phone_with_notes(tmp.path());
+    let extra = format!("endpoint = \"{}\"\nregion = \"garage\"\n", g.endpoint());
+    let dir_a = tmp.path().join("agent-a");
+    std::fs::create_dir_all(&dir_a).unwrap();
+    let d = Daemon::start(g, &dir_a, &a.root, "", &extra);
+    drop(d);
+    let envs = |p: &Phone| vec![("PATH", path_env()), ("FAKEROID_ROOT", p.root.display().to_string())];
+    let d = Daemon::spawn_env(g, dir_a.join("cpbackup.toml"), &dir_a, &envs(&a));
+    let (code, v) = d.post(
+        "/ecp/BackupApp",
+        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": format!("oss://{bucket}/apps/"), "SourceAppList": [NOTES], "UploadEndpoint": g.endpoint()}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let bf = v["Data"][0]["BackupFileId"].as_str().unwrap().to_string();
+    let t = d.wait(v["Data"][0]["TaskId"].as_str().unwrap(), &["Finished", "PartFinished", "Failed"]);
+    assert_eq!(t["TaskStatus"], "Finished", "{t}");
+    let m: Value = serde_json::from_str(t["Result"].as_str().unwrap()).unwrap();
+    assert_eq!(m["SourceAppInfoList"], json!([NOTES]));
+    assert_eq!(m["Format"], "ab");
+    drop(d);
+
+    // Phone B: a different uid for the fresh install.
+    let b = Phone::new(10250, 33, "arm64-v8a,armeabi-v7a,armeabi");
+    let dir_b = tmp.path().join("agent-b");
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let d = Daemon::start(g, &dir_b, &b.root, "", &extra);
+    drop(d);
+    let d = Daemon::spawn_env(g, dir_b.join("cpbackup.toml"), &dir_b, &envs(&b));
+    let (code, v) = d.post(
+        "/ecp/RecoverApp",
+        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": format!("oss://{bucket}/apps/"), "BackupFileId": bf, "UploadType": "OSS"}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let t = d.wait(v["Data"][0]["TaskId"].as_str().unwrap(), &["Finished", "PartFinished", "Failed"]);
+    assert_eq!(t["TaskStatus"], "Finished", "{t}");
+    let note = b.p("data/data/com.example.notes/files/sub/note.txt");
+    assert_eq!(std::fs::read_to_string(&note).unwrap(), "remember the milk\n");
+    if crate::support::tree::is_root() {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&note).unwrap().uid(), 10250, "owner from the fresh install");
+    }
 }
