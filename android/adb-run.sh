@@ -83,8 +83,10 @@ case "$cmd" in
         [ $# -eq 1 ] && [ -f "$1" ] || die "usage: adb-run.sh restore archive.tar.zst"
         push >/dev/null
         su="$(as_root)"
-        adb push "$1" /data/local/tmp/cpbackup-restore.archive >/dev/null
-        adb shell "$su $dev import --from /data/local/tmp/cpbackup-restore.archive; rm -f /data/local/tmp/cpbackup-restore.archive"
+        # Same file name on the device: the format comes from the extension.
+        remote="/data/local/tmp/$(basename "$1")"
+        adb push "$1" "$remote" >/dev/null
+        adb shell "$su $dev import --from '$remote'; rm -f '$remote'"
         ;;
     *)
         sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'

@@ -5,6 +5,7 @@
 mod support;
 
 mod android;
+mod cross;
 mod daemon;
 mod formats;
 mod malicious;

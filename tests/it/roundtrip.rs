@@ -275,7 +275,7 @@ fn unreadable_files_are_warnings_and_the_backup_goes_on() {
     fs::set_permissions(out.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let archive = out.path().join("u.tar");
     let mut c = std::process::Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", &crate::support::bin()])
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).args(crate::support::bin_argv())
         .args(["export", "--root", path_str(src.path()), "--include", "/data/d", "--to", path_str(&archive), "--json"]);
     let o = run(&mut c, 0);
     let m = json(&o);
@@ -419,8 +419,8 @@ fn demo_runs_the_whole_path_on_its_own_root() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("checksum matches the manifest"), "{out}");
     tree::assert_same(
-        &tree::snapshot(&demo.join("phone"), "data/data"),
-        &tree::snapshot(&demo.join("restored"), "data/data"),
+        &tree::snapshot(&demo.join("phone"), "data/data/com.example.notes"),
+        &tree::snapshot(&demo.join("restored"), "data/data/com.example.notes"),
         Ignore::default(),
     );
     assert!(demo.join("store/demo.tar.zst.manifest.json").is_file());

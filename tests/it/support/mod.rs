@@ -15,6 +15,12 @@ pub fn bin() -> String {
     std::env::var("CPBACKUP_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cpbackup").to_string())
 }
 
+/// `bin()` split into program and arguments (`qemu-aarch64-static /path/cpbackup` is two), for
+/// tests that start the binary through another program (setpriv, sh).
+pub fn bin_argv() -> Vec<String> {
+    bin().split_whitespace().map(str::to_string).collect()
+}
+
 /// A `cpbackup` command with a clean environment for what matters to it.
 pub fn cpbackup() -> Command {
     let bin = bin();
