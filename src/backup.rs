@@ -172,7 +172,7 @@ fn write_apps(
     progress: &Progress,
     warnings: &mut Warnings,
 ) -> Result<Written> {
-    let mut tar = start_stream(sink, Codec::Zlib { level: 6 }, true, Flavor::Android, progress)?;
+    let mut tar = start_stream(sink, Codec::zlib_default(), true, Flavor::Android, progress)?;
     for app in sources {
         if opts.stop {
             device.force_stop(&app.package)?;
@@ -308,7 +308,7 @@ fn write_archive(sel: &Selection, sink: Sink, format: Format, progress: &Progres
     let (codec, flavor) = match format {
         Format::Tar => (Codec::None, Flavor::Full),
         Format::TarZst => (Codec::zstd_default(), Flavor::Full),
-        Format::Ab => (Codec::Zlib { level: 6 }, Flavor::Full),
+        Format::Ab => (Codec::zlib_default(), Flavor::Full),
     };
     // On error the sink is dropped, which aborts the upload.
     let mut tar = start_stream(sink, codec, format == Format::Ab, flavor, progress)?;

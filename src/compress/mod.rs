@@ -5,27 +5,41 @@
 //! Every encoder must be finished explicitly (`Encoder::finish`): dropping one loses the end
 //! of the stream, the classic truncated archive.
 
+pub mod parzlib;
+
 use std::io::{self, Write};
+
+use parzlib::ParZlib;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
     None,
     Zstd { level: i32, workers: u32 },
-    Zlib { level: u32 },
+    /// zlib; with more than one worker, compressed in parallel blocks (still one stream).
+    Zlib { level: u32, workers: u32 },
 }
 
 impl Codec {
     /// zstd level 3 (the CLI's default) with one worker per core.
     pub fn zstd_default() -> Codec {
-        let workers = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-        Codec::Zstd { level: 3, workers }
+        Codec::Zstd { level: 3, workers: cores() }
     }
+
+    /// zlib level 6 on every core: the `.ab` default.
+    pub fn zlib_default() -> Codec {
+        Codec::Zlib { level: 6, workers: cores() }
+    }
+}
+
+fn cores() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
 }
 
 pub enum Encoder<W: Write> {
     None(W),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     Zlib(flate2::write::ZlibEncoder<W>),
+    ParZlib(ParZlib<W>),
 }
 
 impl<W: Write> Encoder<W> {
@@ -40,7 +54,8 @@ impl<W: Write> Encoder<W> {
                 enc.include_checksum(true)?;
                 Encoder::Zstd(enc)
             }
-            Codec::Zlib { level } => {
+            Codec::Zlib { level, workers } if workers > 1 => Encoder::ParZlib(ParZlib::new(out, level, workers)?),
+            Codec::Zlib { level, .. } => {
                 Encoder::Zlib(flate2::write::ZlibEncoder::new(out, flate2::Compression::new(level)))
             }
         })
@@ -55,6 +70,7 @@ impl<W: Write> Encoder<W> {
             }
             Encoder::Zstd(e) => e.finish(),
             Encoder::Zlib(e) => e.finish(),
+            Encoder::ParZlib(e) => e.finish(),
         }
     }
 
@@ -63,6 +79,7 @@ impl<W: Write> Encoder<W> {
             Encoder::None(w) => w,
             Encoder::Zstd(e) => e.get_mut(),
             Encoder::Zlib(e) => e.get_mut(),
+            Encoder::ParZlib(e) => e.get_mut(),
         }
     }
 }
@@ -73,6 +90,7 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::None(w) => w.write(buf),
             Encoder::Zstd(e) => e.write(buf),
             Encoder::Zlib(e) => e.write(buf),
+            Encoder::ParZlib(e) => e.write(buf),
         }
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
@@ -80,6 +98,7 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::None(w) => w.write_all(buf),
             Encoder::Zstd(e) => e.write_all(buf),
             Encoder::Zlib(e) => e.write_all(buf),
+            Encoder::ParZlib(e) => e.write_all(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -87,6 +106,7 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::None(w) => w.flush(),
             Encoder::Zstd(e) => e.flush(),
             Encoder::Zlib(e) => e.flush(),
+            Encoder::ParZlib(e) => e.flush(),
         }
     }
 }
