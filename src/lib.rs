@@ -13,6 +13,7 @@
 //! - [`compress`]: zstd and zlib codecs.
 //! - [`digest`]: SHA-256 and byte counts of the stored archive.
 //! - [`store`]: where archives live (local files; object stores behind the `Store` trait).
+//! - [`pipe`]: bounded bridges between stages on different threads.
 //! - [`manifest`]: the backup-file record beside each archive.
 //! - [`catalog`]: `list` and `delete` over the manifests in a bucket or folder (DescribeBackupFiles).
 //! - [`backup`] / [`restore`]: the two data paths.
@@ -34,6 +35,7 @@ pub mod demo;
 pub mod digest;
 pub mod error;
 pub mod manifest;
+pub mod pipe;
 pub mod net;
 pub mod progress;
 pub mod restore;

@@ -4,7 +4,7 @@
 //! It must never change the existing tree before the whole archive has been read and its
 //! SHA-256 checked against the manifest, and never leave its staging behind.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use serde::Serialize;
@@ -17,6 +17,7 @@ use crate::archive::unpack::{self, Unpacker};
 use crate::digest::HashReader;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, Manifest, Status};
+use crate::pipe::{self, Background, PipeReader, PipeWriter};
 use crate::progress::Progress;
 use crate::spec::{ImportSpec, RecoverAppSpec, StoreOptions, VerifySpec};
 use crate::store::{self, Location, Store};
@@ -125,18 +126,22 @@ pub fn import(spec: &ImportSpec, progress: &Progress) -> Result<Report> {
     }
     set_status(&src, Status::Recovering, "");
     let result = (|| {
-        let reader = std::mem::replace(&mut src.reader, Box::new(io::empty()));
-        let mut hashed = HashReader::new(reader, progress.counters.transferred.clone());
-        {
-            let (container, mut tar) = read::open(&mut hashed)?;
-            report.container = container_name(container);
-            read::each_entry(&mut tar, &mut |item, data| {
-                progress.check_cancel()?;
-                progress.entry(item.size);
-                unpacker.entry(item, data)
-            })?;
-        }
-        let (sha256, size) = hashed.finish().ctx(|| format!("reading {}", src.shown))?;
+        // Download, hash and decompress on one thread; parse and write files on this one.
+        let (mut tar, decoding) = decode_in_background(&mut src, progress)?;
+        let unpacked = read::each_entry(&mut tar, &mut |item, data| {
+            progress.check_cancel()?;
+            progress.entry(item.size);
+            unpacker.entry(item, data)
+        });
+        drop(tar);
+        let decoded = decoding.join();
+        // The decoder's own error says more than the parser's "stream ended" when both failed.
+        let (container, sha256, size) = match (unpacked, decoded) {
+            (Ok(_), Ok(d)) => d,
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
+            (Err(parse), Err(decode)) => return Err(if is_broken_pipe(&decode) { parse } else { decode }),
+        };
+        report.container = container_name(container);
         report.checksum_verified = check_digest(&src, &sha256, size)?;
         report.sha256 = sha256;
         report.archive_size = size;
@@ -257,6 +262,41 @@ pub fn recover_app(spec: &RecoverAppSpec, progress: &Progress) -> Result<AppRepo
         set_status(&src, Status::RecoveryFailed, &failed.join("; "));
     }
     Ok(report)
+}
+
+/// The source's bytes, hashed and decoded on a thread of their own; the decoded tar stream comes
+/// back as a reader, the container and digest from `join`.
+fn decode_in_background(src: &mut Source, progress: &Progress) -> Result<(PipeReader, Background<(Container, String, u64)>)> {
+    let reader = std::mem::replace(&mut src.reader, Box::new(io::empty()));
+    let counter = progress.counters.transferred.clone();
+    let shown = src.shown.clone();
+    pipe::background("decode", move |out| {
+        let mut hashed = HashReader::new(reader, counter);
+        let container = {
+            let (container, mut tar) = read::open(&mut hashed)?;
+            copy_decoded(&mut tar, out)?;
+            container
+        };
+        let (sha256, size) = hashed.finish().ctx(|| format!("reading {shown}"))?;
+        Ok((container, sha256, size))
+    })
+}
+
+fn copy_decoded(from: &mut dyn Read, to: &mut PipeWriter) -> Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::archive("stream", format!("cannot be decoded: {e}"))),
+        };
+        to.write_all(&buf[..n]).map_err(|e| Error::Io { context: "unpacking".into(), source: e })?;
+    }
+}
+
+fn is_broken_pipe(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
 }
 
 /// Read an archive through, check its structure and SHA-256, write nothing.
