@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
@@ -21,6 +21,7 @@ use crate::compress::{Codec, Encoder};
 use crate::digest::HashWriter;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, Manifest, Status};
+use crate::pipe::{self, Background, PipeReader, PipeWriter};
 use crate::progress::Progress;
 use crate::select::{Entry, Selection, Skipped};
 use crate::spec::{BackupAppSpec, ExportSpec};
@@ -172,14 +173,15 @@ fn write_apps(
     progress: &Progress,
     warnings: &mut Warnings,
 ) -> Result<Written> {
-    let mut tar = start_stream(sink, Codec::zlib_default(), true, Flavor::Android, progress)?;
+    let mut stream = start_stream(sink, Codec::zlib_default(), true, Flavor::Android, progress)?;
     for app in sources {
-        if opts.stop {
-            device.force_stop(&app.package)?;
+        let written = if opts.stop { device.force_stop(&app.package) } else { Ok(()) }
+            .and_then(|()| apps::write_app(&mut stream.tar, app, sdk, opts, &mut |w| warnings.push(w), &mut |n| progress.entry(n)));
+        if let Err(e) = written {
+            return Err(stream.abandon(e));
         }
-        apps::write_app(&mut tar, app, sdk, opts, &mut |w| warnings.push(w), &mut |n| progress.entry(n))?;
     }
-    finish_stream(tar)
+    finish_stream(stream)
 }
 
 /// The destination's store and the archive's key in it; a folder gets a generated name.
@@ -310,43 +312,81 @@ fn write_archive(sel: &Selection, sink: Sink, format: Format, progress: &Progres
         Format::TarZst => (Codec::zstd_default(), Flavor::Full),
         Format::Ab => (Codec::zlib_default(), Flavor::Full),
     };
-    // On error the sink is dropped, which aborts the upload.
-    let mut tar = start_stream(sink, codec, format == Format::Ab, flavor, progress)?;
+    let mut stream = start_stream(sink, codec, format == Format::Ab, flavor, progress)?;
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let shared = std::cell::RefCell::new(std::mem::take(warnings));
     let walked = sel.walk(
-        &mut |e| add_entry(&mut tar, e, &mut links, progress, &mut shared.borrow_mut()),
+        &mut |e| add_entry(&mut stream.tar, e, &mut links, progress, &mut shared.borrow_mut()),
         &mut |s| shared.borrow_mut().skip(s),
     );
     *warnings = shared.into_inner();
-    // On error, dropping the writer chain drops the sink, which aborts the upload.
-    walked?;
-    finish_stream(tar)
-}
-
-/// The archive stream: tar over a buffer over the compressor over the hash over the sink.
-type Stream = TarWriter<BufWriter<Encoder<HashWriter<Sink>>>>;
-
-/// Start the stream: `.ab` header (when asked), compressor, tar.
-fn start_stream(sink: Sink, codec: Codec, ab_header: bool, flavor: Flavor, progress: &Progress) -> Result<Stream> {
-    let mut hashed = HashWriter::new(sink, progress.counters.transferred.clone());
-    if ab_header {
-        ab::write_header(&mut hashed).ctx(|| "writing the .ab header".into())?;
+    match walked {
+        Ok(()) => finish_stream(stream),
+        Err(e) => Err(stream.abandon(e)),
     }
-    let encoder = Encoder::new(codec, hashed).ctx(|| "starting the compressor".into())?;
-    Ok(TarWriter::new(BufWriter::with_capacity(256 * 1024, encoder), flavor))
 }
 
-/// Finish order, explicit: tar end → compressor end → sink complete.
-fn finish_stream(tar: Stream) -> Result<Written> {
+/// The archive stream: tar on the caller's thread; compressor, hash and sink on a thread of
+/// their own behind a bounded pipe, so reading files and compressing overlap.
+struct Stream {
+    tar: TarWriter<PipeWriter>,
+    compressing: Background<(String, u64)>,
+}
+
+impl Stream {
+    /// Stop on an error: the pipe breaks without an end, the compressing side fails and drops
+    /// the sink, which aborts the upload. Returns the error that explains what happened.
+    fn abandon(self, e: Error) -> Error {
+        drop(self.tar);
+        pipe::telling(e, self.compressing.join())
+    }
+}
+
+/// Start the stream: `.ab` header (when asked), compressor, hash, sink.
+fn start_stream(sink: Sink, codec: Codec, ab_header: bool, flavor: Flavor, progress: &Progress) -> Result<Stream> {
+    let counter = progress.counters.transferred.clone();
+    let (pipe, compressing) = pipe::consume_in_background("compress", move |tar_bytes| {
+        let mut hashed = HashWriter::new(sink, counter);
+        if ab_header {
+            ab::write_header(&mut hashed).ctx(|| "writing the .ab header".into())?;
+        }
+        let mut encoder = Encoder::new(codec, hashed).ctx(|| "starting the compressor".into())?;
+        copy(tar_bytes, &mut encoder)?;
+        // Finish order, explicit: compressor end → hash → sink complete (last part, upload).
+        let hashed = encoder.finish().ctx(|| "ending the compressed stream".into())?;
+        let (sink, sha256, archive_size) = hashed.finish();
+        sink.finish()?;
+        Ok((sha256, archive_size))
+    })?;
+    Ok(Stream { tar: TarWriter::new(pipe, flavor), compressing })
+}
+
+/// Tar end (which ends the pipe cleanly) → the compressing side finishes and completes the sink.
+fn finish_stream(stream: Stream) -> Result<Written> {
+    let Stream { tar, compressing } = stream;
     let entries = tar.entries();
     let tar_bytes = tar.bytes() + 1024;
-    let buf = tar.finish().ctx(|| "ending the tar stream".into())?;
-    let encoder = buf.into_inner().map_err(|e| e.into_error()).ctx(|| "writing the archive".into())?;
-    let hashed = encoder.finish().ctx(|| "ending the compressed stream".into())?;
-    let (sink, sha256, archive_size) = hashed.finish();
-    sink.finish()?;
+    let ended = tar.finish().and_then(PipeWriter::finish).ctx(|| "ending the tar stream".into());
+    let compressed = compressing.join();
+    let (sha256, archive_size) = match ended {
+        Ok(()) => compressed?,
+        Err(e) => return Err(pipe::telling(e, compressed)),
+    };
     Ok(Written { sha256, archive_size, entries, tar_bytes })
+}
+
+/// The tar stream into the compressor, in large reads.
+fn copy(from: &mut PipeReader, to: &mut dyn Write) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::Io { context: "reading the tar stream".into(), source: e }),
+        };
+        to.write_all(&buf[..n]).ctx(|| "compressing the archive".into())?;
+    }
 }
 
 fn add_entry<W: Write>(

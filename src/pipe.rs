@@ -1,9 +1,10 @@
-//! Bridges between stages that run on different threads: a producer writes into a `PipeWriter`
-//! on its own thread, the consumer reads a `PipeReader`; between them a bounded channel of
-//! chunks, so memory stays at `CHUNK × DEPTH` whatever the stream's size.
+//! Bridges between stages that run on different threads: one side writes into a `PipeWriter`,
+//! the other reads a `PipeReader`; between them a bounded channel of chunks, so memory stays at
+//! `CHUNK × DEPTH` whatever the stream's size.
 //!
-//! It never buffers without bound and never swallows an error: a producer's failure reaches the
-//! reader as an error, and the producer's own result comes back from `Background::join`.
+//! A stream ends only when the writer says so (`PipeWriter::finish`): a writer dropped on the
+//! way out of an error makes the reader fail, never see a clean end. That is what keeps a
+//! half-written archive from being compressed to the end and published.
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -14,9 +15,38 @@ use crate::error::{Error, Result};
 const CHUNK: usize = 1 << 20;
 const DEPTH: usize = 4;
 
+enum Msg {
+    Data(Vec<u8>),
+    End,
+    Fail(io::Error),
+}
+
 pub struct PipeWriter {
-    tx: SyncSender<io::Result<Vec<u8>>>,
+    tx: SyncSender<Msg>,
     buf: Vec<u8>,
+}
+
+impl PipeWriter {
+    fn send_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .send(Msg::Data(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the next stage stopped"))
+    }
+
+    /// The clean end of the stream.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.send_buf()?;
+        self.tx.send(Msg::End).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the next stage stopped"))
+    }
+
+    /// End the stream with an error the reader will see.
+    fn fail(self, e: io::Error) {
+        let _ = self.tx.send(Msg::Fail(e));
+    }
 }
 
 impl Write for PipeWriter {
@@ -24,38 +54,40 @@ impl Write for PipeWriter {
         let n = data.len().min(CHUNK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() == CHUNK {
-            self.flush()?;
+            self.send_buf()?;
         }
         Ok(n)
     }
 
+    /// Sends what is buffered; the stream goes on.
     fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reader stopped"))
+        self.send_buf()
     }
 }
 
 pub struct PipeReader {
-    rx: Receiver<io::Result<Vec<u8>>>,
+    rx: Receiver<Msg>,
     chunk: Vec<u8>,
     pos: usize,
+    ended: bool,
 }
 
 impl Read for PipeReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.chunk.len() {
+            if self.ended {
+                return Ok(0);
+            }
             match self.rx.recv() {
-                Ok(Ok(c)) => {
+                Ok(Msg::Data(c)) => {
                     self.chunk = c;
                     self.pos = 0;
                 }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0), // the producer finished
+                Ok(Msg::End) => self.ended = true,
+                Ok(Msg::Fail(e)) => return Err(e),
+                Err(_) => {
+                    return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the stream stopped before its end"));
+                }
             }
         }
         let n = out.len().min(self.chunk.len() - self.pos);
@@ -65,54 +97,97 @@ impl Read for PipeReader {
     }
 }
 
-/// A producer running on its own thread.
+fn pipe() -> (PipeWriter, PipeReader) {
+    let (tx, rx) = mpsc::sync_channel(DEPTH);
+    (
+        PipeWriter { tx, buf: Vec::with_capacity(CHUNK) },
+        PipeReader { rx, chunk: Vec::new(), pos: 0, ended: false },
+    )
+}
+
+/// A stage running on its own thread.
 pub struct Background<T> {
     handle: JoinHandle<Result<T>>,
 }
 
 impl<T> Background<T> {
-    /// The producer's result. Call after the reader reached EOF or was dropped.
+    /// The stage's result: call once its pipe has ended (or was dropped).
     pub fn join(self) -> Result<T> {
         self.handle.join().map_err(|_| Error::usage("a background stage panicked"))?
     }
 }
 
+fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<Background<T>> {
+    let handle = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|e| Error::Io { context: format!("starting the {name} thread"), source: e })?;
+    Ok(Background { handle })
+}
+
 /// Run `produce` on a thread of its own, writing into the pipe whose reading end is returned.
-pub fn background<T, F>(name: &str, produce: F) -> Result<(PipeReader, Background<T>)>
+/// The stream ends cleanly only if `produce` returns `Ok`.
+pub fn produce_in_background<T, F>(name: &str, produce: F) -> Result<(PipeReader, Background<T>)>
 where
     T: Send + 'static,
     F: FnOnce(&mut PipeWriter) -> Result<T> + Send + 'static,
 {
-    let (tx, rx) = mpsc::sync_channel(DEPTH);
-    let handle = std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            let mut w = PipeWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
-            let r = produce(&mut w).and_then(|t| {
-                w.flush().map_err(|e| Error::Io { context: "handing data to the next stage".into(), source: e })?;
-                Ok(t)
-            });
-            if let Err(e) = &r {
-                // Tell the reader why the stream stops here.
-                let _ = tx.send(Err(io::Error::other(e.to_string())));
-            }
-            r
-        })
-        .map_err(|e| Error::Io { context: format!("starting the {name} thread"), source: e })?;
-    Ok((PipeReader { rx, chunk: Vec::new(), pos: 0 }, Background { handle }))
+    let (mut w, r) = pipe();
+    let bg = spawn(name, move || match produce(&mut w) {
+        Ok(t) => {
+            w.finish().map_err(|e| Error::Io { context: "handing data to the next stage".into(), source: e })?;
+            Ok(t)
+        }
+        Err(e) => {
+            w.fail(io::Error::other(e.to_string()));
+            Err(e)
+        }
+    })?;
+    Ok((r, bg))
+}
+
+/// Run `consume` on a thread of its own, reading the pipe whose writing end is returned.
+pub fn consume_in_background<T, F>(name: &str, consume: F) -> Result<(PipeWriter, Background<T>)>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut PipeReader) -> Result<T> + Send + 'static,
+{
+    let (w, mut r) = pipe();
+    let bg = spawn(name, move || consume(&mut r))?;
+    Ok((w, bg))
+}
+
+/// Of a stage's error and the broken pipe it caused on the other side, the one that explains.
+pub fn telling(here: Error, there: Result<impl Sized>) -> Error {
+    match there {
+        Err(e) if is_broken_pipe(&here) && !is_broken_pipe(&e) => e,
+        _ => here,
+    }
+}
+
+pub fn is_broken_pipe(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => source.kind() == io::ErrorKind::BrokenPipe,
+        Error::Archive { reason, .. } => reason.contains("stopped before its end") || reason.contains("next stage stopped"),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn werr(e: io::Error) -> Error {
+        Error::Io { context: "w".into(), source: e }
+    }
+
     #[test]
     fn bytes_arrive_in_order_and_errors_propagate() {
         let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
         let d2 = data.clone();
-        let (mut r, bg) = background("t", move |w| {
+        let (mut r, bg) = produce_in_background("t", move |w| {
             for c in d2.chunks(7777) {
-                w.write_all(c).map_err(|e| Error::Io { context: "w".into(), source: e })?;
+                w.write_all(c).map_err(werr)?;
             }
             Ok(42)
         })
@@ -122,14 +197,37 @@ mod tests {
         assert_eq!(got, data);
         assert_eq!(bg.join().unwrap(), 42);
 
-        let (mut r, bg) = background::<(), _>("t", |w| {
-            w.write_all(b"abc").map_err(|e| Error::Io { context: "w".into(), source: e })?;
+        let (mut r, bg) = produce_in_background::<(), _>("t", |w| {
+            w.write_all(b"abc").map_err(werr)?;
             Err(Error::archive("zstd stream", "corrupt"))
         })
         .unwrap();
-        let mut got = Vec::new();
-        let e = r.read_to_end(&mut got).unwrap_err();
+        let e = r.read_to_end(&mut Vec::new()).unwrap_err();
         assert!(e.to_string().contains("corrupt"));
         assert!(bg.join().is_err());
+    }
+
+    #[test]
+    fn a_dropped_writer_is_never_a_clean_end() {
+        let (mut w, bg) = consume_in_background("t", |r| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).map_err(werr)?;
+            Ok(v.len())
+        })
+        .unwrap();
+        w.write_all(&[1u8; 3_000_000]).unwrap();
+        drop(w);
+        let e = bg.join().unwrap_err();
+        assert!(is_broken_pipe(&e), "{e}");
+
+        let (mut w, bg) = consume_in_background("t", |r| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).map_err(werr)?;
+            Ok(v.len())
+        })
+        .unwrap();
+        w.write_all(&[1u8; 3_000_000]).unwrap();
+        w.finish().unwrap();
+        assert_eq!(bg.join().unwrap(), 3_000_000);
     }
 }

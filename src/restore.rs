@@ -136,10 +136,9 @@ pub fn import(spec: &ImportSpec, progress: &Progress) -> Result<Report> {
         drop(tar);
         let decoded = decoding.join();
         // The decoder's own error says more than the parser's "stream ended" when both failed.
-        let (container, sha256, size) = match (unpacked, decoded) {
-            (Ok(_), Ok(d)) => d,
-            (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
-            (Err(parse), Err(decode)) => return Err(if is_broken_pipe(&decode) { parse } else { decode }),
+        let (container, sha256, size) = match unpacked {
+            Ok(_) => decoded?,
+            Err(e) => return Err(pipe::telling(e, decoded)),
         };
         report.container = container_name(container);
         report.checksum_verified = check_digest(&src, &sha256, size)?;
@@ -270,7 +269,7 @@ fn decode_in_background(src: &mut Source, progress: &Progress) -> Result<(PipeRe
     let reader = std::mem::replace(&mut src.reader, Box::new(io::empty()));
     let counter = progress.counters.transferred.clone();
     let shown = src.shown.clone();
-    pipe::background("decode", move |out| {
+    pipe::produce_in_background("decode", move |out| {
         let mut hashed = HashReader::new(reader, counter);
         let container = {
             let (container, mut tar) = read::open(&mut hashed)?;
@@ -293,10 +292,6 @@ fn copy_decoded(from: &mut dyn Read, to: &mut PipeWriter) -> Result<()> {
         };
         to.write_all(&buf[..n]).map_err(|e| Error::Io { context: "unpacking".into(), source: e })?;
     }
-}
-
-fn is_broken_pipe(e: &Error) -> bool {
-    matches!(e, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
 }
 
 /// Read an archive through, check its structure and SHA-256, write nothing.
