@@ -8,7 +8,7 @@ fn main() {
     let given = std::env::var("CPBACKUP_GIT_COMMIT").ok().filter(|c| !c.is_empty());
     let commit = given.unwrap_or_else(|| git_commit());
     let target = std::env::var("TARGET").unwrap_or_default();
-    // PROFILE says only "debug" or "release"; the profile's own name (e.g. ci-aarch64) is the
+    // PROFILE says only "debug" or "release"; a custom profile's own name is the
     // directory OUT_DIR sits in: target/[TRIPLE/]NAME/build/cpbackup-HASH/out.
     let profile = std::env::var("OUT_DIR")
         .ok()

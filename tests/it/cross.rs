@@ -55,7 +55,12 @@ fn aarch64_binaries() -> Vec<PathBuf> {
         return Vec::new();
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/aarch64-unknown-linux-musl");
-    ["release", "ci-aarch64"].iter().map(|p| dir.join(p).join("cpbackup")).filter(|p| p.is_file()).collect()
+    let p = dir.join("release/cpbackup");
+    if p.is_file() {
+        vec![p]
+    } else {
+        Vec::new()
+    }
 }
 
 #[test]
