@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use crate::error::{Error, Result};
 
 const CHUNK: usize = 1 << 20;
-const DEPTH: usize = 4;
+const DEPTH: usize = 2;
 
 enum Msg {
     Data(Vec<u8>),

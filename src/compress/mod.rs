@@ -12,7 +12,7 @@ use std::io::{self, Write};
 use parzlib::ParZlib;
 
 /// Input per zstd worker job.
-const ZSTD_JOB: u32 = 1 << 20;
+const ZSTD_JOB: u32 = 512 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {

@@ -575,19 +575,42 @@ fn cph_job_entry(phone: &str, job: Option<&Task>, err: Option<(&str, String)>) -
     }
 }
 
-async fn cph_storage(State(r): State<Arc<Runner>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let req: CphStorage = parse(&body, true)?;
-    if req.storage_infos.is_empty() {
-        return Err(ApiError::cph(StatusCode::BAD_REQUEST, "CPS.0009", "storage_infos is empty"));
+/// One job per info: this phone's become tasks, any other phone gets `CPS.0004` in its entry.
+fn cph_batch<I>(
+    r: &Runner,
+    headers: &HeaderMap,
+    what: &str,
+    infos: Vec<I>,
+    phone: impl Fn(&I) -> &str,
+    task: impl Fn(usize, I) -> Result<Task, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    if infos.is_empty() {
+        return Err(ApiError::cph(StatusCode::BAD_REQUEST, "CPS.0009", format!("{what} is empty")));
     }
     let request_id = request_id();
-    let token = client_token(&headers);
+    let token = client_token(headers);
     let mut jobs = Vec::new();
-    for (i, info) in req.storage_infos.into_iter().enumerate() {
-        if info.phone_id != r.cfg.instance_id {
-            jobs.push(cph_job_entry(&info.phone_id, None, Some(("CPS.0004", format!("Invalid phone id: {} is not this phone", info.phone_id)))));
+    for (i, info) in infos.into_iter().enumerate() {
+        let phone_id = phone(&info).to_string();
+        if phone_id != r.cfg.instance_id {
+            let msg = format!("Invalid phone id: {phone_id} is not this phone");
+            jobs.push(cph_job_entry(&phone_id, None, Some(("CPS.0004", msg))));
             continue;
         }
+        let mut t = task(i, info)?;
+        t.request_id = request_id.clone();
+        t.client_token = token.as_ref().map(|t| format!("{t}-{i}")).unwrap_or_default();
+        t.api = "cph".into();
+        t.instance_id = r.cfg.instance_id.clone();
+        let t = r.submit(t).map_err(|e| submit_err(true, e))?;
+        jobs.push(cph_job_entry(&phone_id, Some(&t), None));
+    }
+    Ok(Json(json!({"request_id": request_id, "jobs": jobs})))
+}
+
+async fn cph_storage(State(r): State<Arc<Runner>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: CphStorage = parse(&body, true)?;
+    cph_batch(&r, &headers, "storage_infos", req.storage_infos, |i| &i.phone_id, |i, info| {
         let to = format!("obs://{}/{}", info.bucket_name, info.object_path);
         Location::parse(&to).map_err(|e| bad(true, format!("storage_infos[{i}]: {e}")))?;
         let task_id = new_task_id();
@@ -596,6 +619,7 @@ async fn cph_storage(State(r): State<Arc<Runner>>, headers: HeaderMap, body: Byt
             includes: info.include_files,
             excludes: info.exclude_files,
             to: to.clone(),
+            // CPH's exports are tar objects; a name with another extension picks that format.
             format: crate::archive::Format::from_name(&info.object_path).or(Some(crate::archive::Format::Tar)),
             root: r.cfg.root.clone(),
             identity: identity(&r, &task_id),
@@ -603,59 +627,31 @@ async fn cph_storage(State(r): State<Arc<Runner>>, headers: HeaderMap, body: Byt
             backup_file_id: Some(bf.clone()),
             ..Default::default()
         };
-        let t = r
-            .submit(Task {
-                task_id,
-                request_id: request_id.clone(),
-                client_token: token.as_ref().map(|t| format!("{t}-{i}")).unwrap_or_default(),
-                api: "cph".into(),
-                task_type: "BackupFile".into(),
-                backup_file_id: bf,
-                backup_file_path: to,
-                instance_id: r.cfg.instance_id.clone(),
-                work: Some(Work::Export { spec }),
-                ..Default::default()
-            })
-            .map_err(|e| submit_err(true, e))?;
-        jobs.push(cph_job_entry(&info.phone_id, Some(&t), None));
-    }
-    Ok(Json(json!({"request_id": request_id, "jobs": jobs})))
+        Ok(Task {
+            task_id,
+            task_type: "BackupFile".into(),
+            backup_file_id: bf,
+            backup_file_path: to,
+            work: Some(Work::Export { spec }),
+            ..Default::default()
+        })
+    })
 }
 
 async fn cph_restore(State(r): State<Arc<Runner>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: CphRestore = parse(&body, true)?;
-    if req.restore_infos.is_empty() {
-        return Err(ApiError::cph(StatusCode::BAD_REQUEST, "CPS.0009", "restore_infos is empty"));
-    }
-    let request_id = request_id();
-    let token = client_token(&headers);
-    let mut jobs = Vec::new();
-    for (i, info) in req.restore_infos.into_iter().enumerate() {
-        if info.phone_id != r.cfg.instance_id {
-            jobs.push(cph_job_entry(&info.phone_id, None, Some(("CPS.0004", format!("Invalid phone id: {} is not this phone", info.phone_id)))));
-            continue;
-        }
+    cph_batch(&r, &headers, "restore_infos", req.restore_infos, |i| &i.phone_id, |i, info| {
         let from = format!("obs://{}/{}", info.bucket_name, info.object_path);
         Location::parse(&from).map_err(|e| bad(true, format!("restore_infos[{i}]: {e}")))?;
-        let t = r
-            .submit(Task {
-                task_id: new_task_id(),
-                request_id: request_id.clone(),
-                client_token: token.as_ref().map(|t| format!("{t}-{i}")).unwrap_or_default(),
-                api: "cph".into(),
-                task_type: "RecoverFile".into(),
-                backup_file_path: from.clone(),
-                instance_id: r.cfg.instance_id.clone(),
-                work: Some(Work::Import {
-                    spec: ImportSpec { from, root: r.cfg.root.clone(), store: store_opts(&r, None), ..Default::default() },
-                    backup_file_id: None,
-                }),
-                ..Default::default()
-            })
-            .map_err(|e| submit_err(true, e))?;
-        jobs.push(cph_job_entry(&info.phone_id, Some(&t), None));
-    }
-    Ok(Json(json!({"request_id": request_id, "jobs": jobs})))
+        let spec = ImportSpec { from: from.clone(), root: r.cfg.root.clone(), store: store_opts(&r, None), ..Default::default() };
+        Ok(Task {
+            task_id: new_task_id(),
+            task_type: "RecoverFile".into(),
+            backup_file_path: from,
+            work: Some(Work::Import { spec, backup_file_id: None }),
+            ..Default::default()
+        })
+    })
 }
 
 /// An idempotency key from the request headers (`X-Client-Token`, or `X-Request-Id`).
