@@ -4,11 +4,17 @@
 //!
 //! Owns the state directory and its records: one JSON file per upload (bucket, key, upload id,
 //! endpoint, the process that owns it), written to a temporary name and renamed into place.
+//! The uploading process holds an exclusive `flock` on its record for as long as the upload
+//! runs: the kernel drops it when the process dies however it dies, so "the lock can be taken"
+//! is exactly "the uploader is gone" (no pid reuse, no clocks; it works under qemu-user too).
 //! A record must never hold a credential: it says where the upload is, never how to sign for it.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,8 +35,8 @@ pub struct Record {
     pub endpoint: Option<String>,
     pub region: String,
     pub path_style: bool,
-    /// The process that runs the upload, and its start time (clock ticks since boot, from
-    /// /proc/PID/stat), so a recycled pid is not mistaken for the uploader.
+    /// The process that runs the upload (for people reading the record; liveness is the lock),
+    /// and its start time in clock ticks since boot.
     pub pid: u32,
     pub pid_start: u64,
     pub started: String,
@@ -83,9 +89,18 @@ impl StateDir {
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let body = serde_json::to_vec_pretty(rec).unwrap_or_default();
         let mut f = fs::File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+        // Locked before it is visible under its final name: no other agent can ever see this
+        // record unlocked while the upload runs.
+        if !try_lock(&f) {
+            return Err(crate::error::Error::Io {
+                context: format!("locking {}", tmp.display()),
+                source: std::io::Error::last_os_error(),
+            });
+        }
         f.write_all(&body).ctx(|| format!("writing {}", tmp.display()))?;
         f.sync_all().ctx(|| format!("flushing {}", tmp.display()))?;
         fs::rename(&tmp, &fin).ctx(|| format!("renaming {} to {}", tmp.display(), fin.display()))?;
+        held().insert(fin.clone(), f);
         Ok(fin)
     }
 
@@ -109,7 +124,14 @@ impl StateDir {
                 }
                 Err(_) => continue,
             };
-            if !running(rec.pid, rec.pid_start) {
+            if held().contains_key(&path) {
+                continue; // ours, running in this process
+            }
+            // Taking the lock means its owner is gone; keep holding it while the caller aborts
+            // the upload, so two cleaners never race on one record.
+            let Ok(f) = fs::File::open(&path) else { continue };
+            if try_lock(&f) {
+                held().insert(path.clone(), f);
                 out.push((path, rec));
             }
         }
@@ -118,9 +140,12 @@ impl StateDir {
     }
 }
 
-/// Forget an upload (it completed, or it was aborted).
+/// Forget an upload (it completed, or it was aborted): the record goes, then its lock.
 pub fn remove(path: &Path) {
-    if let Err(e) = fs::remove_file(path) {
+    let lock = held().remove(path);
+    let removed = fs::remove_file(path);
+    drop(lock);
+    if let Err(e) = removed {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!("could not remove upload record {}: {e}", path.display());
         }
@@ -143,20 +168,16 @@ pub fn me() -> (u32, u64) {
     (pid, start_time(pid).unwrap_or(0))
 }
 
-/// Whether the process that wrote a record still runs. Our own records count as running:
-/// they belong to uploads in this process.
-pub fn running(pid: u32, pid_start: u64) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    match start_time(pid) {
-        None => false,
-        // A start time of 0 means it could not be read when the record was written: trust the pid.
-        // A few ticks of slack: under qemu-user (CI's aarch64 pass) a process reads its own stat
-        // from qemu, whose start time is 1-3 ticks off the kernel's; a pid recycled within 0.1 s
-        // of the uploader's start is not a real risk.
-        Some(t) => pid_start == 0 || t.abs_diff(pid_start) <= 10,
-    }
+/// The record files this process holds locked: its own uploads, and stale ones it is cleaning.
+fn held() -> std::sync::MutexGuard<'static, BTreeMap<PathBuf, fs::File>> {
+    static HELD: Mutex<BTreeMap<PathBuf, fs::File>> = Mutex::new(BTreeMap::new());
+    // A poisoned lock still holds valid files; carry on with them.
+    HELD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn try_lock(f: &fs::File) -> bool {
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
@@ -188,22 +209,44 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_and_only_dead_ones_are_stale() {
+    fn records_round_trip_and_only_unlocked_ones_are_stale() {
         let dir = tempfile::tempdir().unwrap();
         let s = StateDir::resolve(Some(dir.path()));
         let (pid, start) = me();
         assert!(start > 0);
         let mine = s.save(&rec(pid, start)).unwrap();
-        // A pid that cannot exist (above the kernel's pid_max) is not running.
-        let dead = s.save(&rec(u32::MAX - 1, 1)).unwrap();
+        // What a killed agent leaves: a record nobody holds locked.
+        let dead = dir.path().join("upload-4242-dead.json");
+        fs::write(&dead, serde_json::to_vec(&rec(4242, 1)).unwrap()).unwrap();
+        // A record another live process holds locked.
+        let live = dir.path().join("upload-4343-live.json");
+        fs::write(&live, serde_json::to_vec(&rec(4343, 1)).unwrap()).unwrap();
+        // `-o`: the lock stays with flock(1) itself, not with the sleep it runs.
+        let mut holder = std::process::Command::new("flock")
+            .arg("-o")
+            .arg(&live)
+            .args(["sleep", "30"])
+            .spawn()
+            .expect("flock(1) from util-linux");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::File::open(&live).map(|f| try_lock(&f)).unwrap_or(false) {
+            // Not held yet (the child is starting); our probe lock went with the file.
+            assert!(std::time::Instant::now() < deadline, "flock never took the lock");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let stale = s.stale();
-        assert_eq!(stale.len(), 1);
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert_eq!(stale.len(), 1, "{stale:?}");
         assert_eq!(stale[0].0, dead);
-        assert_eq!(stale[0].1, rec(u32::MAX - 1, 1));
-        // pid 1 runs, but not since the recorded start: a recycled pid.
-        assert!(!running(1, start_time(1).unwrap_or(0) + 12345));
+        assert_eq!(stale[0].1, rec(4242, 1));
+        // While this process cleans it, nobody else can take it.
+        assert!(!try_lock(&fs::File::open(&dead).unwrap()));
         remove(&dead);
         remove(&mine);
+        // The holder is gone: its record is stale now.
+        assert_eq!(s.stale().len(), 1);
+        remove(&live);
         assert!(s.stale().is_empty());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "no temp files left");
     }

@@ -533,16 +533,22 @@ pub fn cleanup(opts: &StoreOptions) -> Result<Cleanup> {
         .build()
         .map_err(|e| Error::Io { context: "starting the object-store runtime".into(), source: e })?;
     let rt = Arc::new(rt);
-    let before: Vec<Record> = state.stale().into_iter().map(|(_, r)| r).collect();
-    let aborted = abort_stale(&rt, &state, opts);
+    let stale = state.stale();
+    let before: Vec<Record> = stale.iter().map(|(_, r)| r.clone()).collect();
+    let aborted = abort_records(&rt, stale, opts);
     let show = |r: &Record| format!("{}://{}/{} (upload {})", r.scheme.to_lowercase(), r.bucket, r.key, r.upload_id);
     let failed = before.iter().filter(|r| !aborted.contains(r)).map(show).collect();
     Ok(Cleanup { state_dir: state.path().display().to_string(), aborted: aborted.iter().map(show).collect(), failed })
 }
 
 fn abort_stale(rt: &Arc<Runtime>, state: &StateDir, opts: &StoreOptions) -> Vec<Record> {
+    abort_records(rt, state.stale(), opts)
+}
+
+/// Abort the uploads of stale records (their locks held by this process meanwhile).
+fn abort_records(rt: &Arc<Runtime>, stale: Vec<(std::path::PathBuf, Record)>, opts: &StoreOptions) -> Vec<Record> {
     let mut done = Vec::new();
-    for (path, rec) in state.stale() {
+    for (path, rec) in stale {
         let scheme = match rec.scheme.as_str() {
             "OSS" => Scheme::Oss,
             "OBS" => Scheme::Obs,
