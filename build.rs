@@ -12,7 +12,13 @@ fn main() {
     // directory OUT_DIR sits in: target/[TRIPLE/]NAME/build/cpbackup-HASH/out.
     let profile = std::env::var("OUT_DIR")
         .ok()
-        .and_then(|o| std::path::Path::new(&o).ancestors().nth(3).and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()))
+        .and_then(|o| {
+            std::path::Path::new(&o)
+                .ancestors()
+                .nth(3)
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        })
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| std::env::var("PROFILE").unwrap_or_default());
     println!("cargo:rustc-env=CPBACKUP_GIT_COMMIT={commit}");

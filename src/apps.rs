@@ -157,11 +157,16 @@ pub fn resolve(device: &Device, root: &Path, package: &str, opts: BackupOptions)
         apks.push((pm::apk_name(&p), host));
     }
     if apks.first().map(|(n, _)| n.as_str()) != Some("base.apk") {
-        return Err(Error::Device { command: format!("pm path {package}"), output: "no base.apk among the paths".into() });
+        return Err(Error::Device {
+            command: format!("pm path {package}"),
+            output: "no base.apk among the paths".into(),
+        });
     }
     let signatures = apk::inspect(&apks[0].1)?.signature_hex();
     if signatures.is_empty() {
-        tracing::warn!("{package}: base.apk has no signing certificate; Android's own restore will ignore this package");
+        tracing::warn!(
+            "{package}: base.apk has no signing certificate; Android's own restore will ignore this package"
+        );
     }
     let mut areas = Vec::new();
     for area in [Area::Ce, Area::De, Area::Ext] {
@@ -225,7 +230,12 @@ fn excluded(area: Area, opts: BackupOptions) -> Vec<&'static str> {
 /// with the path relative to `dir` and the entry's metadata; directories come before their
 /// contents.
 fn walk(dir: &Path, top_excludes: &[&str], f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>) -> Result<()> {
-    fn inner(base: &Path, rel: &Path, excludes: &[&str], f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>) -> Result<()> {
+    fn inner(
+        base: &Path,
+        rel: &Path,
+        excludes: &[&str],
+        f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>,
+    ) -> Result<()> {
         let here = base.join(rel);
         let mut names: Vec<_> = fs::read_dir(&here)
             .ctx(|| format!("listing {}", here.display()))?
@@ -267,7 +277,8 @@ pub fn write_app<W: Write>(
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let prefix = format!("apps/{}", app.package);
-    let sink_err = |what: &str, e: io::Error| Error::Io { context: format!("writing {what} into the archive"), source: e };
+    let sink_err =
+        |what: &str, e: io::Error| Error::Io { context: format!("writing {what} into the archive"), source: e };
     let manifest = manifest_text(app, sdk);
     let m = Meta { path: format!("{prefix}/_manifest").into_bytes(), mode: 0o600, mtime: 0, ..Default::default() };
     tar.append_file(&m, manifest.len() as u64, &mut manifest.as_bytes()).map_err(|e| sink_err("_manifest", e))?;
@@ -305,10 +316,13 @@ pub fn write_app<W: Write>(
                 };
                 match tar.append_file(&meta_of(path, md), md.len(), &mut &file).map_err(|e| sink_err(&shown, e))? {
                     Content::Complete => {}
-                    Content::Shrunk { read } => {
-                        warn(format!("{shown}: shrank while being read ({read} of {} bytes); padded with zeros", md.len()))
+                    Content::Shrunk { read } => warn(format!(
+                        "{shown}: shrank while being read ({read} of {} bytes); padded with zeros",
+                        md.len()
+                    )),
+                    Content::Grew => {
+                        warn(format!("{shown}: grew while being read; only the first {} bytes were archived", md.len()))
                     }
-                    Content::Grew => warn(format!("{shown}: grew while being read; only the first {} bytes were archived", md.len())),
                 }
                 progress(md.len());
             } else {
@@ -338,17 +352,20 @@ pub struct AppManifest {
 
 pub fn parse_app_manifest(text: &str) -> std::result::Result<AppManifest, String> {
     let mut lines = text.split('\n');
-    let mut next = |what: &str| lines.next().map(str::to_string).ok_or_else(|| format!("_manifest ends before its {what} line"));
+    let mut next =
+        |what: &str| lines.next().map(str::to_string).ok_or_else(|| format!("_manifest ends before its {what} line"));
     let version = next("version")?;
     if version.trim() != MANIFEST_VERSION {
         return Err(format!("_manifest has version {version:?}; only {MANIFEST_VERSION} is known"));
     }
     let package = next("package")?;
-    let version_code = next("versionCode")?.trim().parse().map_err(|_| "_manifest has a bad versionCode".to_string())?;
+    let version_code =
+        next("versionCode")?.trim().parse().map_err(|_| "_manifest has a bad versionCode".to_string())?;
     let sdk = next("SDK")?.trim().parse().map_err(|_| "_manifest has a bad SDK version".to_string())?;
     let installer = next("installer")?;
     let has_apk = next("has-APK")?.trim() == "1";
-    let n: usize = next("signature count")?.trim().parse().map_err(|_| "_manifest has a bad signature count".to_string())?;
+    let n: usize =
+        next("signature count")?.trim().parse().map_err(|_| "_manifest has a bad signature count".to_string())?;
     let mut signatures = Vec::new();
     for _ in 0..n.min(64) {
         signatures.push(next("signature")?);
@@ -409,7 +426,11 @@ impl Stager {
     pub fn check_space(&self, needed: u64) -> Result<()> {
         if needed.saturating_add(SPACE_RESERVE) > self.available {
             let path = select::host_path(&self.root, b"data");
-            return Err(Error::NoSpace { path, needed: needed.saturating_add(SPACE_RESERVE), available: self.available });
+            return Err(Error::NoSpace {
+                path,
+                needed: needed.saturating_add(SPACE_RESERVE),
+                available: self.available,
+            });
         }
         Ok(())
     }
@@ -428,7 +449,10 @@ impl Stager {
         let (top, pkg, domain, rest) = (parts.next(), parts.next(), parts.next(), parts.next().unwrap_or(""));
         let (Some("apps"), Some(pkg)) = (top, pkg) else {
             let first = path.split('/').next().unwrap_or("").to_string();
-            self.warn_once(format!("top:{first}"), format!("{path}: skipped: not an app entry (shared storage is not restored)"));
+            self.warn_once(
+                format!("top:{first}"),
+                format!("{path}: skipped: not an app entry (shared storage is not restored)"),
+            );
             return Ok(());
         };
         if pm::check_package_name(pkg).is_err() {
@@ -476,7 +500,9 @@ impl Stager {
                 return Err(Error::archive(format!("entry {shown:?}"), "is larger than Android's 64 KiB limit"));
             }
             let mut text = String::new();
-            data.take(MAX_MANIFEST).read_to_string(&mut text).map_err(|e| Error::archive(format!("entry {shown:?}"), e.to_string()))?;
+            data.take(MAX_MANIFEST)
+                .read_to_string(&mut text)
+                .map_err(|e| Error::archive(format!("entry {shown:?}"), e.to_string()))?;
             let m = parse_app_manifest(&text).map_err(|e| Error::archive(format!("entry {shown:?}"), e))?;
             if m.package != pkg {
                 return Err(Error::archive(format!("entry {shown:?}"), format!("names package {:?}", m.package)));
@@ -492,7 +518,10 @@ impl Stager {
         match item.kind {
             Kind::Dir | Kind::File { sparse: false } => {}
             _ => {
-                self.warn_once(format!("kind:{shown}"), format!("{shown}: skipped: only files and directories are restored into app data"));
+                self.warn_once(
+                    format!("kind:{shown}"),
+                    format!("{shown}: skipped: only files and directories are restored into app data"),
+                );
                 return Ok(());
             }
         }
@@ -529,7 +558,9 @@ impl Stager {
         let dir = match self.apps.get(pkg).and_then(|a| a.apk_dir.clone()) {
             Some(d) => d,
             None => {
-                let parent = select::resolve(&self.root, b"data/local/tmp", true).ctx(|| "resolving /data/local/tmp".into())?.host;
+                let parent = select::resolve(&self.root, b"data/local/tmp", true)
+                    .ctx(|| "resolving /data/local/tmp".into())?
+                    .host;
                 fs::create_dir_all(&parent).ctx(|| format!("creating {}", parent.display()))?;
                 let d = parent.join(format!("{STAGING_PREFIX}{}-{pkg}.apks", self.id));
                 make_private_dir(&d)?;
@@ -558,7 +589,10 @@ impl Stager {
         }
         let device = area.device_path(pkg);
         let target = select::resolve(&self.root, device.as_bytes(), true).ctx(|| format!("resolving {device}"))?.host;
-        let parent = target.parent().map(Path::to_path_buf).ok_or_else(|| Error::archive("staging", format!("{device} has no parent")))?;
+        let parent = target
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| Error::archive("staging", format!("{device} has no parent")))?;
         fs::create_dir_all(&parent).ctx(|| format!("creating {}", parent.display()))?;
         let dir = parent.join(format!("{STAGING_PREFIX}{}-{pkg}", self.id));
         make_private_dir(&dir)?;
@@ -581,7 +615,8 @@ impl Stager {
                     Ok(_) => return Err(Error::archive(format!("entry {shown:?}"), "is a directory where a file was")),
                     Err(_) => fs::create_dir(local).ctx(|| format!("creating {}", local.display()))?,
                 }
-                fs::set_permissions(local, fs::Permissions::from_mode(mode | 0o700)).ctx(|| format!("chmod {}", local.display()))?;
+                fs::set_permissions(local, fs::Permissions::from_mode(mode | 0o700))
+                    .ctx(|| format!("chmod {}", local.display()))?;
             }
             _ => {
                 if item.size > self.available.saturating_sub(self.written).saturating_sub(SPACE_RESERVE) {
@@ -600,13 +635,15 @@ impl Stager {
                     .mode(0o600)
                     .open(local)
                     .ctx(|| format!("creating {}", local.display()))?;
-                let n = io::copy(&mut data.take(item.size), &mut f).map_err(|e| Error::archive(format!("entry {shown:?}"), e.to_string()))?;
+                let n = io::copy(&mut data.take(item.size), &mut f)
+                    .map_err(|e| Error::archive(format!("entry {shown:?}"), e.to_string()))?;
                 if n != item.size {
                     return Err(Error::archive(format!("entry {shown:?}"), "is truncated"));
                 }
                 f.set_permissions(fs::Permissions::from_mode(mode)).ctx(|| format!("chmod {}", local.display()))?;
                 let t = filetime::FileTime::from_unix_time(item.meta.mtime, 0);
-                filetime::set_file_handle_times(&f, Some(t), Some(t)).ctx(|| format!("setting times of {}", local.display()))?;
+                filetime::set_file_handle_times(&f, Some(t), Some(t))
+                    .ctx(|| format!("setting times of {}", local.display()))?;
                 self.written += item.size;
             }
         }
@@ -745,7 +782,8 @@ fn recover_one(
     if let Some(e) = &app.error {
         return Err(("read", Error::archive(format!("package {pkg}"), e.clone())));
     }
-    let manifest = app.manifest.clone().ok_or_else(|| ("read", Error::archive(format!("package {pkg}"), "has no _manifest")))?;
+    let manifest =
+        app.manifest.clone().ok_or_else(|| ("read", Error::archive(format!("package {pkg}"), "has no _manifest")))?;
     at("check", check_suits(pkg, &manifest, app, sdk, abis, opts.force))?;
 
     // Nothing has changed on the phone up to here.
@@ -760,7 +798,8 @@ fn recover_one(
         let f = at("install", File::open(path).ctx(|| format!("opening staged {}", path.display())))?;
         files.push((name.clone(), *size, f));
     }
-    let mut apks: Vec<(String, u64, &mut dyn Read)> = files.iter_mut().map(|(n, s, f)| (n.clone(), *s, f as &mut dyn Read)).collect();
+    let mut apks: Vec<(String, u64, &mut dyn Read)> =
+        files.iter_mut().map(|(n, s, f)| (n.clone(), *s, f as &mut dyn Read)).collect();
     at("install", device.install(&mut apks))?;
     let ce = at("wait", target_of(root, Area::Ce, pkg))?;
     let listed = at("wait", device.wait_installed(pkg, INSTALL_TIMEOUT, &|| ce.is_dir()))?;
@@ -823,7 +862,15 @@ fn check_suits(pkg: &str, m: &AppManifest, app: &StagedApp, sdk: u32, abis: &[St
 
 /// Put a staged tree in place of the fresh one by renames (old aside, new in, old removed),
 /// then give it the fresh install's owner and label.
-fn swap_in(root: &Path, id: &str, pkg: &str, area: Area, staged: &StagedArea, app_owner: Owner, device: &Device) -> StepResult<Relabel> {
+fn swap_in(
+    root: &Path,
+    id: &str,
+    pkg: &str,
+    area: Area,
+    staged: &StagedArea,
+    app_owner: Owner,
+    device: &Device,
+) -> StepResult<Relabel> {
     let target = &staged.target;
     let parent = target.parent().unwrap_or(root);
     let fresh = fs::symlink_metadata(target).ok().filter(|m| m.is_dir());
@@ -831,12 +878,20 @@ fn swap_in(root: &Path, id: &str, pkg: &str, area: Area, staged: &StagedArea, ap
     // takes the app's uid and its parent's group and label.
     let (owner, mode, context) = match &fresh {
         Some(m) => {
-            let owner = if area.is_data_dir() { at("owner", Owner::of(target))? } else { Owner { uid: m.uid(), gid: m.gid(), cache_gid: m.gid() } };
+            let owner = if area.is_data_dir() {
+                at("owner", Owner::of(target))?
+            } else {
+                Owner { uid: m.uid(), gid: m.gid(), cache_gid: m.gid() }
+            };
             (owner, m.mode() & 0o7777, selinux::context_of(target))
         }
         None => {
             let pm = at("owner", fs::metadata(parent).ctx(|| format!("reading {}", parent.display())))?;
-            let owner = if area.is_data_dir() { app_owner } else { Owner { uid: app_owner.uid, gid: pm.gid(), cache_gid: pm.gid() } };
+            let owner = if area.is_data_dir() {
+                app_owner
+            } else {
+                Owner { uid: app_owner.uid, gid: pm.gid(), cache_gid: pm.gid() }
+            };
             (owner, if area.is_data_dir() { 0o700 } else { 0o770 }, selinux::context_of(parent))
         }
     };
@@ -846,7 +901,10 @@ fn swap_in(root: &Path, id: &str, pkg: &str, area: Area, staged: &StagedArea, ap
         for ent in entries.flatten() {
             let to = staged.dir.join(ent.file_name());
             if fs::symlink_metadata(&to).is_err() {
-                at("data", fs::rename(ent.path(), &to).ctx(|| format!("moving {} into staging", ent.path().display())))?;
+                at(
+                    "data",
+                    fs::rename(ent.path(), &to).ctx(|| format!("moving {} into staging", ent.path().display())),
+                )?;
             }
         }
     }
@@ -858,14 +916,20 @@ fn swap_in(root: &Path, id: &str, pkg: &str, area: Area, staged: &StagedArea, ap
         if fresh.is_some() {
             let _ = fs::rename(&aside, target);
         }
-        return Err(("data", Error::Io { context: format!("moving the restored data into {}", target.display()), source: e }));
+        return Err((
+            "data",
+            Error::Io { context: format!("moving the restored data into {}", target.display()), source: e },
+        ));
     }
     if fresh.is_some() {
         if let Err(e) = fs::remove_dir_all(&aside) {
             tracing::warn!("could not remove {}: {e}", aside.display());
         }
     }
-    at("owner", fs::set_permissions(target, fs::Permissions::from_mode(mode)).ctx(|| format!("chmod {}", target.display())))?;
+    at(
+        "owner",
+        fs::set_permissions(target, fs::Permissions::from_mode(mode)).ctx(|| format!("chmod {}", target.display())),
+    )?;
     at("owner", owner::chown_tree(target, owner, area.is_data_dir()))?;
     at("relabel", selinux::relabel(device, target, context.as_deref(), !area.is_data_dir()))
 }

@@ -65,7 +65,8 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
         Location::Stdio => (None, spec.format.unwrap_or(Format::TarZst)),
         loc => {
             let ext = spec.format.unwrap_or(Format::TarZst).extension();
-            let (store, key) = store_key(loc, &spec.store, spec.name.as_deref(), &spec.identity.android_instance_id, now, ext)?;
+            let (store, key) =
+                store_key(loc, &spec.store, spec.name.as_deref(), &spec.identity.android_instance_id, now, ext)?;
             let format = spec.format.or_else(|| Format::from_name(&key)).unwrap_or(Format::TarZst);
             if let Location::File { .. } = loc {
                 // Never archive the archive: its partial file and manifest may be inside the selection.
@@ -147,7 +148,10 @@ pub fn backup_app(spec: &BackupAppSpec, progress: &Progress) -> Result<Manifest>
     progress.set_total(m.file_size);
 
     let result = if sources.is_empty() {
-        Err(Error::Device { command: "pm list packages -U --show-versioncode".into(), output: warnings.list.join("; ") })
+        Err(Error::Device {
+            command: "pm list packages -U --show-versioncode".into(),
+            output: warnings.list.join("; "),
+        })
     } else {
         let sink = match &dest {
             None => Sink::Stdout(io::stdout()),
@@ -175,8 +179,9 @@ fn write_apps(
 ) -> Result<Written> {
     let mut stream = start_stream(sink, Codec::zlib_default(), true, Flavor::Android, progress)?;
     for app in sources {
-        let written = if opts.stop { device.force_stop(&app.package) } else { Ok(()) }
-            .and_then(|()| apps::write_app(&mut stream.tar, app, sdk, opts, &mut |w| warnings.push(w), &mut |n| progress.entry(n)));
+        let written = if opts.stop { device.force_stop(&app.package) } else { Ok(()) }.and_then(|()| {
+            apps::write_app(&mut stream.tar, app, sdk, opts, &mut |w| warnings.push(w), &mut |n| progress.entry(n))
+        });
         if let Err(e) = written {
             return Err(stream.abandon(e));
         }
@@ -214,7 +219,12 @@ fn announce(dest: &Option<(Box<dyn Store>, String)>, m: &mut Manifest) -> Result
 
 /// The manifest's last word: AVAILABLE (PART_BACKUP_FINISHED when `partial`) with the
 /// archive's digest, or BACKUP_FAILED with the reason.
-fn record(dest: &Option<(Box<dyn Store>, String)>, mut m: Manifest, result: Result<Written>, partial: bool) -> Result<Manifest> {
+fn record(
+    dest: &Option<(Box<dyn Store>, String)>,
+    mut m: Manifest,
+    result: Result<Written>,
+    partial: bool,
+) -> Result<Manifest> {
     match result {
         Ok(done) => {
             m.sha256 = done.sha256;
@@ -306,7 +316,13 @@ impl Warnings {
 }
 
 /// Finish order, explicit: tar end → compressor end → sink complete. Any error aborts the sink.
-fn write_archive(sel: &Selection, sink: Sink, format: Format, progress: &Progress, warnings: &mut Warnings) -> Result<Written> {
+fn write_archive(
+    sel: &Selection,
+    sink: Sink,
+    format: Format,
+    progress: &Progress,
+    warnings: &mut Warnings,
+) -> Result<Written> {
     let (codec, flavor) = match format {
         Format::Tar => (Codec::None, Flavor::Full),
         Format::TarZst => (Codec::zstd_default(), Flavor::Full),
@@ -315,10 +331,10 @@ fn write_archive(sel: &Selection, sink: Sink, format: Format, progress: &Progres
     let mut stream = start_stream(sink, codec, format == Format::Ab, flavor, progress)?;
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let shared = std::cell::RefCell::new(std::mem::take(warnings));
-    let walked = sel.walk(
-        &mut |e| add_entry(&mut stream.tar, e, &mut links, progress, &mut shared.borrow_mut()),
-        &mut |s| shared.borrow_mut().skip(s),
-    );
+    let walked = sel
+        .walk(&mut |e| add_entry(&mut stream.tar, e, &mut links, progress, &mut shared.borrow_mut()), &mut |s| {
+            shared.borrow_mut().skip(s)
+        });
     *warnings = shared.into_inner();
     match walked {
         Ok(()) => finish_stream(stream),
@@ -458,9 +474,9 @@ fn add_entry<W: Write>(
             Content::Shrunk { read } => warnings.push(format!(
                 "{shown}: shrank while being read ({read} of {size} bytes); the entry was padded with zeros"
             )),
-            Content::Grew => warnings.push(format!(
-                "{shown}: grew while being read; only the first {size} bytes were archived"
-            )),
+            Content::Grew => {
+                warnings.push(format!("{shown}: grew while being read; only the first {size} bytes were archived"))
+            }
         }
         progress.entry(size);
         return Ok(());
@@ -476,10 +492,8 @@ fn is_source_error(e: &io::Error) -> bool {
 /// Open without following links and without blocking (a FIFO swapped in after the walk's
 /// lstat must not hang the backup).
 fn open_for_read(path: &Path) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
+    let f =
+        OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
     if !f.metadata()?.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "no longer a regular file"));
     }

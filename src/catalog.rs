@@ -74,13 +74,18 @@ impl Query {
             None => DEFAULT_MAX_RESULTS,
             Some(n) if (1..=MAX_MAX_RESULTS as i64).contains(&n) => n as usize,
             Some(n) => {
-                return Err(Error::usage(format!("--max-results {n}: must be from 1 to {MAX_MAX_RESULTS} (default {DEFAULT_MAX_RESULTS})")))
+                return Err(Error::usage(format!(
+                    "--max-results {n}: must be from 1 to {MAX_MAX_RESULTS} (default {DEFAULT_MAX_RESULTS})"
+                )))
             }
         };
         let time = |flag: &str, v: &Option<String>| -> Result<Option<time::OffsetDateTime>> {
             v.as_deref()
                 .filter(|s| !s.is_empty())
-                .map(|s| manifest::parse_time(s).map_err(|_| Error::usage(format!("{flag} {s:?}: use the form YYYY-MM-DD HH:MM:SS (UTC)"))))
+                .map(|s| {
+                    manifest::parse_time(s)
+                        .map_err(|_| Error::usage(format!("{flag} {s:?}: use the form YYYY-MM-DD HH:MM:SS (UTC)")))
+                })
                 .transpose()
         };
         let start = time("--start-time", &self.start_time)?;
@@ -175,12 +180,8 @@ pub fn request_id() -> String {
 /// Every record under `prefix`, sorted by manifest key. Manifests are fetched concurrently,
 /// a bounded number at a time; an unreadable one is skipped with a warning.
 pub fn records(store: &dyn Store, prefix: &str) -> Result<Vec<(String, Manifest)>> {
-    let keys: Vec<String> = store
-        .list(prefix)?
-        .into_iter()
-        .map(|o| o.key)
-        .filter(|k| k.ends_with(manifest::SUFFIX))
-        .collect();
+    let keys: Vec<String> =
+        store.list(prefix)?.into_iter().map(|o| o.key).filter(|k| k.ends_with(manifest::SUFFIX)).collect();
     let next = AtomicUsize::new(0);
     let found: Mutex<Vec<(usize, Manifest)>> = Mutex::new(Vec::with_capacity(keys.len()));
     let failed: Mutex<Option<Error>> = Mutex::new(None);
@@ -237,10 +238,7 @@ pub fn delete(store: &dyn Store, prefix: &str, backup_file_id: &str) -> Result<D
     }
     let found = records(store, prefix)?.into_iter().find(|(_, m)| m.backup_file_id == backup_file_id);
     let Some((mkey, mut m)) = found else {
-        return Err(Error::usage(format!(
-            "no backup file {backup_file_id:?} under {}",
-            store.url(prefix)
-        )));
+        return Err(Error::usage(format!("no backup file {backup_file_id:?} under {}", store.url(prefix))));
     };
     let archive = mkey.strip_suffix(manifest::SUFFIX).unwrap_or(&mkey).to_string();
     m.status = Status::Deleting;

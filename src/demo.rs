@@ -27,7 +27,9 @@ pub fn make_root(root: &Path) -> Result<()> {
     w(&format!("{app}/shared_prefs/settings.xml"), b"<map><boolean name=\"dark\" value=\"true\" /></map>\n")?;
     let mut db = Vec::with_capacity(1 << 20);
     for i in 0..20_000u32 {
-        db.extend_from_slice(format!("INSERT INTO notes VALUES({i},'note number {i}','body of note {i}');\n").as_bytes());
+        db.extend_from_slice(
+            format!("INSERT INTO notes VALUES({i},'note number {i}','body of note {i}');\n").as_bytes(),
+        );
     }
     w(&format!("{app}/databases/notes.db"), &db)?;
     for i in 0..200 {

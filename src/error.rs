@@ -31,19 +31,11 @@ pub enum Error {
 
     /// The archive's SHA-256 differs from the manifest's.
     #[error("checksum mismatch for {what}: the manifest says {expected}, the archive hashes to {actual}; the archive is corrupt or was replaced, nothing was restored")]
-    Checksum {
-        what: String,
-        expected: String,
-        actual: String,
-    },
+    Checksum { what: String, expected: String, actual: String },
 
     /// Not enough room where the data would be written.
     #[error("not enough free space under {path:?}: {needed} bytes needed, {available} available; free some space or restore elsewhere")]
-    NoSpace {
-        path: PathBuf,
-        needed: u64,
-        available: u64,
-    },
+    NoSpace { path: PathBuf, needed: u64, available: u64 },
 
     /// The manifest beside an archive does not allow using it.
     #[error("manifest {what}: {reason}")]
@@ -51,11 +43,7 @@ pub enum Error {
 
     /// The object store refused or failed a request.
     #[error("store {what}: {reason}")]
-    Store {
-        what: String,
-        reason: String,
-        retryable: bool,
-    },
+    Store { what: String, reason: String, retryable: bool },
 
     /// A device command (pm, am, getprop, restorecon…) failed or said `Failure`.
     #[error("`{command}` failed: {output}")]
@@ -71,17 +59,11 @@ impl Error {
     }
 
     pub fn path_rule(path: impl Into<String>, rule: impl Into<String>) -> Self {
-        Error::PathRule {
-            path: path.into(),
-            rule: rule.into(),
-        }
+        Error::PathRule { path: path.into(), rule: rule.into() }
     }
 
     pub fn archive(what: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Archive {
-            what: what.into(),
-            reason: reason.into(),
-        }
+        Error::Archive { what: what.into(), reason: reason.into() }
     }
 
     /// True when the fault is in what the user gave us (exit code 2), not in the work.

@@ -375,7 +375,8 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             }
         }
         Command::Import(a) => {
-            let spec = ImportSpec { from: a.from, root: a.root, restore_xattrs: a.restore_xattrs, store: a.store.options() };
+            let spec =
+                ImportSpec { from: a.from, root: a.root, restore_xattrs: a.restore_xattrs, store: a.store.options() };
             let report = restore::import(&spec, &Progress::new(true))?;
             print_report(&report, a.json, "restored")?;
         }
@@ -416,7 +417,8 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             }
         }
         Command::RecoverApp(a) => {
-            let spec = RecoverAppSpec { from: a.from, apps: a.apps, force: a.force, root: a.root, store: a.store.options() };
+            let spec =
+                RecoverAppSpec { from: a.from, apps: a.apps, force: a.force, root: a.root, store: a.store.options() };
             let report = restore::recover_app(&spec, &Progress::new(true))?;
             if a.json {
                 let mut out = std::io::stdout().lock();
@@ -424,7 +426,8 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 writeln!(out)?;
             } else {
                 for app in &report.apps {
-                    let why = if app.error.is_empty() { String::new() } else { format!(" at {}: {}", app.step, app.error) };
+                    let why =
+                        if app.error.is_empty() { String::new() } else { format!(" at {}: {}", app.step, app.error) };
                     eprintln!("{} {}{why}", app.status, app.package);
                 }
             }
@@ -441,7 +444,8 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Demo { dir } => demo(&dir)?,
         Command::List(a) => {
-            let statuses = a.statuses.iter().map(|s| cpbackup::manifest::Status::parse(s)).collect::<Result<Vec<_>, _>>()?;
+            let statuses =
+                a.statuses.iter().map(|s| cpbackup::manifest::Status::parse(s)).collect::<Result<Vec<_>, _>>()?;
             let q = cpbackup::catalog::Query {
                 backup_file_id: a.backup_file_id.unwrap_or_default(),
                 backup_file_name: a.backup_file_name.unwrap_or_default(),
@@ -501,10 +505,21 @@ fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
     };
     let m = backup::export(&spec, &Progress::new(true))?;
     println!("exported  {} -> {}", spec.includes.join(" "), m.backup_file_path);
-    println!("          {} entries, {} bytes of files, {} bytes stored ({}), sha256 {}", m.entry_count, m.file_size, m.archive_size, m.status.as_str(), m.sha256);
+    println!(
+        "          {} entries, {} bytes of files, {} bytes stored ({}), sha256 {}",
+        m.entry_count,
+        m.file_size,
+        m.archive_size,
+        m.status.as_str(),
+        m.sha256
+    );
     let from = m.backup_file_path.clone();
     let v = restore::verify(&VerifySpec { from: from.clone(), ..Default::default() }, &Progress::new(true))?;
-    println!("verified  {} entries, checksum {}", v.entries, if v.checksum_verified { "matches the manifest" } else { "not checked" });
+    println!(
+        "verified  {} entries, checksum {}",
+        v.entries,
+        if v.checksum_verified { "matches the manifest" } else { "not checked" }
+    );
     let r = restore::import(&ImportSpec { from, root: restored.clone(), ..Default::default() }, &Progress::new(true))?;
     println!("imported  {} entries, {} bytes into {}", r.entries, r.bytes, restored.display());
     println!("manifest  {}.manifest.json", m.backup_file_path);

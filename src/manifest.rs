@@ -48,10 +48,7 @@ impl Status {
 
     /// Whether the archive behind a record with this status is complete and may be restored.
     pub fn archive_complete(self) -> bool {
-        matches!(
-            self,
-            Status::Available | Status::Recovering | Status::RecoveryFailed | Status::PartBackupFinished
-        )
+        matches!(self, Status::Available | Status::Recovering | Status::RecoveryFailed | Status::PartBackupFinished)
     }
 }
 
@@ -166,7 +163,16 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
         assert_eq!(v["Status"], "PART_BACKUP_FINISHED");
         assert_eq!(v["AndroidInstanceId"], "acp-1");
-        for k in ["BackupFileId", "SourceFilePathList", "SourceAppInfoList", "GmtCreated", "BackupAll", "Sha256", "TaskId", "RegionId"] {
+        for k in [
+            "BackupFileId",
+            "SourceFilePathList",
+            "SourceAppInfoList",
+            "GmtCreated",
+            "BackupAll",
+            "Sha256",
+            "TaskId",
+            "RegionId",
+        ] {
             assert!(v.get(k).is_some(), "{k} missing");
         }
         let back = Manifest::from_json("m", &m.to_json()).unwrap();

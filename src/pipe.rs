@@ -32,9 +32,7 @@ impl PipeWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .send(Msg::Data(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the next stage stopped"))
+        self.tx.send(Msg::Data(chunk)).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the next stage stopped"))
     }
 
     /// The clean end of the stream.
@@ -99,10 +97,7 @@ impl Read for PipeReader {
 
 fn pipe() -> (PipeWriter, PipeReader) {
     let (tx, rx) = mpsc::sync_channel(DEPTH);
-    (
-        PipeWriter { tx, buf: Vec::with_capacity(CHUNK) },
-        PipeReader { rx, chunk: Vec::new(), pos: 0, ended: false },
-    )
+    (PipeWriter { tx, buf: Vec::with_capacity(CHUNK) }, PipeReader { rx, chunk: Vec::new(), pos: 0, ended: false })
 }
 
 /// A stage running on its own thread.
@@ -168,7 +163,9 @@ pub fn telling(here: Error, there: Result<impl Sized>) -> Error {
 pub fn is_broken_pipe(e: &Error) -> bool {
     match e {
         Error::Io { source, .. } => source.kind() == io::ErrorKind::BrokenPipe,
-        Error::Archive { reason, .. } => reason.contains("stopped before its end") || reason.contains("next stage stopped"),
+        Error::Archive { reason, .. } => {
+            reason.contains("stopped before its end") || reason.contains("next stage stopped")
+        }
         _ => false,
     }
 }

@@ -161,7 +161,8 @@ pub fn import(spec: &ImportSpec, progress: &Progress) -> Result<Report> {
                 ));
             }
             if report.restart_required {
-                let w = "this archive is a whole-instance backup (BackupAll): restart the phone to finish the restore".to_string();
+                let w = "this archive is a whole-instance backup (BackupAll): restart the phone to finish the restore"
+                    .to_string();
                 tracing::warn!("{w}");
                 report.warnings.push(w);
             }
@@ -254,7 +255,8 @@ pub fn recover_app(spec: &RecoverAppSpec, progress: &Progress) -> Result<AppRepo
     if src.manifest.is_none() {
         report.warnings.push(format!("{} has no manifest beside it: its SHA-256 could not be checked", src.shown));
     }
-    let failed: Vec<String> = report.apps.iter().filter(|a| !a.ok()).map(|a| format!("{}: {}", a.package, a.error)).collect();
+    let failed: Vec<String> =
+        report.apps.iter().filter(|a| !a.ok()).map(|a| format!("{}: {}", a.package, a.error)).collect();
     if failed.is_empty() {
         set_status(&src, Status::Available, "");
     } else {
@@ -265,7 +267,10 @@ pub fn recover_app(spec: &RecoverAppSpec, progress: &Progress) -> Result<AppRepo
 
 /// The source's bytes, hashed and decoded on a thread of their own; the decoded tar stream comes
 /// back as a reader, the container and digest from `join`.
-fn decode_in_background(src: &mut Source, progress: &Progress) -> Result<(PipeReader, Background<(Container, String, u64)>)> {
+fn decode_in_background(
+    src: &mut Source,
+    progress: &Progress,
+) -> Result<(PipeReader, Background<(Container, String, u64)>)> {
     let reader = std::mem::replace(&mut src.reader, Box::new(io::empty()));
     let counter = progress.counters.transferred.clone();
     let shown = src.shown.clone();
@@ -308,7 +313,8 @@ pub fn verify(spec: &VerifySpec, progress: &Progress) -> Result<Report> {
         let (container, mut tar) = read::open(&mut hashed)?;
         report.container = container_name(container);
         read::each_entry(&mut tar, &mut |item, data| {
-            let n = io::copy(data, &mut io::sink()).map_err(|e| Error::archive(format!("entry {:?}", item.meta.display()), e.to_string()))?;
+            let n = io::copy(data, &mut io::sink())
+                .map_err(|e| Error::archive(format!("entry {:?}", item.meta.display()), e.to_string()))?;
             if n != item.size {
                 return Err(Error::archive(format!("entry {:?}", item.meta.display()), "is truncated"));
             }

@@ -26,33 +26,27 @@ const ALLOWED_TOPS: &[&str] = &["/data", "/cache", "/data/cache"];
 /// What `--all` leaves out of `/data`: the agent's own files and what Android rebuilds or
 /// throws away by itself. Each is a device path; globs allowed.
 pub const ALL_EXCLUDES: &[&str] = &[
-    "/data/cpbackup",        // the agent's home: journal, config, upload ids
-    "/data/*/.cpbackup-*",   // staging directories of an import in progress
-    "/data/.cpbackup-*",     // the same, at the top
-    "/data/local/tmp",       // adb's scratch space, where the agent binary is pushed
-    "/data/anr",             // crash dumps
-    "/data/tombstones",      // native crash dumps
-    "/data/system/dropbox",  // system event logs
-    "/data/misc/logd",       // log daemon buffers
-    "/data/dalvik-cache",    // compiled code, rebuilt on boot
-    "/data/lost+found",      // fsck's leftovers
-    "/data/cache",           // the cache partition's stand-in
+    "/data/cpbackup",       // the agent's home: journal, config, upload ids
+    "/data/*/.cpbackup-*",  // staging directories of an import in progress
+    "/data/.cpbackup-*",    // the same, at the top
+    "/data/local/tmp",      // adb's scratch space, where the agent binary is pushed
+    "/data/anr",            // crash dumps
+    "/data/tombstones",     // native crash dumps
+    "/data/system/dropbox", // system event logs
+    "/data/misc/logd",      // log daemon buffers
+    "/data/dalvik-cache",   // compiled code, rebuilt on boot
+    "/data/lost+found",     // fsck's leftovers
+    "/data/cache",          // the cache partition's stand-in
 ];
 
 /// Validate one include or exclude path against the CPH rules. The error names the path and
 /// the rule it breaks.
 pub fn check_path_rule(path: &str) -> Result<()> {
     if path.len() > MAX_PATH_LEN {
-        return Err(Error::path_rule(
-            truncate_for_message(path),
-            format!("longer than {MAX_PATH_LEN} characters"),
-        ));
+        return Err(Error::path_rule(truncate_for_message(path), format!("longer than {MAX_PATH_LEN} characters")));
     }
     if !path.starts_with('/') {
-        return Err(Error::path_rule(
-            path,
-            "must be absolute (start with /), e.g. /data/data/com.example.app",
-        ));
+        return Err(Error::path_rule(path, "must be absolute (start with /), e.g. /data/data/com.example.app"));
     }
     if let Some(bad) = path.chars().find(|c| !is_allowed_char(*c)) {
         return Err(Error::path_rule(
@@ -73,9 +67,7 @@ pub fn check_path_rule(path: &str) -> Result<()> {
         }
     }
     let trimmed = path.trim_end_matches('/');
-    let under_allowed = ALLOWED_TOPS.iter().any(|top| {
-        trimmed == *top || trimmed.starts_with(&format!("{top}/"))
-    });
+    let under_allowed = ALLOWED_TOPS.iter().any(|top| trimmed == *top || trimmed.starts_with(&format!("{top}/")));
     if !under_allowed {
         return Err(Error::path_rule(
             path,
@@ -178,7 +170,10 @@ pub fn resolve(root: &Path, device_path: &[u8], follow_last: bool) -> io::Result
                 if hops > MAX_SYMLINK_HOPS {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
-                        format!("too many levels of symbolic links resolving /{}", String::from_utf8_lossy(device_path)),
+                        format!(
+                            "too many levels of symbolic links resolving /{}",
+                            String::from_utf8_lossy(device_path)
+                        ),
                     ));
                 }
                 let target = fs::read_link(&host)?;
@@ -197,10 +192,7 @@ pub fn resolve(root: &Path, device_path: &[u8], follow_last: bool) -> io::Result
         }
     }
     let device = done.join(&b'/');
-    Ok(Rooted {
-        host: host_path(root, &device),
-        device,
-    })
+    Ok(Rooted { host: host_path(root, &device), device })
 }
 
 fn split_components(path: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
@@ -245,7 +237,10 @@ impl Selection {
             check_path_rule(p)?;
         }
         let root_meta = fs::metadata(root).map_err(|e| {
-            Error::usage(format!("--root {}: {e}; it must be an existing directory that stands for the phone's /", root.display()))
+            Error::usage(format!(
+                "--root {}: {e}; it must be an existing directory that stands for the phone's /",
+                root.display()
+            ))
         })?;
         if !root_meta.is_dir() {
             return Err(Error::usage(format!("--root {} is not a directory", root.display())));
@@ -257,10 +252,7 @@ impl Selection {
             if trimmed.contains('*') {
                 let found = expand_glob(root, trimmed.as_bytes())?;
                 if found.is_empty() {
-                    warnings.push(Skipped {
-                        path: inc.clone(),
-                        reason: "the pattern matched nothing".into(),
-                    });
+                    warnings.push(Skipped { path: inc.clone(), reason: "the pattern matched nothing".into() });
                 }
                 resolved.extend(found);
             } else {
@@ -311,19 +303,15 @@ impl Selection {
 
     pub fn is_excluded(&self, device: &[u8]) -> bool {
         let comps: Vec<&[u8]> = split_components(device).collect();
-        self.excludes.iter().any(|pat| {
-            pat.len() <= comps.len() && pat.iter().zip(&comps).all(|(p, c)| wildcard_match(p, c))
-        })
+        self.excludes
+            .iter()
+            .any(|pat| pat.len() <= comps.len() && pat.iter().zip(&comps).all(|(p, c)| wildcard_match(p, c)))
     }
 
     /// Walk every include in order, calling `visit` for each entry (directories before their
     /// contents, names sorted bytewise). Unreadable directories and special files are reported
     /// through `skip` and the walk goes on. An error from `visit` stops the walk.
-    pub fn walk(
-        &self,
-        visit: &mut dyn FnMut(Entry) -> Result<()>,
-        skip: &mut dyn FnMut(Skipped),
-    ) -> Result<()> {
+    pub fn walk(&self, visit: &mut dyn FnMut(Entry) -> Result<()>, skip: &mut dyn FnMut(Skipped)) -> Result<()> {
         for inc in &self.includes {
             if self.is_excluded(&inc.device) {
                 continue;

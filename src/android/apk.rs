@@ -398,7 +398,12 @@ pub(crate) mod tests {
         let cert_b: &[u8] = &[0x30, 0x03, 0x02, 0x01, 0xbb];
         let v2 = scheme_value(&[&[cert_a, cert_ca], &[cert_b]]);
         let zip = build_zip(
-            &[("AndroidManifest.xml", b"x"), ("lib/arm64-v8a/libx.so", b"elf"), ("lib/x86_64/libx.so", b"elf"), ("lib/README", b"")],
+            &[
+                ("AndroidManifest.xml", b"x"),
+                ("lib/arm64-v8a/libx.so", b"elf"),
+                ("lib/x86_64/libx.so", b"elf"),
+                ("lib/README", b""),
+            ],
             &[(0x4272_7265, vec![0; 16]), (V2_ID, v2)],
         );
         let f = write_tmp(&zip);
@@ -423,7 +428,9 @@ pub(crate) mod tests {
         let cert: &[u8] = &[0x30, 0x04, 0x02, 0x02, 0x12, 0x34];
         let mut certs = vec![0xa0, cert.len() as u8];
         certs.extend(cert);
-        let mut sd_body = vec![0x02, 0x01, 0x01, 0x31, 0x00, 0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
+        let mut sd_body = vec![
+            0x02, 0x01, 0x01, 0x31, 0x00, 0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01,
+        ];
         sd_body.extend(&certs);
         sd_body.extend([0x31, 0x00]);
         let mut sd = vec![0x30, sd_body.len() as u8];

@@ -72,7 +72,10 @@ impl<'a> Device<'a> {
         let out = self.pm(&["path", package])?;
         let paths = pm::parse_path(&out);
         if paths.is_empty() {
-            return Err(Error::Device { command: shell::shown("pm", &["path", package]), output: format!("no APK path in {out:?}") });
+            return Err(Error::Device {
+                command: shell::shown("pm", &["path", package]),
+                output: format!("no APK path in {out:?}"),
+            });
         }
         Ok(paths)
     }
@@ -140,7 +143,10 @@ impl<'a> Device<'a> {
             if start.elapsed() > timeout {
                 return Err(Error::Device {
                     command: shell::shown("pm", &["list", "packages", "-U", "--show-versioncode", package]),
-                    output: format!("the package or its data directory did not appear within {} s of the install", timeout.as_secs()),
+                    output: format!(
+                        "the package or its data directory did not appear within {} s of the install",
+                        timeout.as_secs()
+                    ),
                 });
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -194,7 +200,10 @@ mod tests {
             answers: vec![
                 ("pm install-create", Ok("Success: created install session [77]".into())),
                 ("pm install-write", Ok("Success: streamed 3 bytes".into())),
-                ("pm install-commit", Ok("Failure [INSTALL_FAILED_INVALID_APK: Split lib_slice was defined multiple times]".into())),
+                (
+                    "pm install-commit",
+                    Ok("Failure [INSTALL_FAILED_INVALID_APK: Split lib_slice was defined multiple times]".into()),
+                ),
             ],
             calls: RefCell::new(Vec::new()),
         };
@@ -202,7 +211,10 @@ mod tests {
         let mut a: &[u8] = b"abc";
         let mut b: &[u8] = b"de";
         let e = d
-            .install(&mut [("base.apk".into(), 3, &mut a as &mut dyn Read), ("split_x.apk".into(), 2, &mut b as &mut dyn Read)])
+            .install(&mut [
+                ("base.apk".into(), 3, &mut a as &mut dyn Read),
+                ("split_x.apk".into(), 2, &mut b as &mut dyn Read),
+            ])
             .unwrap_err()
             .to_string();
         assert!(e.contains("INSTALL_FAILED_INVALID_APK"), "{e}");

@@ -112,7 +112,8 @@ pub fn check_success(command: &str, out: &str) -> Result<()> {
     });
     let ok = out.lines().any(|l| l.trim_start().starts_with("Success"));
     if failed || !ok {
-        let output = if out.trim().is_empty() { "no output (expected Success)".to_string() } else { out.trim().to_string() };
+        let output =
+            if out.trim().is_empty() { "no output (expected Success)".to_string() } else { out.trim().to_string() };
         return Err(Error::Device { command: command.to_string(), output });
     }
     Ok(())
@@ -149,7 +150,8 @@ pub fn parse_abilist(s: &str) -> Vec<String> {
 /// `split_NAME.apk` for a split (the file name pm reports, made safe).
 pub fn apk_name(path: &str) -> String {
     let leaf = path.rsplit('/').next().unwrap_or(path);
-    let clean: String = leaf.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    let clean: String =
+        leaf.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
     if clean == "base.apk" || clean.starts_with("split_") {
         clean
     } else {
@@ -173,7 +175,8 @@ mod tests {
 
     #[test]
     fn pm_path_with_splits_and_tilde_dirs() {
-        let out = "package:/data/app/~~Zr3aX-4zZQ==/com.example.app-0Ww_Sf8uTUmbJ5y-QJ0hHA==/split_config.arm64_v8a.apk\n\
+        let out =
+            "package:/data/app/~~Zr3aX-4zZQ==/com.example.app-0Ww_Sf8uTUmbJ5y-QJ0hHA==/split_config.arm64_v8a.apk\n\
                    package:/data/app/~~Zr3aX-4zZQ==/com.example.app-0Ww_Sf8uTUmbJ5y-QJ0hHA==/base.apk\n\
                    package:/data/app/~~Zr3aX-4zZQ==/com.example.app-0Ww_Sf8uTUmbJ5y-QJ0hHA==/split_config.xxhdpi.apk\n";
         let p = parse_path(out);
@@ -211,9 +214,12 @@ mod tests {
         assert!(parse_session("pm install-create", "Success: created install session").is_err());
         assert!(check_success("pm install-commit 1", "Success").is_ok());
         assert!(check_success("pm install-write", "Success: streamed 1024 bytes").is_ok());
-        let e = check_success("pm install-commit 12", "Failure [INSTALL_FAILED_UPDATE_INCOMPATIBLE: Package a.b signatures do not match]")
-            .unwrap_err()
-            .to_string();
+        let e = check_success(
+            "pm install-commit 12",
+            "Failure [INSTALL_FAILED_UPDATE_INCOMPATIBLE: Package a.b signatures do not match]",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("INSTALL_FAILED_UPDATE_INCOMPATIBLE") && e.contains("pm install-commit 12"), "{e}");
         assert!(check_success("pm uninstall a.b", "Failure [DELETE_FAILED_INTERNAL_ERROR]").is_err());
         assert!(check_success("pm uninstall a.b", "").is_err());

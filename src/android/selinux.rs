@@ -41,7 +41,9 @@ pub fn relabel(device: &Device, dir: &Path, context: Option<&str>, prefer_contex
             Err(e) => {
                 let Some(ctx) = context else {
                     if prefer_context {
-                        return Ok(Relabel::Unlabelled(format!("{e}; {shown} and its parent carry no SELinux context, so it was left unlabelled")));
+                        return Ok(Relabel::Unlabelled(format!(
+                            "{e}; {shown} and its parent carry no SELinux context, so it was left unlabelled"
+                        )));
                     }
                     return Err(Error::Device {
                         command: format!("restorecon -R {shown}"),

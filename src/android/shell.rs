@@ -12,12 +12,7 @@ use crate::error::{Error, Result};
 
 /// `getprop KEY`, trimmed; `None` when getprop is missing or fails.
 pub fn getprop(key: &str) -> Option<String> {
-    let out = Command::new("getprop")
-        .arg(key)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
+    let out = Command::new("getprop").arg(key).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
     if !out.status.success() {
         return None;
     }

@@ -33,14 +33,10 @@ pub fn read_header(r: &mut dyn BufRead) -> Result<Header> {
         return Err(Error::archive(".ab header", format!("starts with {magic:?}, not \"ANDROID BACKUP\"")));
     }
     let version_s = line(r, "version")?;
-    let version: u32 = version_s
-        .parse()
-        .map_err(|_| Error::archive(".ab header", format!("has a bad version line {version_s:?}")))?;
+    let version: u32 =
+        version_s.parse().map_err(|_| Error::archive(".ab header", format!("has a bad version line {version_s:?}")))?;
     if !(1..=5).contains(&version) {
-        return Err(Error::archive(
-            ".ab header",
-            format!("has version {version}; cpbackup reads versions 1 to 5"),
-        ));
+        return Err(Error::archive(".ab header", format!("has version {version}; cpbackup reads versions 1 to 5")));
     }
     let comp_s = line(r, "compression")?;
     let compressed = match comp_s.parse::<i64>() {

@@ -32,9 +32,7 @@ impl Format {
             "tar" => Ok(Format::Tar),
             "tar.zst" | "tzst" | "zst" => Ok(Format::TarZst),
             "ab" => Ok(Format::Ab),
-            other => Err(Error::usage(format!(
-                "unknown format {other:?}: use tar, tar.zst or ab"
-            ))),
+            other => Err(Error::usage(format!("unknown format {other:?}: use tar, tar.zst or ab"))),
         }
     }
 

@@ -46,8 +46,8 @@ pub fn open<'a, R: Read + 'a>(src: R) -> Result<(Container, Box<dyn Read + 'a>)>
         return Err(Error::archive("source", "is empty"));
     }
     if head.starts_with(&ZSTD_MAGIC) {
-        let dec = zstd::stream::read::Decoder::with_buffer(src)
-            .map_err(|e| Error::archive("zstd stream", e.to_string()))?;
+        let dec =
+            zstd::stream::read::Decoder::with_buffer(src).map_err(|e| Error::archive("zstd stream", e.to_string()))?;
         return Ok((Container::Zstd, Box::new(dec)));
     }
     if head.starts_with(&GZIP_MAGIC) {
@@ -55,10 +55,7 @@ pub fn open<'a, R: Read + 'a>(src: R) -> Result<(Container, Box<dyn Read + 'a>)>
     }
     if head.starts_with(ab::MAGIC) || head.starts_with(b"ANDROID BACKUP") {
         let header = ab::read_header(&mut src)?;
-        let c = Container::Ab {
-            version: header.version,
-            compressed: header.compressed,
-        };
+        let c = Container::Ab { version: header.version, compressed: header.compressed };
         if header.compressed {
             return Ok((c, Box::new(flate2::bufread::ZlibDecoder::new(src))));
         }
@@ -126,38 +123,42 @@ fn check<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<(Item, Option<
     let shown = String::from_utf8_lossy(&raw_path).into_owned();
     let header = entry.header();
     let et = header.entry_type();
-    let kind = match et {
-        T::Regular | T::Continuous => Kind::File { sparse: false },
-        T::GNUSparse => Kind::File { sparse: true },
-        T::Directory => Kind::Dir,
-        T::Symlink | T::Link => {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| Error::archive(format!("entry {shown:?}"), "is a link without a target"))?
-                .into_owned();
-            if target.is_empty() || target.contains(&0) {
-                return Err(Error::archive(format!("entry {shown:?}"), "has an empty or invalid link target"));
+    let kind =
+        match et {
+            T::Regular | T::Continuous => Kind::File { sparse: false },
+            T::GNUSparse => Kind::File { sparse: true },
+            T::Directory => Kind::Dir,
+            T::Symlink | T::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| Error::archive(format!("entry {shown:?}"), "is a link without a target"))?
+                    .into_owned();
+                if target.is_empty() || target.contains(&0) {
+                    return Err(Error::archive(format!("entry {shown:?}"), "has an empty or invalid link target"));
+                }
+                if et == T::Symlink {
+                    Kind::Symlink(target)
+                } else {
+                    Kind::Hardlink(clean_path(&target, &shown)?.ok_or_else(|| {
+                        Error::archive(format!("entry {shown:?}"), "is a hard link to the archive's top")
+                    })?)
+                }
             }
-            if et == T::Symlink {
-                Kind::Symlink(target)
-            } else {
-                Kind::Hardlink(clean_path(&target, &shown)?.ok_or_else(|| {
-                    Error::archive(format!("entry {shown:?}"), "is a hard link to the archive's top")
-                })?)
+            T::XGlobalHeader => return Ok(None),
+            T::Char | T::Block => {
+                return Err(Error::archive(
+                    format!("entry {shown:?}"),
+                    "is a device node; refusing to create device nodes",
+                ));
             }
-        }
-        T::XGlobalHeader => return Ok(None),
-        T::Char | T::Block => {
-            return Err(Error::archive(format!("entry {shown:?}"), "is a device node; refusing to create device nodes"));
-        }
-        T::Fifo => return Err(Error::archive(format!("entry {shown:?}"), "is a FIFO; refusing to create FIFOs")),
-        other => {
-            return Err(Error::archive(
-                format!("entry {shown:?}"),
-                format!("has an unsupported type {:?}", other.as_byte() as char),
-            ))
-        }
-    };
+            T::Fifo => return Err(Error::archive(format!("entry {shown:?}"), "is a FIFO; refusing to create FIFOs")),
+            other => {
+                return Err(Error::archive(
+                    format!("entry {shown:?}"),
+                    format!("has an unsupported type {:?}", other.as_byte() as char),
+                ))
+            }
+        };
     let mut raw_path = raw_path;
     let mode = header.mode().map_err(|e| bad_field(&shown, "mode", e))? & 0o7777;
     let mut uid = header.uid().map_err(|e| bad_field(&shown, "uid", e))?;
@@ -187,7 +188,9 @@ fn check<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<(Item, Option<
                     sparse_size = Some(parse_num(value).ok_or_else(|| bad_pax(&shown, "GNU.sparse.realsize"))?)
                 }
                 b"GNU.sparse.major" => sparse_major = parse_num(value),
-                b"GNU.sparse.map" => sparse_map = Some(parse_map(value).ok_or_else(|| bad_pax(&shown, "GNU.sparse.map"))?),
+                b"GNU.sparse.map" => {
+                    sparse_map = Some(parse_map(value).ok_or_else(|| bad_pax(&shown, "GNU.sparse.map"))?)
+                }
                 _ => {
                     if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                         xattrs.push((name.to_vec(), value.to_vec()));
@@ -210,31 +213,38 @@ fn check<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<(Item, Option<
             (Some(1), _) => SparseLayout::InData,
             (_, Some(map)) => SparseLayout::Map(map),
             _ => {
-                return Err(Error::archive(format!("entry {shown:?}"), "uses a GNU sparse format cpbackup does not read (0.0)"));
+                return Err(Error::archive(
+                    format!("entry {shown:?}"),
+                    "uses a GNU sparse format cpbackup does not read (0.0)",
+                ));
             }
         });
     }
     let Some(path) = clean_path(&raw_path, &shown)? else {
         return Ok(None); // "./": the archive's own top, nothing to create
     };
-    Ok(Some((Item {
-        meta: Meta {
-            path,
-            mode,
-            uid: u32::try_from(uid).map_err(|_| bad_pax(&shown, "uid"))?,
-            gid: u32::try_from(gid).map_err(|_| bad_pax(&shown, "gid"))?,
-            mtime,
-            mtime_nsec,
-            xattrs,
+    Ok(Some((
+        Item {
+            meta: Meta {
+                path,
+                mode,
+                uid: u32::try_from(uid).map_err(|_| bad_pax(&shown, "uid"))?,
+                gid: u32::try_from(gid).map_err(|_| bad_pax(&shown, "gid"))?,
+                mtime,
+                mtime_nsec,
+                xattrs,
+            },
+            kind,
+            size,
         },
-        kind,
-        size,
-    }, layout)))
+        layout,
+    )))
 }
 
 /// `off,len,off,len,…`
 fn parse_map(v: &[u8]) -> Option<Vec<(u64, u64)>> {
-    let nums: Vec<u64> = std::str::from_utf8(v).ok()?.split(',').map(|s| s.trim().parse().ok()).collect::<Option<_>>()?;
+    let nums: Vec<u64> =
+        std::str::from_utf8(v).ok()?.split(',').map(|s| s.trim().parse().ok()).collect::<Option<_>>()?;
     if nums.len() % 2 != 0 {
         return None;
     }

@@ -108,11 +108,7 @@ impl Unpacker {
             let probe = existing_ancestor(&target);
             let available = free_bytes(&probe).ctx(|| format!("checking free space on {}", probe.display()))?;
             if available < needed.saturating_add(SPACE_RESERVE) {
-                return Err(Error::NoSpace {
-                    path: probe,
-                    needed: needed.saturating_add(SPACE_RESERVE),
-                    available,
-                });
+                return Err(Error::NoSpace { path: probe, needed: needed.saturating_add(SPACE_RESERVE), available });
             }
         }
         Ok(())
@@ -145,9 +141,7 @@ impl Unpacker {
             );
         }
         // The key was inserted above when missing.
-        self.stagings
-            .get_mut(top)
-            .ok_or_else(|| Error::archive("staging", "internal: staging directory missing"))
+        self.stagings.get_mut(top).ok_or_else(|| Error::archive("staging", "internal: staging directory missing"))
     }
 
     /// Put one entry into staging.
@@ -211,7 +205,8 @@ impl Unpacker {
                 })?;
                 st.written += item.size;
                 self.outcome.bytes += item.size;
-                let warn = apply_file_meta(&file, &local, &item.meta, is_root, opts).ctx(|| format!("setting metadata of {shown}"))?;
+                let warn = apply_file_meta(&file, &local, &item.meta, is_root, opts)
+                    .ctx(|| format!("setting metadata of {shown}"))?;
                 self.owner_warning(warn);
                 if item.size >= WRITEBACK_MIN {
                     start_writeback(&file);
@@ -222,7 +217,8 @@ impl Unpacker {
                 replace_earlier(&local, &shown)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(target), &local)
                     .ctx(|| format!("creating symlink {shown}"))?;
-                let warn = apply_link_meta(&local, &item.meta, is_root).ctx(|| format!("setting metadata of {shown}"))?;
+                let warn =
+                    apply_link_meta(&local, &item.meta, is_root).ctx(|| format!("setting metadata of {shown}"))?;
                 self.owner_warning(warn);
             }
             Kind::Hardlink(target) => {
@@ -233,7 +229,10 @@ impl Unpacker {
                 if ttop != top.as_slice() || trest.is_empty() {
                     return Err(Error::archive(
                         format!("entry {shown:?}"),
-                        format!("is a hard link to {:?}, which this archive did not unpack under the same top directory", String::from_utf8_lossy(target)),
+                        format!(
+                            "is a hard link to {:?}, which this archive did not unpack under the same top directory",
+                            String::from_utf8_lossy(target)
+                        ),
                     ));
                 }
                 let st = self.stagings.get_mut(&top).ok_or_else(|| Error::archive("staging", "missing"))?;
@@ -246,7 +245,10 @@ impl Unpacker {
                 if !parent_ok || !is_file {
                     return Err(Error::archive(
                         format!("entry {shown:?}"),
-                        format!("is a hard link to {:?}, which is not a file unpacked earlier from this archive", String::from_utf8_lossy(target)),
+                        format!(
+                            "is a hard link to {:?}, which is not a file unpacked earlier from this archive",
+                            String::from_utf8_lossy(target)
+                        ),
                     ));
                 }
                 replace_earlier(&local, &shown)?;
@@ -260,7 +262,8 @@ impl Unpacker {
     fn owner_warning(&mut self, refused: bool) {
         if refused && !self.warned_owner {
             self.warned_owner = true;
-            let w = "not running as root: files keep the restoring user as owner instead of the archived uid/gid".to_string();
+            let w = "not running as root: files keep the restoring user as owner instead of the archived uid/gid"
+                .to_string();
             tracing::warn!("{w}");
             self.outcome.warnings.push(w);
         }
@@ -271,7 +274,8 @@ impl Unpacker {
     pub fn commit(mut self) -> Result<Outcome> {
         let mut refused = false;
         for (path, meta) in self.dir_meta.iter().rev() {
-            refused |= apply_dir_meta(path, meta, self.is_root).ctx(|| format!("setting metadata of {}", meta.display()))?;
+            refused |=
+                apply_dir_meta(path, meta, self.is_root).ctx(|| format!("setting metadata of {}", meta.display()))?;
         }
         self.owner_warning(refused);
         for st in self.stagings.values() {
@@ -361,12 +365,16 @@ fn ensure_parents(st: &mut Staging, rest: &[u8], shown: &str) -> Result<()> {
             Ok(_) => {
                 return Err(Error::archive(
                     format!("entry {shown:?}"),
-                    format!("needs {:?} to be a directory, but an earlier entry made it a file", String::from_utf8_lossy(prefix)),
+                    format!(
+                        "needs {:?} to be a directory, but an earlier entry made it a file",
+                        String::from_utf8_lossy(prefix)
+                    ),
                 ))
             }
             Err(_) => {
                 fs::create_dir(&p).ctx(|| format!("creating {}", p.display()))?;
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).ctx(|| format!("creating {}", p.display()))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
+                    .ctx(|| format!("creating {}", p.display()))?;
             }
         }
         st.dirs.insert(prefix.to_vec());
@@ -403,7 +411,10 @@ fn check_symlink(path: &[u8], target: &[u8], shown: &str) -> Result<()> {
                 if depth < 0 {
                     return Err(Error::archive(
                         format!("entry {shown:?}"),
-                        format!("is a symlink to {:?}, which leads out of the restore root", String::from_utf8_lossy(target)),
+                        format!(
+                            "is a symlink to {:?}, which leads out of the restore root",
+                            String::from_utf8_lossy(target)
+                        ),
                     ));
                 }
             }

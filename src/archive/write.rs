@@ -36,13 +36,7 @@ pub struct TarWriter<W: Write> {
 
 impl<W: Write> TarWriter<W> {
     pub fn new(out: W, flavor: Flavor) -> Self {
-        TarWriter {
-            out,
-            flavor,
-            entries: 0,
-            bytes: 0,
-            buf: Vec::new(),
-        }
+        TarWriter { out, flavor, entries: 0, bytes: 0, buf: Vec::new() }
     }
 
     /// Entries written so far.
@@ -109,7 +103,13 @@ impl<W: Write> TarWriter<W> {
     }
 
     /// A sparse file: only the `data` regions `(offset, len)` are stored (GNU sparse format).
-    pub fn append_sparse(&mut self, meta: &Meta, real_size: u64, data: &[(u64, u64)], file: &File) -> io::Result<Content> {
+    pub fn append_sparse(
+        &mut self,
+        meta: &Meta,
+        real_size: u64,
+        data: &[(u64, u64)],
+        file: &File,
+    ) -> io::Result<Content> {
         self.require_full("sparse files")?;
         let stored: u64 = data.iter().map(|(_, l)| l).sum();
         self.header(meta, b'S', stored, None, Some((real_size, data)))?;
@@ -474,12 +474,7 @@ mod tests {
     use super::*;
 
     fn meta(path: &str) -> Meta {
-        Meta {
-            path: path.as_bytes().to_vec(),
-            mode: 0o644,
-            mtime: 1_700_000_000,
-            ..Default::default()
-        }
+        Meta { path: path.as_bytes().to_vec(), mode: 0o644, mtime: 1_700_000_000, ..Default::default() }
     }
 
     #[test]
@@ -487,10 +482,8 @@ mod tests {
         let mut p = Pax::default();
         p.record(b"path", &vec![b'a'; 93]);
         let enc = p.encode();
-        let len: usize = std::str::from_utf8(&enc[..enc.iter().position(|b| *b == b' ').unwrap()])
-            .unwrap()
-            .parse()
-            .unwrap();
+        let len: usize =
+            std::str::from_utf8(&enc[..enc.iter().position(|b| *b == b' ').unwrap()]).unwrap().parse().unwrap();
         assert_eq!(len, enc.len());
     }
 
@@ -538,9 +531,7 @@ mod tests {
         assert_eq!(out.head[1024 + 124], 0x80);
         // Read it back through the reader: a synthetic stream, nothing held in memory.
         let head = out.head[..1536].to_vec();
-        let stream = io::Cursor::new(head)
-            .chain(io::repeat(0xAB).take(size))
-            .chain(io::repeat(0).take(509 + 1024));
+        let stream = io::Cursor::new(head).chain(io::repeat(0xAB).take(size)).chain(io::repeat(0).take(509 + 1024));
         let mut stream = stream;
         let mut seen = Vec::new();
         crate::archive::read::each_entry(&mut stream, &mut |item, data| {

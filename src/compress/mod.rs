@@ -17,9 +17,15 @@ const ZSTD_JOB: u32 = 512 << 10;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
     None,
-    Zstd { level: i32, workers: u32 },
+    Zstd {
+        level: i32,
+        workers: u32,
+    },
     /// zlib; with more than one worker, compressed in parallel blocks (still one stream).
-    Zlib { level: u32, workers: u32 },
+    Zlib {
+        level: u32,
+        workers: u32,
+    },
 }
 
 impl Codec {

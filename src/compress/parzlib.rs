@@ -193,7 +193,8 @@ mod tests {
         assert_eq!(header(1), [0x78, 0x01]);
         roundtrip(b"", 6, 2);
         roundtrip(b"x", 9, 3);
-        let text: Vec<u8> = (0..3_000_000u32).map(|i| b"the quick brown fox "[(i % 20) as usize] ^ ((i / 7919) as u8 & 1)).collect();
+        let text: Vec<u8> =
+            (0..3_000_000u32).map(|i| b"the quick brown fox "[(i % 20) as usize] ^ ((i / 7919) as u8 & 1)).collect();
         let par = roundtrip(&text, 6, 4);
         // The ratio stays within a whisker of single-stream zlib (priming with the dictionary).
         let mut single = flate2::write::ZlibEncoder::new(Vec::new(), Compression::new(6));

@@ -244,7 +244,12 @@ fn ecp_backup(r: &Runner, action: &str, req: EcpBackup) -> Result<Json<Value>, A
         let ext = if app { "ab" } else { "tar.zst" };
         // Name the object now, so the task knows its manifest's key from the start.
         let (to, name) = if req.backup_file_path.ends_with('/') {
-            let name = store::name_in_folder(req.backup_file_name.as_deref(), &r.cfg.instance_id, time::OffsetDateTime::now_utc(), ext);
+            let name = store::name_in_folder(
+                req.backup_file_name.as_deref(),
+                &r.cfg.instance_id,
+                time::OffsetDateTime::now_utc(),
+                ext,
+            );
             (format!("{}{name}", req.backup_file_path), name)
         } else {
             let name = req.backup_file_path.rsplit('/').next().unwrap_or_default().to_string();
@@ -329,7 +334,12 @@ fn ecp_recover(r: &Runner, action: &str, req: EcpRecover) -> Result<Json<Value>,
             }
         } else {
             Work::Import {
-                spec: ImportSpec { from: req.backup_file_path.clone(), root: r.cfg.root.clone(), store, ..Default::default() },
+                spec: ImportSpec {
+                    from: req.backup_file_path.clone(),
+                    root: r.cfg.root.clone(),
+                    store,
+                    ..Default::default()
+                },
                 backup_file_id: req.backup_file_id.clone(),
             }
         };
@@ -429,7 +439,9 @@ async fn describe_backup_files(r: &Arc<Runner>, body: &Bytes) -> Result<Json<Val
     .await
     .map_err(|e| ApiError::ecp(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?
     .map_err(|e| ApiError::ecp(StatusCode::BAD_GATEWAY, e.code(), e.to_string()))?;
-    serde_json::to_value(page).map(Json).map_err(|e| ApiError::ecp(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))
+    serde_json::to_value(page)
+        .map(Json)
+        .map_err(|e| ApiError::ecp(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))
 }
 
 #[derive(Deserialize, Default)]
@@ -523,19 +535,26 @@ fn describe_tasks(r: &Runner, body: &Bytes) -> Result<Json<Value>, ApiError> {
     let all: Vec<Task> = r
         .all()
         .into_iter()
-        .filter(|t| req.task_ids.is_empty() || req.task_ids.contains(&t.task_id) || req.task_ids.contains(&t.parent_task_id))
+        .filter(|t| {
+            req.task_ids.is_empty() || req.task_ids.contains(&t.task_id) || req.task_ids.contains(&t.parent_task_id)
+        })
         .filter(|t| statuses.is_empty() || statuses.iter().any(|s| s == t.status.as_str()))
         .filter(|t| types.is_empty() || types.contains(&t.task_type))
         .filter(|t| req.invoke_id.as_ref().is_none_or(|i| *i == t.request_id))
         .filter(|t| req.parent_task_id.as_ref().is_none_or(|p| *p == t.parent_task_id))
         .collect();
     let start = match req.next_token.as_deref().filter(|s| !s.is_empty()) {
-        Some(tok) => all.iter().position(|t| t.task_id == tok).ok_or_else(|| bad(false, format!("NextToken {tok:?} is not valid")))?,
+        Some(tok) => all
+            .iter()
+            .position(|t| t.task_id == tok)
+            .ok_or_else(|| bad(false, format!("NextToken {tok:?} is not valid")))?,
         None => 0,
     };
     let page: Vec<Value> = all.iter().skip(start).take(max).map(ecp_task).collect();
     let next = all.get(start + max).map(|t| t.task_id.clone()).unwrap_or_default();
-    Ok(Json(json!({"RequestId": request_id(), "Data": page, "TotalCount": all.len(), "MaxResults": max, "NextToken": next})))
+    Ok(Json(
+        json!({"RequestId": request_id(), "Data": page, "TotalCount": all.len(), "MaxResults": max, "NextToken": next}),
+    ))
 }
 
 // ---------------------------------------------------------------- CPH
@@ -610,48 +629,67 @@ fn cph_batch<I>(
 
 async fn cph_storage(State(r): State<Arc<Runner>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: CphStorage = parse(&body, true)?;
-    cph_batch(&r, &headers, "storage_infos", req.storage_infos, |i| &i.phone_id, |i, info| {
-        let to = format!("obs://{}/{}", info.bucket_name, info.object_path);
-        Location::parse(&to).map_err(|e| bad(true, format!("storage_infos[{i}]: {e}")))?;
-        let task_id = new_task_id();
-        let bf = manifest::new_backup_file_id();
-        let spec = ExportSpec {
-            includes: info.include_files,
-            excludes: info.exclude_files,
-            to: to.clone(),
-            // CPH's exports are tar objects; a name with another extension picks that format.
-            format: crate::archive::Format::from_name(&info.object_path).or(Some(crate::archive::Format::Tar)),
-            root: r.cfg.root.clone(),
-            identity: identity(&r, &task_id),
-            store: store_opts(&r, None),
-            backup_file_id: Some(bf.clone()),
-            ..Default::default()
-        };
-        Ok(Task {
-            task_id,
-            task_type: "BackupFile".into(),
-            backup_file_id: bf,
-            backup_file_path: to,
-            work: Some(Work::Export { spec }),
-            ..Default::default()
-        })
-    })
+    cph_batch(
+        &r,
+        &headers,
+        "storage_infos",
+        req.storage_infos,
+        |i| &i.phone_id,
+        |i, info| {
+            let to = format!("obs://{}/{}", info.bucket_name, info.object_path);
+            Location::parse(&to).map_err(|e| bad(true, format!("storage_infos[{i}]: {e}")))?;
+            let task_id = new_task_id();
+            let bf = manifest::new_backup_file_id();
+            let spec = ExportSpec {
+                includes: info.include_files,
+                excludes: info.exclude_files,
+                to: to.clone(),
+                // CPH's exports are tar objects; a name with another extension picks that format.
+                format: crate::archive::Format::from_name(&info.object_path).or(Some(crate::archive::Format::Tar)),
+                root: r.cfg.root.clone(),
+                identity: identity(&r, &task_id),
+                store: store_opts(&r, None),
+                backup_file_id: Some(bf.clone()),
+                ..Default::default()
+            };
+            Ok(Task {
+                task_id,
+                task_type: "BackupFile".into(),
+                backup_file_id: bf,
+                backup_file_path: to,
+                work: Some(Work::Export { spec }),
+                ..Default::default()
+            })
+        },
+    )
 }
 
 async fn cph_restore(State(r): State<Arc<Runner>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: CphRestore = parse(&body, true)?;
-    cph_batch(&r, &headers, "restore_infos", req.restore_infos, |i| &i.phone_id, |i, info| {
-        let from = format!("obs://{}/{}", info.bucket_name, info.object_path);
-        Location::parse(&from).map_err(|e| bad(true, format!("restore_infos[{i}]: {e}")))?;
-        let spec = ImportSpec { from: from.clone(), root: r.cfg.root.clone(), store: store_opts(&r, None), ..Default::default() };
-        Ok(Task {
-            task_id: new_task_id(),
-            task_type: "RecoverFile".into(),
-            backup_file_path: from,
-            work: Some(Work::Import { spec, backup_file_id: None }),
-            ..Default::default()
-        })
-    })
+    cph_batch(
+        &r,
+        &headers,
+        "restore_infos",
+        req.restore_infos,
+        |i| &i.phone_id,
+        |i, info| {
+            let from = format!("obs://{}/{}", info.bucket_name, info.object_path);
+            Location::parse(&from).map_err(|e| bad(true, format!("restore_infos[{i}]: {e}")))?;
+            let spec = ImportSpec {
+                from: from.clone(),
+                root: r.cfg.root.clone(),
+                store: store_opts(&r, None),
+                ..Default::default()
+            };
+            Ok(Task {
+                task_id: new_task_id(),
+                task_type: "RecoverFile".into(),
+                backup_file_path: from,
+                work: Some(Work::Import { spec, backup_file_id: None }),
+                ..Default::default()
+            })
+        },
+    )
 }
 
 /// An idempotency key from the request headers (`X-Client-Token`, or `X-Request-Id`).
@@ -682,7 +720,9 @@ fn cph_job_json(t: &Task) -> Value {
 }
 
 async fn cph_job(State(r): State<Arc<Runner>>, Path(job_id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let t = r.get(&job_id).ok_or_else(|| ApiError::cph(StatusCode::NOT_FOUND, "CPS.0010", format!("job {job_id} not found")))?;
+    let t = r
+        .get(&job_id)
+        .ok_or_else(|| ApiError::cph(StatusCode::NOT_FOUND, "CPS.0010", format!("job {job_id} not found")))?;
     let mut v = cph_job_json(&t);
     v["request_id"] = json!(t.request_id);
     Ok(Json(v))
@@ -702,12 +742,16 @@ async fn cph_jobs(State(r): State<Arc<Runner>>, Query(q): Query<JobsQuery>) -> R
 // ---------------------------------------------------------------- tasks, metrics
 
 async fn cancel_task(State(r): State<Arc<Runner>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let t = r.cancel(&id).ok_or_else(|| ApiError::ecp(StatusCode::NOT_FOUND, "InvalidTaskId.NotFound", format!("task {id} not found")))?;
+    let t = r.cancel(&id).ok_or_else(|| {
+        ApiError::ecp(StatusCode::NOT_FOUND, "InvalidTaskId.NotFound", format!("task {id} not found"))
+    })?;
     Ok(Json(json!({"RequestId": request_id(), "Data": [ecp_task(&t)]})))
 }
 
 async fn get_task(State(r): State<Arc<Runner>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let t = r.get(&id).ok_or_else(|| ApiError::ecp(StatusCode::NOT_FOUND, "InvalidTaskId.NotFound", format!("task {id} not found")))?;
+    let t = r.get(&id).ok_or_else(|| {
+        ApiError::ecp(StatusCode::NOT_FOUND, "InvalidTaskId.NotFound", format!("task {id} not found"))
+    })?;
     Ok(Json(json!({"RequestId": request_id(), "Data": [ecp_task(&t)]})))
 }
 

@@ -80,25 +80,44 @@ impl Config {
     pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Config> {
         let mut table: toml::Table = match file {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| Error::usage(format!("config {}: {e}", p.display())))?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| Error::usage(format!("config {}: {e}", p.display())))?;
                 text.parse().map_err(|e| Error::usage(format!("config {}: {e}", p.display())))?
             }
             None => toml::Table::new(),
         };
         let keys = [
-            "listen", "token", "token_file", "state_dir", "root", "instance_id", "instance_name",
-            "instance_group_id", "region_id", "callback_url", "callback_secret", "max_concurrent",
-            "body_limit", "shutdown_deadline_secs", "progress_interval_secs", "endpoint", "region",
-            "path_style", "parts_in_flight",
+            "listen",
+            "token",
+            "token_file",
+            "state_dir",
+            "root",
+            "instance_id",
+            "instance_name",
+            "instance_group_id",
+            "region_id",
+            "callback_url",
+            "callback_secret",
+            "max_concurrent",
+            "body_limit",
+            "shutdown_deadline_secs",
+            "progress_interval_secs",
+            "endpoint",
+            "region",
+            "path_style",
+            "parts_in_flight",
         ];
         for key in keys {
             let var = format!("CPBACKUP_{}", key.to_ascii_uppercase());
             if let Some((_, v)) = env.iter().find(|(k, _)| *k == var) {
                 let value = match key {
-                    "max_concurrent" | "body_limit" | "shutdown_deadline_secs" | "progress_interval_secs" | "parts_in_flight" => {
-                        toml::Value::Integer(v.parse().map_err(|_| Error::usage(format!("{var}={v:?} is not a number")))?)
-                    }
+                    "max_concurrent"
+                    | "body_limit"
+                    | "shutdown_deadline_secs"
+                    | "progress_interval_secs"
+                    | "parts_in_flight" => toml::Value::Integer(
+                        v.parse().map_err(|_| Error::usage(format!("{var}={v:?} is not a number")))?,
+                    ),
                     "path_style" => toml::Value::Boolean(matches!(v.as_str(), "1" | "true" | "yes")),
                     _ => toml::Value::String(v.clone()),
                 };
@@ -120,10 +139,9 @@ impl Config {
     }
 
     fn check(&self) -> Result<()> {
-        let addr: SocketAddr = self
-            .listen
-            .parse()
-            .map_err(|_| Error::usage(format!("listen = {:?} is not an address such as 127.0.0.1:8640", self.listen)))?;
+        let addr: SocketAddr = self.listen.parse().map_err(|_| {
+            Error::usage(format!("listen = {:?} is not an address such as 127.0.0.1:8640", self.listen))
+        })?;
         if self.token.is_none() && !addr.ip().is_loopback() {
             return Err(Error::usage(format!(
                 "listen = {:?} reaches beyond this phone but no token is configured: set token (or token_file, or CPBACKUP_TOKEN), or listen on 127.0.0.1",
@@ -155,7 +173,11 @@ mod tests {
         assert_eq!(c.max_concurrent, 2);
         let e = Config::load(Some(&f), &[("CPBACKUP_LISTEN".into(), "0.0.0.0:1".into())]).unwrap_err();
         assert!(e.to_string().contains("no token"), "{e}");
-        assert!(Config::load(Some(&f), &[("CPBACKUP_LISTEN".into(), "0.0.0.0:1".into()), ("CPBACKUP_TOKEN".into(), "t".into())]).is_ok());
+        assert!(Config::load(
+            Some(&f),
+            &[("CPBACKUP_LISTEN".into(), "0.0.0.0:1".into()), ("CPBACKUP_TOKEN".into(), "t".into())]
+        )
+        .is_ok());
         std::fs::write(&f, "bogus = 1\n").unwrap();
         assert!(Config::load(Some(&f), &[]).unwrap_err().to_string().contains("bogus"));
     }

@@ -82,7 +82,10 @@ impl Journal {
             if p.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            match fs::read(&p).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<Task>(&b).map_err(|e| e.to_string())) {
+            match fs::read(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Task>(&b).map_err(|e| e.to_string()))
+            {
                 Ok(t) => out.push(t),
                 Err(e) => tracing::error!("journal: cannot read {}: {e}; left in place", p.display()),
             }
@@ -177,7 +180,9 @@ mod tests {
         assert_eq!(tasks[0].backup_file_id, "bf-fixture000000001");
         assert!(matches!(&tasks[0].work, Some(Work::Export { spec }) if spec.includes == ["/data/data/com.example"]));
         assert_eq!(tasks[1].status, TaskStatus::Processing);
-        assert!(matches!(&tasks[1].work, Some(Work::Import { spec, .. }) if spec.from == "obs://bucket/myimage/v1/x.tar"));
+        assert!(
+            matches!(&tasks[1].work, Some(Work::Import { spec, .. }) if spec.from == "obs://bucket/myimage/v1/x.tar")
+        );
         let pending = j.pending().unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].1.event_id, "t-fixture0000000001-3");

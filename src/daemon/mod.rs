@@ -55,7 +55,11 @@ async fn shutdown_signal() {
 
 /// Serve on `listener` until `shutdown` completes, then stop cleanly: no new tasks, running
 /// ones finished or cancelled within the deadline, every state journaled.
-pub async fn serve(cfg: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+pub async fn serve(
+    cfg: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let journal = Arc::new(Journal::open(&cfg.state_dir.join("journal"))?);
     let secret = cfg.callback_secret.clone().unwrap_or_default().into_bytes();
     let reporter = Reporter::new(journal.clone(), secret, report::http_agent());

@@ -69,7 +69,9 @@ impl Reporter {
 
     fn sleep(&self, d: Duration) {
         if let Ok(g) = self.wake.0.lock() {
-            if let Ok((mut g, _)) = self.wake.1.wait_timeout_while(g, d, |woken| !*woken && !self.stop.load(Ordering::SeqCst)) {
+            if let Ok((mut g, _)) =
+                self.wake.1.wait_timeout_while(g, d, |woken| !*woken && !self.stop.load(Ordering::SeqCst))
+            {
                 *g = false;
             }
         }

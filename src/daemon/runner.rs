@@ -74,7 +74,9 @@ impl Runner {
             ..Default::default()
         };
         match store::s3::cleanup(&opts) {
-            Ok(c) if !c.aborted.is_empty() => tracing::info!("aborted multipart uploads left by an earlier run: {}", c.aborted.join(", ")),
+            Ok(c) if !c.aborted.is_empty() => {
+                tracing::info!("aborted multipart uploads left by an earlier run: {}", c.aborted.join(", "))
+            }
             Ok(c) if !c.failed.is_empty() => tracing::warn!("could not abort: {}", c.failed.join(", ")),
             Ok(_) => {}
             Err(e) => tracing::warn!("cleaning up earlier uploads: {e}"),
@@ -85,7 +87,9 @@ impl Runner {
                 TaskStatus::Processing => {
                     t.status = TaskStatus::Failed;
                     t.error_code = "AgentRestarted".into();
-                    t.error_msg = "the agent stopped while this task ran; its upload was aborted and nothing partial was kept".into();
+                    t.error_msg =
+                        "the agent stopped while this task ran; its upload was aborted and nothing partial was kept"
+                            .into();
                     t.finish_time = iso_now();
                     settle_manifest(&t);
                     self.record(&mut t, "status")?;
@@ -101,7 +105,11 @@ impl Runner {
     /// Journal the task, then queue its event. Journal first: an event never reports a state
     /// that a restart could lose.
     fn record(&self, t: &mut Task, kind: &str) -> Result<()> {
-        let url = if t.callback_url.is_empty() { self.cfg.callback_url.clone().unwrap_or_default() } else { t.callback_url.clone() };
+        let url = if t.callback_url.is_empty() {
+            self.cfg.callback_url.clone().unwrap_or_default()
+        } else {
+            t.callback_url.clone()
+        };
         if !url.is_empty() {
             t.event_seq += 1;
         }
@@ -136,7 +144,9 @@ impl Runner {
                 return Ok(existing.clone());
             }
             if !t.client_token.is_empty() {
-                if let Some(existing) = tasks.values().find(|x| x.client_token == t.client_token && x.task_type == t.task_type) {
+                if let Some(existing) =
+                    tasks.values().find(|x| x.client_token == t.client_token && x.task_type == t.task_type)
+                {
                     return Ok(existing.clone());
                 }
             }
@@ -387,13 +397,18 @@ fn execute(work: &Work, progress: &Progress) -> Result<Done> {
             let mut spec = spec.clone();
             spec.from = locate(&spec.from, backup_file_id.as_deref(), &spec.store)?;
             let r = restore::import(&spec, progress)?;
-            Ok(Done { status: TaskStatus::Finished, result: serde_json::to_string(&r).unwrap_or_default(), error_msg: String::new() })
+            Ok(Done {
+                status: TaskStatus::Finished,
+                result: serde_json::to_string(&r).unwrap_or_default(),
+                error_msg: String::new(),
+            })
         }
         Work::RecoverApp { spec, backup_file_id } => {
             let mut spec = spec.clone();
             spec.from = locate(&spec.from, backup_file_id.as_deref(), &spec.store)?;
             let r = restore::recover_app(&spec, progress)?;
-            let failed: Vec<String> = r.apps.iter().filter(|a| !a.ok()).map(|a| format!("{}: {}", a.package, a.error)).collect();
+            let failed: Vec<String> =
+                r.apps.iter().filter(|a| !a.ok()).map(|a| format!("{}: {}", a.package, a.error)).collect();
             let status = if failed.is_empty() {
                 TaskStatus::Finished
             } else if failed.len() == r.apps.len() {

@@ -130,7 +130,9 @@ impl Resolver {
         } else {
             match resolv_conf_servers(&read("/etc/resolv.conf")) {
                 s if !s.is_empty() => (s, Source::ResolvConf),
-                _ => (PUBLIC.iter().map(|ip| SocketAddr::new(ip.parse().expect("valid"), 53)).collect(), Source::Public),
+                _ => {
+                    (PUBLIC.iter().map(|ip| SocketAddr::new(ip.parse().expect("valid"), 53)).collect(), Source::Public)
+                }
             }
         };
         Resolver::new(servers, source, read("/etc/hosts"))
@@ -139,7 +141,9 @@ impl Resolver {
     /// The same resolver with another overall timeout per lookup (tests of dead servers).
     pub fn with_timeout(self, timeout: Duration) -> Resolver {
         let i = &self.inner;
-        Resolver { inner: Arc::new(Inner { servers: i.servers.clone(), source: i.source, hosts: i.hosts.clone(), timeout }) }
+        Resolver {
+            inner: Arc::new(Inner { servers: i.servers.clone(), source: i.source, hosts: i.hosts.clone(), timeout }),
+        }
     }
 
     pub fn servers(&self) -> &[SocketAddr] {
@@ -269,7 +273,8 @@ async fn ask(server: SocketAddr, name: &str, qtype: u16, timeout: Duration) -> R
     let id: u16 = rand::random();
     let q = encode_query(id, name, qtype);
     let attempt = async {
-        let bind: SocketAddr = if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+        let bind: SocketAddr =
+            if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
         let sock = UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
         // Connected: the kernel drops datagrams from anyone but the server.
         sock.connect(server).await.map_err(|e| e.to_string())?;
@@ -396,7 +401,9 @@ fn decode_response(m: &[u8], id: u16, name: &str, qtype: u16) -> Result<Decoded,
         at += len;
         match (rtype, class, len) {
             (QTYPE_A, 1, 4) if qtype == QTYPE_A => ips.push(IpAddr::from(<[u8; 4]>::try_from(data).expect("4 bytes"))),
-            (QTYPE_AAAA, 1, 16) if qtype == QTYPE_AAAA => ips.push(IpAddr::from(<[u8; 16]>::try_from(data).expect("16 bytes"))),
+            (QTYPE_AAAA, 1, 16) if qtype == QTYPE_AAAA => {
+                ips.push(IpAddr::from(<[u8; 16]>::try_from(data).expect("16 bytes")))
+            }
             _ => {}
         }
     }
@@ -473,7 +480,7 @@ mod tests {
         m[2] = 0x81 | flags;
         m[3] = 0x80 | rcode;
         m[7] = 3; // answers
-        // CNAME: owner = pointer to the question name (offset 12), target "x" + pointer.
+                  // CNAME: owner = pointer to the question name (offset 12), target "x" + pointer.
         m.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 4, 1, b'x', 0xc0, 12]);
         let cname_at = q.len() + 12;
         for ip in [[10, 0, 0, 1], [10, 0, 0, 2]] {
@@ -495,8 +502,14 @@ mod tests {
         assert!(decode_response(&r[..r.len() - 2], 7, "garage.test", QTYPE_A).is_err(), "cut short");
         let nx = response(7, "garage.test", 3, 0);
         assert_eq!(decode_response(&nx, 7, "garage.test", QTYPE_A), Ok(Decoded::Answer(Answer::NoSuchName)));
-        assert_eq!(decode_response(&response(7, "garage.test", 2, 0), 7, "garage.test", QTYPE_A), Ok(Decoded::Refused(2)));
-        assert_eq!(decode_response(&response(7, "garage.test", 0, 0x02), 7, "garage.test", QTYPE_A), Ok(Decoded::Truncated));
+        assert_eq!(
+            decode_response(&response(7, "garage.test", 2, 0), 7, "garage.test", QTYPE_A),
+            Ok(Decoded::Refused(2))
+        );
+        assert_eq!(
+            decode_response(&response(7, "garage.test", 0, 0x02), 7, "garage.test", QTYPE_A),
+            Ok(Decoded::Truncated)
+        );
         // A pointer loop ends in an error, not a hang.
         let mut lp = encode_query(1, "a", QTYPE_A);
         lp[12] = 0xc0;

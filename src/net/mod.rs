@@ -46,10 +46,13 @@ impl Network {
 
     /// `CPBACKUP_DNS` (ignored with a warning when it does not parse) and the roots of `/`.
     pub fn from_env() -> Network {
-        Network::new(env_servers().unwrap_or_else(|e| {
-            tracing::warn!("{DNS_ENV}: {e}; ignored");
-            Vec::new()
-        }), Path::new("/"))
+        Network::new(
+            env_servers().unwrap_or_else(|e| {
+                tracing::warn!("{DNS_ENV}: {e}; ignored");
+                Vec::new()
+            }),
+            Path::new("/"),
+        )
     }
 
     /// Make these the settings of every client built from now on. The first call wins (a

@@ -113,9 +113,8 @@ impl Roots {
 
 /// The certificates of one file that can serve as trust anchors.
 fn usable(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("not PEM: {e:?}"))?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(bytes).collect::<Result<_, _>>().map_err(|e| format!("not PEM: {e:?}"))?;
     if certs.is_empty() {
         return Err("no certificate".into());
     }
@@ -160,7 +159,11 @@ mod tests {
         with_text.extend_from_slice(b"Certificate:\n    Data:\n        Version: 3 (0x2)\n");
         std::fs::write(sys.join("aaaa0000.0"), with_text).unwrap();
         std::fs::write(sys.join("bbbb0000.0"), some_root_pem(1)).unwrap();
-        std::fs::write(sys.join("cccc0000.0"), b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n").unwrap();
+        std::fs::write(
+            sys.join("cccc0000.0"),
+            b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
         std::fs::write(sys.join("dddd0000.0"), b"hello").unwrap();
         let r = Roots::load(root.path());
         assert_eq!(r.source, Source::Android(sys.clone()));

@@ -65,8 +65,15 @@ pub enum Location {
     /// `-`: stdout for an export, stdin for an import.
     Stdio,
     /// A local path (given plainly or as `file://`). `folder` when it names a directory.
-    File { path: PathBuf, folder: bool },
-    Object { scheme: Scheme, bucket: String, key: String },
+    File {
+        path: PathBuf,
+        folder: bool,
+    },
+    Object {
+        scheme: Scheme,
+        bucket: String,
+        key: String,
+    },
 }
 
 impl Location {
@@ -75,7 +82,9 @@ impl Location {
             return Ok(Location::Stdio);
         }
         if s.is_empty() {
-            return Err(Error::usage("empty destination: give a path, file://PATH, -, or oss://, obs://, s3://BUCKET/KEY"));
+            return Err(Error::usage(
+                "empty destination: give a path, file://PATH, -, or oss://, obs://, s3://BUCKET/KEY",
+            ));
         }
         for (prefix, scheme) in [("oss://", Scheme::Oss), ("obs://", Scheme::Obs), ("s3://", Scheme::S3)] {
             if let Some(rest) = s.strip_prefix(prefix) {

@@ -85,7 +85,10 @@ where
             Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
                 let wait = policy.delay(attempt);
                 RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!("{what}: attempt {attempt} of {} failed ({e}); retrying in {wait:?}", policy.max_attempts);
+                tracing::warn!(
+                    "{what}: attempt {attempt} of {} failed ({e}); retrying in {wait:?}",
+                    policy.max_attempts
+                );
                 tokio::time::sleep(wait).await;
                 attempt += 1;
             }
@@ -144,7 +147,13 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r = rt.block_on(run(&p, "t", |n| {
             calls.fetch_add(1, Ordering::SeqCst);
-            async move { if n < 2 { Err(transient()) } else { Ok(n) } }
+            async move {
+                if n < 2 {
+                    Err(transient())
+                } else {
+                    Ok(n)
+                }
+            }
         }));
         assert_eq!(r.unwrap(), 2);
 

@@ -138,9 +138,7 @@ pub fn address(
         Some(e) => {
             let mut host = e.trim_end_matches('/').to_string();
             if host.contains('/') || host.contains('@') {
-                return Err(Error::usage(format!(
-                    "endpoint {e:?} is neither a host name nor an http(s):// URL"
-                )));
+                return Err(Error::usage(format!("endpoint {e:?} is neither a host name nor an http(s):// URL")));
             }
             // A bucket domain (`BUCKET.oss-….aliyuncs.com`) as the endpoint fails signing on
             // OBS (SignatureDoesNotMatch): the SDK adds the bucket itself.
@@ -306,9 +304,16 @@ where
             let retryable = status >= 500
                 || status == 429
                 || status == 408
-                || matches!(code, "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable" | "Throttling");
+                || matches!(
+                    code,
+                    "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable" | "Throttling"
+                );
             let code = if code.is_empty() { status_name(status) } else { code };
-            let reason = if msg.is_empty() { format!("{code} (HTTP {status})") } else { format!("{code}: {msg} (HTTP {status})") };
+            let reason = if msg.is_empty() {
+                format!("{code} (HTTP {status})")
+            } else {
+                format!("{code}: {msg} (HTTP {status})")
+            };
             (reason, retryable)
         }
         SdkError::TimeoutError(_) => ("timed out".to_string(), true),
@@ -571,11 +576,17 @@ fn abort_records(rt: &Arc<Runtime>, stale: Vec<(std::path::PathBuf, Record)>, op
         let (key, id) = (rec.key.clone(), rec.upload_id.clone());
         match block_on(rt, async move { abort_upload(&sh, &key, &id).await }) {
             Ok(()) => {
-                tracing::info!("aborted the upload {} left by an earlier run (pid {})", store.shared.url(&rec.key), rec.pid);
+                tracing::info!(
+                    "aborted the upload {} left by an earlier run (pid {})",
+                    store.shared.url(&rec.key),
+                    rec.pid
+                );
                 pending::remove(&path);
                 done.push(rec);
             }
-            Err(e) => tracing::warn!("could not abort the upload {} left by an earlier run: {e}", store.shared.url(&rec.key)),
+            Err(e) => {
+                tracing::warn!("could not abort the upload {} left by an earlier run: {e}", store.shared.url(&rec.key))
+            }
         }
     }
     done
@@ -685,7 +696,9 @@ impl Store for S3Store {
                         })?;
                         Ok(Some(body.into_bytes().to_vec()))
                     }
-                    Err(e) if http_status(&e) == Some(404) && error_code(&e).as_deref() != Some("NoSuchBucket") => Ok(None),
+                    Err(e) if http_status(&e) == Some(404) && error_code(&e).as_deref() != Some("NoSuchBucket") => {
+                        Ok(None)
+                    }
                     Err(e) => Err(sdk_error(&what, e)),
                 }
             })
@@ -743,7 +756,9 @@ impl Store for S3Store {
             retry::run(&sh.policy, &what, |_| async {
                 match sh.client.delete_object().bucket(&sh.bucket).key(&key).send().await {
                     Ok(_) => Ok(()),
-                    Err(e) if http_status(&e) == Some(404) && error_code(&e).as_deref() != Some("NoSuchBucket") => Ok(()),
+                    Err(e) if http_status(&e) == Some(404) && error_code(&e).as_deref() != Some("NoSuchBucket") => {
+                        Ok(())
+                    }
                     Err(e) => Err(sdk_error(&what, e)),
                 }
             })
@@ -863,7 +878,8 @@ impl S3Upload {
         // part_size × (in_flight + 1), and `write` blocks while every slot is taken.
         let (tx, rx) = mpsc::channel(self.in_flight);
         let slots = Arc::new(Semaphore::new(self.in_flight));
-        let dispatcher = self.rt.spawn(dispatch(self.shared.clone(), self.key.clone(), upload_id.clone(), rx, self.in_flight));
+        let dispatcher =
+            self.rt.spawn(dispatch(self.shared.clone(), self.key.clone(), upload_id.clone(), rx, self.in_flight));
         self.mp = Some(Multipart { upload_id, tx: Some(tx), slots, dispatcher: Some(dispatcher), record });
         Ok(())
     }
@@ -1067,7 +1083,9 @@ async fn dispatch(
     let mut done = Vec::new();
     let joined = |r: std::result::Result<Result<CompletedPart>, tokio::task::JoinError>| match r {
         Ok(r) => r,
-        Err(e) => Err(Error::Store { what: "UploadPart".into(), reason: format!("the task failed: {e}"), retryable: false }),
+        Err(e) => {
+            Err(Error::Store { what: "UploadPart".into(), reason: format!("the task failed: {e}"), retryable: false })
+        }
     };
     loop {
         if set.len() >= in_flight {
@@ -1299,7 +1317,8 @@ mod tests {
         assert!(!a.path_style && !a.unsigned_payload);
         assert_eq!(a.shown, "s3.oss-cn-shanghai-internal.aliyuncs.com");
 
-        let a = address(Scheme::Oss, "b", Some("oss-cn-hangzhou.aliyuncs.com"), Some("cn-x"), Some("env"), false).unwrap();
+        let a =
+            address(Scheme::Oss, "b", Some("oss-cn-hangzhou.aliyuncs.com"), Some("cn-x"), Some("env"), false).unwrap();
         assert_eq!(a.region, "cn-x", "--region wins");
         let a = address(Scheme::Oss, "b", None, None, Some("cn-beijing"), false).unwrap();
         assert_eq!(a.url.as_deref(), Some("https://s3.oss-cn-beijing.aliyuncs.com"));

@@ -156,7 +156,14 @@ fn build_split(dir: &Path, package: &str, name: &str) -> PathBuf {
     fs::write(work.join("AndroidManifest.xml"), format!("split={name}\n")).unwrap();
     fs::write(work.join("resources.arsc"), "xxhdpi resources\n".repeat(50)).unwrap();
     let apk = dir.join(format!("{package}/{name}"));
-    let st = Command::new("zip").arg("-qX").arg(&apk).arg("AndroidManifest.xml").arg("resources.arsc").current_dir(&work).status().unwrap();
+    let st = Command::new("zip")
+        .arg("-qX")
+        .arg(&apk)
+        .arg("AndroidManifest.xml")
+        .arg("resources.arsc")
+        .current_dir(&work)
+        .status()
+        .unwrap();
     assert!(st.success());
     apk
 }
@@ -236,7 +243,8 @@ fn raw_headers(tar: &[u8]) -> Vec<(u8, String)> {
         if h.iter().all(|b| *b == 0) {
             break;
         }
-        let size_field = String::from_utf8_lossy(&h[124..136]).trim_matches(|c: char| c == '\0' || c == ' ').to_string();
+        let size_field =
+            String::from_utf8_lossy(&h[124..136]).trim_matches(|c: char| c == '\0' || c == ' ').to_string();
         assert!(size_field.chars().all(|c| ('0'..='7').contains(&c)), "size field is not octal: {size_field:?}");
         let size = u64::from_str_radix(&size_field, 8).unwrap_or(0) as usize;
         let name = String::from_utf8_lossy(&h[..100]).trim_end_matches('\0').to_string();
@@ -264,7 +272,8 @@ fn android_app_backup_recovers_onto_another_phone() {
     // The app was stopped before its data was read.
     assert!(a.log().contains(&format!("am force-stop {NOTES}")), "{}", a.log());
     // The manifest beside the archive records the archive's SHA-256.
-    let side: serde_json::Value = serde_json::from_slice(&fs::read(tmp.path().join("notes.ab.manifest.json")).unwrap()).unwrap();
+    let side: serde_json::Value =
+        serde_json::from_slice(&fs::read(tmp.path().join("notes.ab.manifest.json")).unwrap()).unwrap();
     assert_eq!(side["Sha256"], m["Sha256"]);
 
     // _manifest: version, package, versionCode, SDK, installer, has-APK, signatures (the v1 cert).
@@ -288,11 +297,16 @@ fn android_app_backup_recovers_onto_another_phone() {
     assert_eq!(names[0], p("_manifest"));
     assert_eq!(names[1], p("a/base.apk"));
     assert_eq!(names[2], p("a/split_config.xxhdpi.apk"));
-    for want in ["r/files/sub/note.txt", "r/databases/notes.db", "r/cache/thumb.bin", "d_r/de.txt", "ef/files/export.txt"] {
+    for want in
+        ["r/files/sub/note.txt", "r/databases/notes.db", "r/cache/thumb.bin", "d_r/de.txt", "ef/files/export.txt"]
+    {
         assert!(names.contains(&p(want)), "{want} missing from {names:?}");
     }
     for unwanted in ["r/lib", "r/code_cache", "r/no_backup", "r/files/sub/link-to-note"] {
-        assert!(!names.iter().any(|n| n == &p(unwanted) || n.starts_with(&format!("{}/", p(unwanted)))), "{unwanted} in {names:?}");
+        assert!(
+            !names.iter().any(|n| n == &p(unwanted) || n.starts_with(&format!("{}/", p(unwanted)))),
+            "{unwanted} in {names:?}"
+        );
     }
 
     // Onto phone B: a different uid, a fresh install, the data swapped in.
@@ -321,7 +335,10 @@ fn android_app_backup_recovers_onto_another_phone() {
     assert!(!ce.join("no_backup").exists());
     assert!(ce.join("code_cache").is_dir(), "the fresh install's code_cache is kept");
     assert_eq!(fs::read_to_string(b.p("data/user_de/0/com.example.notes/de.txt")).unwrap(), "device protected\n");
-    assert_eq!(fs::read_to_string(b.p("data/media/0/Android/data/com.example.notes/files/export.txt")).unwrap(), "external\n");
+    assert_eq!(
+        fs::read_to_string(b.p("data/media/0/Android/data/com.example.notes/files/export.txt")).unwrap(),
+        "external\n"
+    );
     // No staging left behind.
     for dir in ["data/data", "data/user_de/0", "data/local/tmp", "data/media/0/Android/data"] {
         for e in fs::read_dir(b.p(dir)).unwrap() {
@@ -373,8 +390,15 @@ fn android_app_ab_passes_the_shell_recipe_with_only_android_types() {
     assert!(!listing.contains("/r/cache"), "--no-cache: {listing}");
     let headers = raw_headers(&ab_tar(&ab));
     let types: std::collections::BTreeSet<u8> = headers.iter().map(|(t, _)| *t).collect();
-    assert!(types.iter().all(|t| [b'0', b'5', b'x'].contains(t)), "types {:?}", types.iter().map(|t| *t as char).collect::<Vec<_>>());
-    assert!(types.contains(&b'x') || headers.iter().any(|(_, n)| n.len() > 100), "the long path needs a pax header or the prefix field");
+    assert!(
+        types.iter().all(|t| [b'0', b'5', b'x'].contains(t)),
+        "types {:?}",
+        types.iter().map(|t| *t as char).collect::<Vec<_>>()
+    );
+    assert!(
+        types.contains(&b'x') || headers.iter().any(|(_, n)| n.len() > 100),
+        "the long path needs a pax header or the prefix field"
+    );
     // Directories without trailing slash; no domain-root entries (Android's reader rejects `apps/PKG/r`).
     for (t, n) in &headers {
         if *t == b'5' {
@@ -414,7 +438,8 @@ fn android_unknown_packages_give_part_backup_or_failure() {
 
     let none = tmp.path().join("none.ab");
     backup(&a, &none, &["com.example.missing", "org.other.missing"], &[], 1);
-    let side: serde_json::Value = serde_json::from_slice(&fs::read(tmp.path().join("none.ab.manifest.json")).unwrap()).unwrap();
+    let side: serde_json::Value =
+        serde_json::from_slice(&fs::read(tmp.path().join("none.ab.manifest.json")).unwrap()).unwrap();
     assert_eq!(side["Status"], "BACKUP_FAILED");
     assert!(side["FailureReason"].as_str().unwrap().contains("not installed"), "{side}");
     assert!(!none.exists(), "no archive under the final name");
@@ -498,10 +523,16 @@ fn android_unsuitable_app_is_refused_before_anything_changes() {
         let app = &r["Apps"][0];
         assert_eq!(app["Status"], "FAILED");
         assert_eq!(app["Step"], "check");
-        assert!(app["Error"].as_str().unwrap().contains(why) && app["Error"].as_str().unwrap().contains("--force"), "{app}");
+        assert!(
+            app["Error"].as_str().unwrap().contains(why) && app["Error"].as_str().unwrap().contains("--force"),
+            "{app}"
+        );
         assert_eq!(app["Uninstalled"], false);
         let log = b.log();
-        assert!(!log.contains("pm uninstall") && !log.contains("install-create") && !log.contains("force-stop"), "{log}");
+        assert!(
+            !log.contains("pm uninstall") && !log.contains("install-create") && !log.contains("force-stop"),
+            "{log}"
+        );
         assert_eq!(fs::read_to_string(ce.join("keep.txt")).unwrap(), "untouched\n");
         assert_eq!(fs::read_to_string(b.p(".fakeroid/packages/com.example.notes")).unwrap(), before);
 
@@ -616,7 +647,9 @@ fn android_recovers_independently_built_adb_backups() {
     if !crate::support::have("unzip") {
         return;
     }
-    for (name, container) in [("adb-backup-v5.ab", "ab (version 5, compressed)"), ("adb-backup-v1-plain.ab", "ab (version 1, uncompressed)")] {
+    for (name, container) in
+        [("adb-backup-v5.ab", "ab (version 5, compressed)"), ("adb-backup-v1-plain.ab", "ab (version 1, uncompressed)")]
+    {
         let b = Phone::new(10700, 33, "arm64-v8a,armeabi-v7a");
         let (r, _) = recover(&b, &fixture(name), &[], 0);
         assert_eq!(r["Container"], container);
@@ -632,7 +665,10 @@ fn android_recovers_independently_built_adb_backups() {
         assert!(fs::read(ce.join("databases/app.db")).unwrap().starts_with(b"SQLite format 3"));
         assert!(fs::read_to_string(ce.join("shared_prefs/prefs.xml")).unwrap().contains("<map>"));
         assert_eq!(fs::read_to_string(ce.join("cache/cached.bin")).unwrap(), "cache\n");
-        assert_eq!(fs::read_to_string(b.p("data/user_de/0/org.fixture.app/files/de.txt")).unwrap(), "device protected\n");
+        assert_eq!(
+            fs::read_to_string(b.p("data/user_de/0/org.fixture.app/files/de.txt")).unwrap(),
+            "device protected\n"
+        );
         assert_eq!(fs::read_to_string(b.p("data/media/0/Android/data/org.fixture.app/ext.txt")).unwrap(), "external\n");
         let warnings = r["Warnings"].to_string();
         assert!(warnings.contains("key-value") && warnings.contains("widget"), "{warnings}");

@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::support::garage::{self, Garage};
-use crate::support::tree::{self, Ignore};
 use crate::support::path_str;
+use crate::support::tree::{self, Ignore};
 
 const TOKEN: &str = "test-token-0123456789";
 const SECRET: &str = "callback-secret-abcdef";
@@ -147,7 +147,11 @@ impl Daemon {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         let addr = line.trim().rsplit(' ').next().unwrap_or("").to_string();
-        assert!(addr.starts_with("127.0.0.1:"), "daemon did not announce its address: {line:?}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            addr.starts_with("127.0.0.1:"),
+            "daemon did not announce its address: {line:?}; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         Daemon { child, base: format!("http://{addr}"), config, log }
     }
@@ -176,7 +180,11 @@ impl Daemon {
             if done.iter().any(|s| t["TaskStatus"] == *s) {
                 return t;
             }
-            assert!(Instant::now() < deadline, "task {id} still {t}; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "task {id} still {t}; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -250,7 +258,13 @@ fn ecp_backup_recover_describe_delete_with_signed_callbacks() {
     let root = dir.path().join("root");
     app_tree(&root, 0);
     let cp = ControlPlane::start(2);
-    let d = Daemon::start(g, dir.path(), &root, &cp.url, &format!("endpoint = \"{}\"\nregion = \"garage\"\n", g.endpoint()));
+    let d = Daemon::start(
+        g,
+        dir.path(),
+        &root,
+        &cp.url,
+        &format!("endpoint = \"{}\"\nregion = \"garage\"\n", g.endpoint()),
+    );
 
     let (code, v) = d.post(
         "/ecp/BackupFile",
@@ -283,7 +297,8 @@ fn ecp_backup_recover_describe_delete_with_signed_callbacks() {
     // Callbacks: Waiting → Processing → Finished, in order, each signed, the refused ones
     // delivered again later with the same event id.
     let evs = cp.wait_for(&task, "Finished");
-    let statuses: Vec<&str> = evs.iter().filter(|(_, v)| v["Kind"] == "status").map(|(_, v)| v["Task"]["Status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> =
+        evs.iter().filter(|(_, v)| v["Kind"] == "status").map(|(_, v)| v["Task"]["Status"].as_str().unwrap()).collect();
     assert_eq!(statuses, vec!["Waiting", "Processing", "Finished"], "{evs:?}");
     assert_eq!(*cp.refused.lock().unwrap(), 2);
     let seqs: Vec<u64> = evs.iter().map(|(_, v)| v["Seq"].as_u64().unwrap()).collect();
@@ -318,8 +333,19 @@ fn ecp_backup_recover_describe_delete_with_signed_callbacks() {
     assert_eq!(v["TotalCount"], 0, "{v}");
 
     // Metrics.
-    let m = ureq::get(&format!("{}/metrics", d.base)).set("Authorization", &format!("Bearer {TOKEN}")).call().unwrap().into_string().unwrap();
-    for name in ["cpbackup_tasks{state=\"Finished\"} 2", "cpbackup_bytes_uploaded_total", "cpbackup_bytes_downloaded_total", "cpbackup_part_retries_total", "cpbackup_callback_backlog"] {
+    let m = ureq::get(&format!("{}/metrics", d.base))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    for name in [
+        "cpbackup_tasks{state=\"Finished\"} 2",
+        "cpbackup_bytes_uploaded_total",
+        "cpbackup_bytes_downloaded_total",
+        "cpbackup_part_retries_total",
+        "cpbackup_callback_backlog",
+    ] {
         assert!(m.contains(name), "{name} missing from:\n{m}");
     }
     assert!(d.term().success(), "SIGTERM ends the daemon cleanly");
@@ -351,7 +377,10 @@ fn authentication_limits_and_errors_in_the_vendors_shapes() {
     let big = json!({"SourceFilePathList": vec!["/data/x"; 700]});
     let code = (0..5)
         .find_map(|_| {
-            match ureq::post(&format!("{}/ecp/BackupFile", d.base)).set("Authorization", &format!("Bearer {TOKEN}")).send_json(big.clone()) {
+            match ureq::post(&format!("{}/ecp/BackupFile", d.base))
+                .set("Authorization", &format!("Bearer {TOKEN}"))
+                .send_json(big.clone())
+            {
                 Ok(r) => Some(r.status()),
                 Err(ureq::Error::Status(c, _)) => Some(c),
                 Err(_) => None,
@@ -361,17 +390,26 @@ fn authentication_limits_and_errors_in_the_vendors_shapes() {
     assert_eq!(code, 413);
     // Malformed JSON names the problem; a wrong type names the parameter.
     let (code, v) = answer(
-        ureq::post(&format!("{}/ecp/BackupFile", d.base)).set("Authorization", &format!("Bearer {TOKEN}")).send_string("{not json"),
+        ureq::post(&format!("{}/ecp/BackupFile", d.base))
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .send_string("{not json"),
     );
     assert_eq!(code, 400);
     assert!(v["Message"].as_str().unwrap().contains("malformed"), "{v}");
     let (code, v) = d.post("/ecp/BackupFile", json!({"AndroidInstanceIdList": "acp-test0001"}));
     assert_eq!(code, 400);
-    assert!(v["Message"].as_str().unwrap().contains("AndroidInstanceIdList") || v["Message"].as_str().unwrap().contains("sequence"), "{v}");
+    assert!(
+        v["Message"].as_str().unwrap().contains("AndroidInstanceIdList")
+            || v["Message"].as_str().unwrap().contains("sequence"),
+        "{v}"
+    );
     let (code, v) = d.post("/ecp/BackupFile", json!({"AndroidInstanceIdList": [INSTANCE]}));
     assert_eq!(code, 400);
     assert!(v["Message"].as_str().unwrap().contains("BackupFilePath"), "{v}");
-    let (code, v) = d.post("/ecp/BackupFile", json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": "oss://b/x/", "SourceFilePathList": ["/system"]}));
+    let (code, v) = d.post(
+        "/ecp/BackupFile",
+        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": "oss://b/x/", "SourceFilePathList": ["/system"]}),
+    );
     assert_eq!(code, 200, "accepted; the task itself fails on the path rule: {v}");
     let t = d.wait(v["Data"][0]["TaskId"].as_str().unwrap(), &["Failed"]);
     assert_eq!(t["ErrorCode"], "InvalidParameter");
@@ -384,7 +422,8 @@ fn authentication_limits_and_errors_in_the_vendors_shapes() {
     assert!(v["Message"].as_str().unwrap().contains("MaxResults"));
     // A token is required to listen beyond loopback.
     let cfg = dir.path().join("open.toml");
-    std::fs::write(&cfg, format!("listen = \"0.0.0.0:0\"\nstate_dir = \"{}\"\n", dir.path().join("s2").display())).unwrap();
+    std::fs::write(&cfg, format!("listen = \"0.0.0.0:0\"\nstate_dir = \"{}\"\n", dir.path().join("s2").display()))
+        .unwrap();
     let o = g.cpbackup().args(["daemon", "--config", path_str(&cfg)]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no token"));
@@ -394,7 +433,9 @@ fn authentication_limits_and_errors_in_the_vendors_shapes() {
     assert!(!log.contains(TOKEN) && !log.contains(SECRET) && !log.contains(garage::SECRET), "secret in log:\n{log}");
     for entry in walk(&dir.path().join("state/journal")) {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&entry).unwrap_or_else(|e| panic!("{}: {e}", entry.display())).permissions().mode() & 0o777;
+        let mode =
+            std::fs::metadata(&entry).unwrap_or_else(|e| panic!("{}: {e}", entry.display())).permissions().mode()
+                & 0o777;
         let want = if entry.is_dir() { 0o700 } else { 0o600 };
         assert_eq!(mode, want, "{}", entry.display());
     }
@@ -451,7 +492,10 @@ fn client_tokens_cph_shapes_and_cancel() {
     assert_eq!(j["status"], 2, "{j}");
     let (_, list) = d.get(&format!("/cph/jobs?request_id={}", v["request_id"].as_str().unwrap()));
     assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
-    let (code, v) = d.post("/cph/batch-restore", json!({"restore_infos": [{"phone_id": INSTANCE, "bucket_name": bucket, "object_path": "cph/phone.tar"}]}));
+    let (code, v) = d.post(
+        "/cph/batch-restore",
+        json!({"restore_infos": [{"phone_id": INSTANCE, "bucket_name": bucket, "object_path": "cph/phone.tar"}]}),
+    );
     assert_eq!(code, 200, "{v}");
 
     // Cancel a long backup: Failed with code Cancelled, no multipart upload left open.
@@ -465,7 +509,10 @@ fn client_tokens_cph_shapes_and_cancel() {
     while d.task(&id)["Progress"]["TransferredBytes"].as_u64().unwrap_or(0) == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let r = ureq::delete(&format!("{}/tasks/{id}", d.base)).set("Authorization", &format!("Bearer {TOKEN}")).call().unwrap();
+    let r = ureq::delete(&format!("{}/tasks/{id}", d.base))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let t = d.wait(&id, &["Failed", "Finished"]);
     assert_eq!(t["TaskStatus"], "Failed", "{t}");
@@ -501,7 +548,8 @@ fn killed_mid_upload_and_mid_restore_then_restarted() {
     let killed = v["Data"][0]["TaskId"].as_str().unwrap().to_string();
     d.wait(&killed, &["Processing"]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while d.task(&killed)["Progress"]["TransferredBytes"].as_u64().unwrap_or(0) < 20 << 20 && Instant::now() < deadline {
+    while d.task(&killed)["Progress"]["TransferredBytes"].as_u64().unwrap_or(0) < 20 << 20 && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (config, _) = d.kill();
@@ -553,7 +601,8 @@ fn sigterm_lets_running_tasks_end_within_the_deadline() {
     let cfg = dir.path().join("cpbackup.toml");
     let d = Daemon::start(g, dir.path(), &root, "", &extra.replace("shutdown_deadline_secs = 0\n", ""));
     drop(d);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("shutdown_deadline_secs = 5", "shutdown_deadline_secs = 0");
+    let text =
+        std::fs::read_to_string(&cfg).unwrap().replace("shutdown_deadline_secs = 5", "shutdown_deadline_secs = 0");
     std::fs::write(&cfg, text).unwrap();
     let d = Daemon::spawn(g, cfg.clone(), dir.path());
     let (_, v) = d.post(
@@ -567,10 +616,7 @@ fn sigterm_lets_running_tasks_end_within_the_deadline() {
     // After a restart the task is settled by the shutdown itself, not by crash recovery.
     let d = Daemon::spawn(g, cfg, dir.path());
     let t = d.task(&id);
-    assert!(
-        t["TaskStatus"] == "Finished" || (t["TaskStatus"] == "Failed" && t["ErrorCode"] == "Cancelled"),
-        "{t}"
-    );
+    assert!(t["TaskStatus"] == "Finished" || (t["TaskStatus"] == "Failed" && t["ErrorCode"] == "Cancelled"), "{t}");
     assert!(g.store(&bucket).open_uploads("").unwrap().is_empty(), "multipart upload left open");
 }
 

@@ -41,11 +41,7 @@ fn gnu_tar_extracts_cpbackup_tar_exactly() {
     let archive = out.path().join("x.tar");
     export(src.path(), &archive);
     let dst = tempfile::tempdir().unwrap();
-    sh(&format!(
-        "tar --numeric-owner --same-owner -xpf '{}' -C '{}'",
-        archive.display(),
-        dst.path().display()
-    ));
+    sh(&format!("tar --numeric-owner --same-owner -xpf '{}' -C '{}'", archive.display(), dst.path().display()));
     tree::assert_same(&tree::snapshot(src.path(), APP), &tree::snapshot(dst.path(), APP), gnu_ignore());
 }
 
@@ -103,11 +99,7 @@ fn cpbackup_imports_what_gnu_tar_writes() {
     let out = tempfile::tempdir().unwrap();
     for (name, flags) in [("posix.tar", "--format=posix --sparse"), ("gnu.tar", "--format=gnu --sparse")] {
         let archive = out.path().join(name);
-        sh(&format!(
-            "tar {flags} --numeric-owner -cf '{}' -C '{}' {APP}",
-            archive.display(),
-            src.path().display()
-        ));
+        sh(&format!("tar {flags} --numeric-owner -cf '{}' -C '{}' {APP}", archive.display(), src.path().display()));
         let dst = tempfile::tempdir().unwrap();
         run(cpbackup().args(["import", "--root", path_str(dst.path()), "--from", path_str(&archive)]), 0);
         let mut ignore = gnu_ignore();
@@ -172,7 +164,11 @@ fn reads_ab_versions_1_to_5_compressed_or_not() {
             fs::write(&file, &ab).unwrap();
             let dst = tempfile::tempdir().unwrap();
             run(cpbackup().args(["import", "--root", path_str(dst.path()), "--from", path_str(&file)]), 0);
-            assert_eq!(fs::read(dst.path().join("data/d/f")).unwrap(), b"from an old phone", "v{version} compressed={compressed}");
+            assert_eq!(
+                fs::read(dst.path().join("data/d/f")).unwrap(),
+                b"from an old phone",
+                "v{version} compressed={compressed}"
+            );
         }
     }
 }
@@ -181,12 +177,8 @@ fn reads_ab_versions_1_to_5_compressed_or_not() {
 fn zlib_flate(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     require("zlib-flate");
-    let mut child = Command::new("zlib-flate")
-        .arg("-compress")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new("zlib-flate").arg("-compress").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let data = data.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());

@@ -61,7 +61,14 @@ fn roundtrip(format: &str) {
         assert!(xattr::get(&f, "user.cpbackup.test").unwrap().is_none(), "xattrs restored without --restore-xattrs");
         let dst2 = tempfile::tempdir().unwrap();
         run(
-            cpbackup().args(["import", "--restore-xattrs", "--root", path_str(dst2.path()), "--from", path_str(&archive)]),
+            cpbackup().args([
+                "import",
+                "--restore-xattrs",
+                "--root",
+                path_str(dst2.path()),
+                "--from",
+                path_str(&archive),
+            ]),
             0,
         );
         let f = dst2.path().join("data/data/com.example.app/files/small.txt");
@@ -201,11 +208,17 @@ fn path_rules_are_enforced_with_clear_errors() {
         assert!(!dest.exists(), "nothing written on bad input");
     }
     let long = format!("/data/{}", "a".repeat(4100));
-    let o = run(cpbackup().args(["export", "--root", path_str(src.path()), "--include", &long, "--to", path_str(&dest)]), 2);
+    let o = run(
+        cpbackup().args(["export", "--root", path_str(src.path()), "--include", &long, "--to", path_str(&dest)]),
+        2,
+    );
     assert!(stderr(&o).contains("4096"));
     // Usage errors from the argument parser are exit 2 too.
     run(cpbackup().args(["export", "--to", path_str(&dest), "--bogus"]), 2);
-    let o = run(cpbackup().args(["export", "--root", path_str(src.path()), "--include", "/data/x", "--to", "ftp://x/y"]), 2);
+    let o = run(
+        cpbackup().args(["export", "--root", path_str(src.path()), "--include", "/data/x", "--to", "ftp://x/y"]),
+        2,
+    );
     assert!(stderr(&o).contains("ftp://x/y"));
 }
 
@@ -275,8 +288,16 @@ fn unreadable_files_are_warnings_and_the_backup_goes_on() {
     fs::set_permissions(out.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let archive = out.path().join("u.tar");
     let mut c = std::process::Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).args(crate::support::bin_argv())
-        .args(["export", "--root", path_str(src.path()), "--include", "/data/d", "--to", path_str(&archive), "--json"]);
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).args(crate::support::bin_argv()).args([
+        "export",
+        "--root",
+        path_str(src.path()),
+        "--include",
+        "/data/d",
+        "--to",
+        path_str(&archive),
+        "--json",
+    ]);
     let o = run(&mut c, 0);
     let m = json(&o);
     assert_eq!(m["Status"], "PART_BACKUP_FINISHED");

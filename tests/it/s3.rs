@@ -121,7 +121,12 @@ fn s3_folder_keys_name_the_object() {
     assert_eq!(m["BackupFilePath"], format!("oss://{bucket}/backups/named.tar.zst"));
     let m = export(g, src.path(), &format!("s3://{bucket}/backups/"), &["--instance-id", "acp-test1"]);
     let name = m["BackupFileName"].as_str().unwrap().to_string();
-    assert!(name.starts_with("acp-test1_") && name.ends_with(".tar.zst") && name.len() == "acp-test1_20240520140000.tar.zst".len(), "{name}");
+    assert!(
+        name.starts_with("acp-test1_")
+            && name.ends_with(".tar.zst")
+            && name.len() == "acp-test1_20240520140000.tar.zst".len(),
+        "{name}"
+    );
     let store = g.store(&bucket);
     assert!(store.head(&format!("backups/{name}")).unwrap().is_some());
     assert!(store.head("backups/named.tar.zst.manifest.json").unwrap().is_some());
@@ -129,7 +134,10 @@ fn s3_folder_keys_name_the_object() {
     let m = export(g, src.path(), &format!("s3://{bucket}"), &["--name", "top.tar"]);
     assert_eq!(m["BackupFilePath"], format!("s3://{bucket}/top.tar"));
     // Restoring needs the archive, not the folder.
-    let out = run(g.cpbackup().args(["import", "--root", path_str(src.path()), "--from", &format!("s3://{bucket}/backups/")]), 2);
+    let out = run(
+        g.cpbackup().args(["import", "--root", path_str(src.path()), "--from", &format!("s3://{bucket}/backups/")]),
+        2,
+    );
     assert!(stderr(&out).contains("is a folder"), "{}", stderr(&out));
 }
 
@@ -149,12 +157,33 @@ fn s3_names_and_rules_are_checked() {
         assert!(stderr(&out).contains(needle), "{to}: {}", stderr(&out));
     }
     let out = run(
-        g.cpbackup().args(["export", "--root", root, "--include", "/data/media/0", "--to", "s3://good-bucket/", "--name", "bad name.tar"]),
+        g.cpbackup().args([
+            "export",
+            "--root",
+            root,
+            "--include",
+            "/data/media/0",
+            "--to",
+            "s3://good-bucket/",
+            "--name",
+            "bad name.tar",
+        ]),
         2,
     );
     assert!(stderr(&out).contains("bad name.tar"), "{}", stderr(&out));
     // A bucket that does not exist: the export fails (exit 1) saying so, and leaves nothing open.
-    let out = run(g.cpbackup().args(["export", "--root", root, "--include", "/data/media/0", "--to", "s3://no-such-bucket-here/x.tar"]), 1);
+    let out = run(
+        g.cpbackup().args([
+            "export",
+            "--root",
+            root,
+            "--include",
+            "/data/media/0",
+            "--to",
+            "s3://no-such-bucket-here/x.tar",
+        ]),
+        1,
+    );
     assert!(stderr(&out).contains("NoSuchBucket"), "{}", stderr(&out));
     assert_no_records(&g.state_dir);
     // No credentials at all: a clear message, not a hang on instance metadata.
@@ -184,16 +213,31 @@ fn s3_secrets_never_reach_logs_manifests_or_records() {
     c.args(["-vv", "export", "--root", path_str(src.path()), "--include", "/data/media/0", "--to", &url, "--json"]);
     let out = run(&mut c, 0);
     let err = stderr(&out);
-    assert!(err.contains("UploadPart") || err.contains("multipart"), "debug logging is on: {}", &err[..err.len().min(2000)]);
+    assert!(
+        err.contains("UploadPart") || err.contains("multipart"),
+        "debug logging is on: {}",
+        &err[..err.len().min(2000)]
+    );
     let manifest = String::from_utf8(g.store(&bucket).get("s.tar.manifest.json").unwrap().unwrap()).unwrap();
-    for (what, text) in [("stderr", &err), ("stdout", &String::from_utf8_lossy(&out.stdout).into_owned()), ("manifest", &manifest)] {
+    for (what, text) in
+        [("stderr", &err), ("stdout", &String::from_utf8_lossy(&out.stdout).into_owned()), ("manifest", &manifest)]
+    {
         assert!(!text.contains(garage::SECRET), "the secret key appears in {what}");
         assert!(!text.contains(&garage::SECRET[..16]), "part of the secret key appears in {what}");
     }
     // A failing run's error and the records it leaves say nothing secret either.
     let mut c = g.cpbackup();
     c.env("CPBACKUP_STATE_DIR", state.path()).env("RUST_LOG", "trace");
-    c.args(["-vv", "export", "--root", path_str(src.path()), "--include", "/data/media/0", "--to", "s3://no-such-bucket-here/s.tar"]);
+    c.args([
+        "-vv",
+        "export",
+        "--root",
+        path_str(src.path()),
+        "--include",
+        "/data/media/0",
+        "--to",
+        "s3://no-such-bucket-here/s.tar",
+    ]);
     let out = run(&mut c, 1);
     assert!(!stderr(&out).contains(&garage::SECRET[..16]));
     for e in fs::read_dir(state.path()).into_iter().flatten().flatten() {
@@ -272,7 +316,9 @@ fn s3_list_filters_and_pages_over_many_records() {
     // The token is stable: asking again gives the same page.
     assert_eq!(list(g, &prefix, &["--max-results", "100", "--next-token", &token])["Data"], p2["Data"]);
 
-    let count = |args: &[&str]| list(g, &prefix, &[&["--max-results", "100"][..], args].concat())["TotalCount"].as_u64().unwrap();
+    let count = |args: &[&str]| {
+        list(g, &prefix, &[&["--max-results", "100"][..], args].concat())["TotalCount"].as_u64().unwrap()
+    };
     assert_eq!(count(&["--backup-file-id", "bf-fixture00007"]), 1);
     assert_eq!(count(&["--instance-id", "acp-1"]), 33);
     assert_eq!(count(&["--instance-name", "hone 2"]), 32, "substring");
@@ -305,7 +351,20 @@ fn s3_list_filters_and_pages_over_many_records() {
     let src = tempfile::tempdir().unwrap();
     tree::Builder::new(src.path()).file("data/media/0/a.txt", b"x\n");
     for n in ["one.tar", "two.tar"] {
-        run(g.cpbackup().args(["export", "--root", path_str(src.path()), "--include", "/data/media/0", "--to", &format!("{}/", path_str(dir.path())), "--name", n]), 0);
+        run(
+            g.cpbackup().args([
+                "export",
+                "--root",
+                path_str(src.path()),
+                "--include",
+                "/data/media/0",
+                "--to",
+                &format!("{}/", path_str(dir.path())),
+                "--name",
+                n,
+            ]),
+            0,
+        );
     }
     let local = list(g, &format!("{}/", path_str(dir.path())), &[]);
     assert_eq!(local["TotalCount"], 2);
@@ -321,7 +380,8 @@ fn s3_delete_removes_archive_then_manifest() {
     let keep = export(g, src.path(), &format!("s3://{bucket}/d/"), &["--name", "keep.tar"]);
     let gone = export(g, src.path(), &format!("s3://{bucket}/d/"), &["--name", "gone.tar"]);
     let id = gone["BackupFileId"].as_str().unwrap();
-    let out = json(&run(g.cpbackup().args(["delete", "--in", &format!("s3://{bucket}/d/"), "--backup-file-id", id]), 0));
+    let out =
+        json(&run(g.cpbackup().args(["delete", "--in", &format!("s3://{bucket}/d/"), "--backup-file-id", id]), 0));
     assert_eq!(out["BackupFileId"], id);
     assert_eq!(out["BackupFilePath"], format!("s3://{bucket}/d/gone.tar"));
     let store = g.store(&bucket);
@@ -362,11 +422,27 @@ fn records_in(state: &Path) -> usize {
 }
 
 /// Start an export of `root` in the background and wait until its multipart upload is open.
-fn export_until_multipart(g: &Garage, bucket: &str, root: &Path, key: &str, state: &Path) -> (std::process::Child, String) {
+fn export_until_multipart(
+    g: &Garage,
+    bucket: &str,
+    root: &Path,
+    key: &str,
+    state: &Path,
+) -> (std::process::Child, String) {
     let store = g.store(bucket);
     let mut c = g.cpbackup();
     c.env("CPBACKUP_STATE_DIR", state);
-    c.args(["export", "--root", path_str(root), "--include", "/data/media/0", "--to", &format!("s3://{bucket}/{key}"), "--parts-in-flight", "1"]);
+    c.args([
+        "export",
+        "--root",
+        path_str(root),
+        "--include",
+        "/data/media/0",
+        "--to",
+        &format!("s3://{bucket}/{key}"),
+        "--parts-in-flight",
+        "1",
+    ]);
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = c.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -423,7 +499,15 @@ fn s3_killed_agent_leaves_nothing_open_after_the_next_start() {
     assert_eq!(store.open_uploads("k1.tar").unwrap().len(), 1);
     let mut c = g.cpbackup();
     c.env("CPBACKUP_STATE_DIR", state.path());
-    c.args(["export", "--root", path_str(small.path()), "--include", "/data/media/0", "--to", &format!("s3://{bucket}/other.tar")]);
+    c.args([
+        "export",
+        "--root",
+        path_str(small.path()),
+        "--include",
+        "/data/media/0",
+        "--to",
+        &format!("s3://{bucket}/other.tar"),
+    ]);
     run(&mut c, 0);
     assert!(store.open_uploads("").unwrap().is_empty(), "the next start aborted the left-over upload");
     assert!(store.head("k1.tar").unwrap().is_none(), "no object under the killed export's key");
@@ -526,14 +610,18 @@ fn s3_three_node_cluster_keeps_working_with_a_node_down() {
         assert_eq!(m["Status"], "AVAILABLE");
         for url in [key.clone(), format!("s3://{bucket}/before.tar.zst")] {
             let dst = tempfile::tempdir().unwrap();
-            let r = json(&run(g.cpbackup().args(["import", "--root", path_str(dst.path()), "--from", &url, "--json"]), 0));
+            let r =
+                json(&run(g.cpbackup().args(["import", "--root", path_str(dst.path()), "--from", &url, "--json"]), 0));
             assert_eq!(r["ChecksumVerified"], true);
             snapshot_equal(src.path(), dst.path(), "data/media/0");
         }
     }
     let (size, etag) = g.store(&bucket).head("down-0.tar.zst").unwrap().unwrap();
     let parts = size.div_ceil(cpbackup::store::s3::DEFAULT_PART_SIZE);
-    assert!(parts >= 2 && etag.trim_matches('"').ends_with(&format!("-{parts}")), "multipart while a node is down: {etag}");
+    assert!(
+        parts >= 2 && etag.trim_matches('"').ends_with(&format!("-{parts}")),
+        "multipart while a node is down: {etag}"
+    );
     assert_eq!(list(&g, &format!("s3://{bucket}/"), &[])["TotalCount"], 3);
 
     // The node comes back and the cluster goes on.

@@ -23,7 +23,8 @@ pub const KEY_ID: &str = "GK0123456789abcdef01234567";
 /// Recognisable, so a test can grep logs and manifests for it.
 pub const SECRET: &str = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e7abcd";
 const RPC_SECRET: &str = "1799bccfd7411eddcf9ebd316bc1f5287ad12a68094e1c6ac6abde7e6feae1ec";
-const INSTALL: &str = "cargo install garage --version 2.5.0 --locked --no-default-features --features bundled-libs,lmdb,sqlite";
+const INSTALL: &str =
+    "cargo install garage --version 2.5.0 --locked --no-default-features --features bundled-libs,lmdb,sqlite";
 
 /// The garage binary: on PATH, else in ~/.cargo/bin. Panics (failing the test) with the way
 /// to install it.
@@ -226,8 +227,7 @@ impl Garage {
         let probe = format!("ready-{}", std::process::id());
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let out = self.nodes[0]
-                .cli_raw(&["bucket", "create", &probe]);
+            let out = self.nodes[0].cli_raw(&["bucket", "create", &probe]);
             if out {
                 break;
             }

@@ -171,7 +171,8 @@ pub fn snapshot(root: &Path, rel: &str) -> BTreeMap<Vec<u8>, Node> {
             })
             .unwrap_or_default();
         xattrs.sort();
-        let link_group = (kind == 'f' && m.nlink() > 1).then(|| inodes.entry((m.dev(), m.ino())).or_insert_with(|| key.clone()).clone());
+        let link_group = (kind == 'f' && m.nlink() > 1)
+            .then(|| inodes.entry((m.dev(), m.ino())).or_insert_with(|| key.clone()).clone());
         out.insert(
             key,
             Node {
@@ -234,5 +235,10 @@ pub fn assert_same(expected: &BTreeMap<Vec<u8>, Node>, actual: &BTreeMap<Vec<u8>
             problems.push(format!("unexpected: {}", String::from_utf8_lossy(k)));
         }
     }
-    assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} differences:\n{}",
+        problems.len(),
+        problems.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
 }
