@@ -38,18 +38,9 @@ pub fn make_root(root: &Path) -> Result<()> {
     w(&format!("{app}/cache/thumbnails/t0.bin"), &[0u8; 4096])?;
     w(&format!("data/user_de/0/{PACKAGE}/files/boot_state"), b"ready\n")?;
     w(&format!("data/media/0/Android/data/{PACKAGE}/files/export.json"), b"{\"notes\":20000}\n")?;
-    // Photos: incompressible bytes from a simple generator (no RNG dependency needed).
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for i in 0..8 {
-        let photo: Vec<u8> = (0..256 * 1024)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        w(&format!("data/media/0/DCIM/Camera/IMG_{i:04}.jpg"), &photo)?;
+    // Photos: incompressible bytes.
+    for i in 0..8u64 {
+        w(&format!("data/media/0/DCIM/Camera/IMG_{i:04}.jpg"), &noise(256 * 1024, i + 1))?;
     }
     let user = root.join("data/user");
     fs::create_dir_all(&user).ctx(|| format!("creating {}", user.display()))?;
@@ -58,4 +49,18 @@ pub fn make_root(root: &Path) -> Result<()> {
         symlink("/data/data", &link).ctx(|| format!("creating {}", link.display()))?;
     }
     Ok(())
+}
+
+/// `len` incompressible bytes, the same for the same `seed` (xorshift64: no RNG dependency,
+/// reproducible trees for demos and tests).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

@@ -232,15 +232,7 @@ fn app_tree(root: &Path, mib: usize) {
     std::os::unix::fs::symlink("/data/data", b.path("data/user/0")).unwrap();
     if mib > 0 {
         // Incompressible, so the upload takes a while and spans many parts.
-        let mut x: u64 = 0x1234_5678_9abc_def1;
-        let chunk: Vec<u8> = (0..1 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let chunk = cpbackup::demo::noise(1 << 20, 7);
         for i in 0..mib {
             let mut c = chunk.clone();
             c[0] = i as u8;
