@@ -121,20 +121,28 @@ struct ExportArgs {
     /// The whole of /data but the agent's own and transient files (ECP BackupAll).
     #[arg(long, conflicts_with = "includes")]
     all: bool,
-    /// Where the archive goes: a path, file://PATH, a folder ending in /, or - for stdout.
-    #[arg(long, value_name = "DEST")]
-    to: String,
     /// tar, tar.zst or ab; default from DEST's extension, else tar.zst.
     #[arg(long)]
     format: Option<String>,
-    /// The directory that stands for the phone's /.
-    #[arg(long, default_value = "/")]
-    root: PathBuf,
+    #[command(flatten)]
+    dest: DestArgs,
+}
+
+/// What every backup command takes: where the archive goes, what its record says, the phone.
+#[derive(Args)]
+struct DestArgs {
+    /// Where the archive goes: a path, file://PATH, a folder ending in /, - for stdout, or
+    /// oss://, obs://, s3://BUCKET/KEY.
+    #[arg(long, value_name = "DEST")]
+    to: String,
     /// Name of the archive when DEST is a folder (ECP BackupFileName).
     #[arg(long)]
     name: Option<String>,
     #[arg(long, default_value = "")]
     description: String,
+    /// The directory that stands for the phone's /.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
     /// Print the manifest as JSON (on stderr when the archive goes to stdout).
     #[arg(long)]
     json: bool,
@@ -149,30 +157,14 @@ struct BackupAppArgs {
     /// A package to back up (repeat for more; ECP SourceAppList).
     #[arg(long = "app", value_name = "PKG", required = true)]
     apps: Vec<String>,
-    /// Where the .ab goes: a path, file://PATH, a folder ending in /, or - for stdout.
-    #[arg(long, value_name = "DEST")]
-    to: String,
-    /// Name of the archive when DEST is a folder (ECP BackupFileName).
-    #[arg(long)]
-    name: Option<String>,
-    #[arg(long, default_value = "")]
-    description: String,
     /// Do not `am force-stop` the apps before reading their data.
     #[arg(long)]
     no_stop: bool,
     /// Leave the apps' cache directories out.
     #[arg(long)]
     no_cache: bool,
-    /// The directory that stands for the phone's /.
-    #[arg(long, default_value = "/")]
-    root: PathBuf,
-    /// Print the manifest as JSON (on stderr when the archive goes to stdout).
-    #[arg(long)]
-    json: bool,
     #[command(flatten)]
-    identity: IdentityArgs,
-    #[command(flatten)]
-    store: StoreArgs,
+    dest: DestArgs,
 }
 
 #[derive(Args)]
@@ -316,9 +308,9 @@ fn install_network(dns: Option<&str>, cmd: &Command) -> Result<(), ExitCode> {
         }
     };
     let root = match cmd {
-        Command::Export(a) => a.root.as_path(),
+        Command::Export(a) => a.dest.root.as_path(),
         Command::Import(a) => a.root.as_path(),
-        Command::BackupApp(a) => a.root.as_path(),
+        Command::BackupApp(a) => a.dest.root.as_path(),
         Command::RecoverApp(a) => a.root.as_path(),
         _ => std::path::Path::new("/"),
     };
@@ -341,38 +333,23 @@ fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Export(a) => {
             let format = a.format.as_deref().map(Format::parse).transpose()?;
+            let d = a.dest;
             let spec = ExportSpec {
                 backup_file_id: None,
                 includes: a.includes,
                 excludes: a.excludes,
                 all: a.all,
-                to: a.to,
+                to: d.to,
                 format,
-                root: a.root,
-                name: a.name,
-                description: a.description,
-                identity: identity(a.identity),
-                store: a.store.options(),
+                root: d.root,
+                name: d.name,
+                description: d.description,
+                identity: identity(d.identity),
+                store: d.store.options(),
             };
-            let manifest = backup::export(&spec, &Progress::new(true))?;
-            if a.json {
-                let json = serde_json::to_string_pretty(&manifest)?;
-                if spec.to == "-" {
-                    eprintln!("{json}");
-                } else {
-                    println!("{json}");
-                }
-            } else if spec.to != "-" {
-                eprintln!(
-                    "{} {}: {} entries, {} bytes ({} stored), sha256 {}",
-                    manifest.status.as_str(),
-                    manifest.backup_file_path,
-                    manifest.entry_count,
-                    manifest.file_size,
-                    manifest.archive_size,
-                    manifest.sha256
-                );
-            }
+            let m = backup::export(&spec, &Progress::new(true))?;
+            let what = format!("{} entries", m.entry_count);
+            print_manifest(&m, &spec.to, d.json, &what)?;
         }
         Command::Import(a) => {
             let spec =
@@ -386,35 +363,22 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             print_report(&report, a.json, "verified")?;
         }
         Command::BackupApp(a) => {
+            let d = a.dest;
             let spec = BackupAppSpec {
                 backup_file_id: None,
                 apps: a.apps,
-                to: a.to,
-                root: a.root,
-                name: a.name,
-                description: a.description,
+                to: d.to,
+                root: d.root,
+                name: d.name,
+                description: d.description,
                 no_stop: a.no_stop,
                 no_cache: a.no_cache,
-                identity: identity(a.identity),
-                store: a.store.options(),
+                identity: identity(d.identity),
+                store: d.store.options(),
             };
-            let manifest = backup::backup_app(&spec, &Progress::new(true))?;
-            let json = serde_json::to_string_pretty(&manifest)?;
-            if a.json && spec.to == "-" {
-                eprintln!("{json}");
-            } else if a.json {
-                println!("{json}");
-            } else if spec.to != "-" {
-                eprintln!(
-                    "{} {}: apps {}, {} bytes ({} stored), sha256 {}",
-                    manifest.status.as_str(),
-                    manifest.backup_file_path,
-                    manifest.source_app_info_list.join(" "),
-                    manifest.file_size,
-                    manifest.archive_size,
-                    manifest.sha256
-                );
-            }
+            let m = backup::backup_app(&spec, &Progress::new(true))?;
+            let what = format!("apps {}", m.source_app_info_list.join(" "));
+            print_manifest(&m, &spec.to, d.json, &what)?;
         }
         Command::RecoverApp(a) => {
             let spec =
@@ -535,6 +499,29 @@ fn identity(a: IdentityArgs) -> Identity {
         region_id: a.region_id,
         task_id: a.task_id,
     }
+}
+
+/// A backup's result: the manifest as JSON with `--json` (on stderr when stdout carries the
+/// archive), else one line on stderr (nothing when the archive went to stdout).
+fn print_manifest(m: &cpbackup::manifest::Manifest, to: &str, json: bool, what: &str) -> anyhow::Result<()> {
+    if json {
+        let text = serde_json::to_string_pretty(m)?;
+        if to == "-" {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    } else if to != "-" {
+        eprintln!(
+            "{} {}: {what}, {} bytes ({} stored), sha256 {}",
+            m.status.as_str(),
+            m.backup_file_path,
+            m.file_size,
+            m.archive_size,
+            m.sha256
+        );
+    }
+    Ok(())
 }
 
 fn print_report(r: &restore::Report, json: bool, verb: &str) -> anyhow::Result<()> {
