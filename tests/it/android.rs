@@ -168,8 +168,9 @@ fn build_split(dir: &Path, package: &str, name: &str) -> PathBuf {
     apk
 }
 
-pub(crate) fn have_tools() -> bool {
-    ["openssl", "zip", "unzip"].iter().all(|t| crate::support::have(t))
+/// The tools that build test APKs; `.ci/run` installs them, and a test fails without them.
+pub(crate) fn require_tools() {
+    crate::support::require(&["openssl", "zip", "unzip"]);
 }
 
 /// Phone A with NOTES installed (base + one split) and data in every area.
@@ -258,10 +259,7 @@ fn raw_headers(tar: &[u8]) -> Vec<(u8, String)> {
 
 #[test]
 fn android_app_backup_recovers_onto_another_phone() {
-    if !have_tools() {
-        eprintln!("skipped: openssl, zip or unzip missing");
-        return;
-    }
+    require_tools();
     let tmp = tempfile::tempdir().unwrap();
     let (a, base, split, der) = phone_with_notes(tmp.path());
     let ab = tmp.path().join("notes.ab");
@@ -367,10 +365,8 @@ fn android_app_backup_recovers_onto_another_phone() {
 
 #[test]
 fn android_app_ab_passes_the_shell_recipe_with_only_android_types() {
-    if !have_tools() || !crate::support::have("zlib-flate") {
-        eprintln!("skipped: openssl, zip, unzip or zlib-flate missing");
-        return;
-    }
+    require_tools();
+    crate::support::require(&["zlib-flate"]);
     let tmp = tempfile::tempdir().unwrap();
     let (a, _, _, _) = phone_with_notes(tmp.path());
     let ab = tmp.path().join("notes.ab");
@@ -425,9 +421,7 @@ fn android_app_ab_passes_the_shell_recipe_with_only_android_types() {
 
 #[test]
 fn android_unknown_packages_give_part_backup_or_failure() {
-    if !have_tools() {
-        return;
-    }
+    require_tools();
     let tmp = tempfile::tempdir().unwrap();
     let (a, _, _, _) = phone_with_notes(tmp.path());
     let ab = tmp.path().join("part.ab");
@@ -463,9 +457,7 @@ fn android_bad_package_names_never_reach_a_command() {
 
 #[test]
 fn android_recover_replaces_an_installed_copy() {
-    if !have_tools() {
-        return;
-    }
+    require_tools();
     let tmp = tempfile::tempdir().unwrap();
     let (a, _, _, _) = phone_with_notes(tmp.path());
     let ab = tmp.path().join("notes.ab");
@@ -501,9 +493,7 @@ fn android_recover_replaces_an_installed_copy() {
 
 #[test]
 fn android_unsuitable_app_is_refused_before_anything_changes() {
-    if !have_tools() {
-        return;
-    }
+    require_tools();
     let tmp = tempfile::tempdir().unwrap();
     let (a, _, _, _) = phone_with_notes(tmp.path());
     let ab = tmp.path().join("notes.ab");
@@ -543,9 +533,7 @@ fn android_unsuitable_app_is_refused_before_anything_changes() {
 
 #[test]
 fn android_relabel_falls_back_to_chcon_with_the_fresh_context() {
-    if !have_tools() {
-        return;
-    }
+    require_tools();
     let tmp = tempfile::tempdir().unwrap();
     let (a, _, _, _) = phone_with_notes(tmp.path());
     let ab = tmp.path().join("notes.ab");
@@ -577,9 +565,7 @@ fn cpbackup_context(p: &Path) -> Option<String> {
 
 #[test]
 fn android_one_failing_package_does_not_stop_the_others() {
-    if !have_tools() {
-        return;
-    }
+    require_tools();
     let tmp = tempfile::tempdir().unwrap();
     let (a, _, _, _) = phone_with_notes(tmp.path());
     let (other, _) = build_apk(tmp.path(), "org.example.maps", 3, "arm64-v8a");
@@ -617,9 +603,7 @@ fn android_one_failing_package_does_not_stop_the_others() {
 
 #[test]
 fn android_corrupt_archive_changes_nothing() {
-    if !have_tools() {
-        return;
-    }
+    require_tools();
     let tmp = tempfile::tempdir().unwrap();
     let (a, _, _, _) = phone_with_notes(tmp.path());
     let ab = tmp.path().join("notes.ab");
@@ -644,9 +628,7 @@ fn android_corrupt_archive_changes_nothing() {
 
 #[test]
 fn android_recovers_independently_built_adb_backups() {
-    if !crate::support::have("unzip") {
-        return;
-    }
+    crate::support::require(&["unzip"]);
     for (name, container) in
         [("adb-backup-v5.ab", "ab (version 5, compressed)"), ("adb-backup-v1-plain.ab", "ab (version 1, uncompressed)")]
     {

@@ -614,8 +614,8 @@ fn sigterm_lets_running_tasks_end_within_the_deadline() {
 
 #[test]
 fn backup_app_and_recover_app_onto_another_phone() {
-    use crate::android::{have_tools, path_env, phone_with_notes, Phone, NOTES};
-    assert!(have_tools(), "openssl, zip and unzip are needed to build test APKs: .ci/run installs them");
+    use crate::android::{path_env, phone_with_notes, require_tools, Phone, NOTES};
+    require_tools();
     let g = garage::shared();
     let bucket = g.bucket("daemon-apps");
     let tmp = tempfile::tempdir().unwrap();

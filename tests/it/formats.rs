@@ -6,13 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::support::tree::{self, Ignore};
-use crate::support::{cpbackup, have, path_str, run};
+use crate::support::{cpbackup, path_str, require, run};
 
 const APP: &str = "data/data/com.example.app";
-
-fn require(tool: &str) {
-    assert!(have(tool), "{tool} is not installed: .ci/run installs it (apt-get install tar zstd qpdf)");
-}
 
 fn export(root: &Path, dest: &Path) {
     run(
@@ -34,7 +30,7 @@ fn gnu_ignore() -> Ignore {
 
 #[test]
 fn gnu_tar_extracts_cpbackup_tar_exactly() {
-    require("tar");
+    require(&["tar"]);
     let src = tempfile::tempdir().unwrap();
     tree::full_case_tree(src.path());
     let out = tempfile::tempdir().unwrap();
@@ -47,8 +43,8 @@ fn gnu_tar_extracts_cpbackup_tar_exactly() {
 
 #[test]
 fn zstd_cli_and_gnu_tar_extract_cpbackup_tar_zst() {
-    require("tar");
-    require("zstd");
+    require(&["tar"]);
+    require(&["zstd"]);
     let src = tempfile::tempdir().unwrap();
     tree::full_case_tree(src.path());
     let out = tempfile::tempdir().unwrap();
@@ -65,8 +61,8 @@ fn zstd_cli_and_gnu_tar_extract_cpbackup_tar_zst() {
 
 #[test]
 fn ab_container_passes_the_dd_zlib_flate_recipe() {
-    require("tar");
-    require("zlib-flate");
+    require(&["tar"]);
+    require(&["zlib-flate"]);
     let src = tempfile::tempdir().unwrap();
     tree::full_case_tree(src.path());
     let out = tempfile::tempdir().unwrap();
@@ -93,7 +89,7 @@ fn ab_container_passes_the_dd_zlib_flate_recipe() {
 
 #[test]
 fn cpbackup_imports_what_gnu_tar_writes() {
-    require("tar");
+    require(&["tar"]);
     let src = tempfile::tempdir().unwrap();
     tree::full_case_tree(src.path());
     let out = tempfile::tempdir().unwrap();
@@ -176,7 +172,7 @@ fn reads_ab_versions_1_to_5_compressed_or_not() {
 /// zlib through the `zlib-flate` CLI, independent of cpbackup's own encoder.
 fn zlib_flate(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    require("zlib-flate");
+    require(&["zlib-flate"]);
     let mut child =
         Command::new("zlib-flate").arg("-compress").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();

@@ -167,18 +167,16 @@ fn watchdog(pid: u32) {
     let script = format!(
         "while kill -0 {me} 2>/dev/null && kill -0 {pid} 2>/dev/null; do sleep 0.5; done; kill -9 {pid} 2>/dev/null; exit 0"
     );
-    let _ = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
+    detached(&script);
 }
 
 fn remove_when_gone(dir: &Path) {
     let me = std::process::id();
-    let script = format!("while kill -0 {me} 2>/dev/null; do sleep 0.5; done; sleep 1; rm -rf '{}'", dir.display());
+    detached(&format!("while kill -0 {me} 2>/dev/null; do sleep 0.5; done; sleep 1; rm -rf '{}'", dir.display()));
+}
+
+/// A shell script that outlives this process, with nothing attached.
+fn detached(script: &str) {
     let _ = Command::new("sh")
         .arg("-c")
         .arg(script)

@@ -64,6 +64,13 @@ pub fn have(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Fail (never skip) when a tool a test needs is missing, saying how to get it.
+pub fn require(tools: &[&str]) {
+    for tool in tools {
+        assert!(have(tool), "{tool} is not installed: .ci/run installs it (see its apt-get list)");
+    }
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
 }
