@@ -125,28 +125,11 @@ pub fn import(spec: &ImportSpec, progress: &Progress) -> Result<Report> {
         report.restart_required = m.backup_all;
     }
     set_status(&src, Status::Recovering, "");
-    let result = (|| {
-        // Download, hash and decompress on one thread; parse and write files on this one.
-        let (mut tar, decoding) = decode_in_background(&mut src, progress)?;
-        let unpacked = read::each_entry(&mut tar, &mut |item, data| {
-            progress.check_cancel()?;
-            progress.entry(item.size);
-            unpacker.entry(item, data)
-        });
-        drop(tar);
-        let decoded = decoding.join();
-        // The decoder's own error says more than the parser's "stream ended" when both failed.
-        let (container, sha256, size) = match unpacked {
-            Ok(_) => decoded?,
-            Err(e) => return Err(pipe::telling(e, decoded)),
-        };
-        report.container = container_name(container);
-        report.checksum_verified = check_digest(&src, &sha256, size)?;
-        report.sha256 = sha256;
-        report.archive_size = size;
+    let result = read_through(&mut src, progress, &mut |item, data| unpacker.entry(item, data)).and_then(|done| {
+        done.fill(&mut report);
         // Only now, with the whole archive read and verified, does anything existing change.
         unpacker.commit()
-    })();
+    });
     progress.finish();
     match result {
         Ok(outcome) => {
@@ -214,23 +197,12 @@ pub fn recover_app(spec: &RecoverAppSpec, progress: &Progress) -> Result<AppRepo
         progress.set_total(m.file_size);
     }
     set_status(&src, Status::Recovering, "");
-    let read = (|| -> Result<()> {
-        let reader = std::mem::replace(&mut src.reader, Box::new(io::empty()));
-        let mut hashed = HashReader::new(reader, progress.counters.transferred.clone());
-        {
-            let (container, mut tar) = read::open(&mut hashed)?;
-            report.container = container_name(container);
-            read::each_entry(&mut tar, &mut |item, data| {
-                progress.entry(item.size);
-                stager.entry(item, data)
-            })?;
-        }
-        let (sha256, size) = hashed.finish().ctx(|| format!("reading {}", src.shown))?;
-        report.checksum_verified = check_digest(&src, &sha256, size)?;
-        report.sha256 = sha256;
-        report.archive_size = size;
-        Ok(())
-    })();
+    let read = read_through(&mut src, progress, &mut |item, data| stager.entry(item, data)).map(|done| {
+        report.container = container_name(done.container);
+        report.checksum_verified = done.checksum_verified;
+        report.sha256 = done.sha256;
+        report.archive_size = done.size;
+    });
     progress.finish();
     if let Err(e) = read {
         set_status(&src, Status::RecoveryFailed, &e.to_string());
@@ -306,26 +278,20 @@ pub fn verify(spec: &VerifySpec, progress: &Progress) -> Result<Report> {
     if let Some(m) = &src.manifest {
         progress.set_total(m.file_size);
     }
-    let reader = std::mem::replace(&mut src.reader, Box::new(io::empty()));
-    let mut hashed = HashReader::new(reader, progress.counters.transferred.clone());
     let mut bytes = 0u64;
-    let entries = {
-        let (container, mut tar) = read::open(&mut hashed)?;
-        report.container = container_name(container);
-        read::each_entry(&mut tar, &mut |item, data| {
-            let n = io::copy(data, &mut io::sink())
-                .map_err(|e| Error::archive(format!("entry {:?}", item.meta.display()), e.to_string()))?;
-            if n != item.size {
-                return Err(Error::archive(format!("entry {:?}", item.meta.display()), "is truncated"));
-            }
-            bytes += n;
-            progress.entry(n);
-            Ok(())
-        })?
-    };
+    let done = read_through(&mut src, progress, &mut |item, data| {
+        let n = io::copy(data, &mut io::sink())
+            .map_err(|e| Error::archive(format!("entry {:?}", item.meta.display()), e.to_string()))?;
+        if n != item.size {
+            return Err(Error::archive(format!("entry {:?}", item.meta.display()), "is truncated"));
+        }
+        bytes += n;
+        Ok(())
+    });
     progress.finish();
-    let (sha256, size) = hashed.finish().ctx(|| format!("reading {}", src.shown))?;
-    report.checksum_verified = check_digest(&src, &sha256, size)?;
+    let done = done?;
+    let entries = done.entries;
+    done.fill(&mut report);
     if let Some(m) = &src.manifest {
         if m.entry_count != 0 && m.entry_count != entries {
             return Err(Error::archive(
@@ -338,10 +304,51 @@ pub fn verify(spec: &VerifySpec, progress: &Progress) -> Result<Report> {
     }
     report.entries = entries;
     report.bytes = bytes;
-    report.sha256 = sha256;
-    report.archive_size = size;
     report.manifest = src.manifest;
     Ok(report)
+}
+
+/// What reading an archive through found.
+struct ReadThrough {
+    container: Container,
+    entries: u64,
+    sha256: String,
+    size: u64,
+    checksum_verified: bool,
+}
+
+impl ReadThrough {
+    fn fill(self, report: &mut Report) {
+        report.container = container_name(self.container);
+        report.checksum_verified = self.checksum_verified;
+        report.sha256 = self.sha256;
+        report.archive_size = self.size;
+    }
+}
+
+/// The one way archives are read: download, hash and decompress on a thread of their own,
+/// each checked entry handed to `entry` on this one (cancel checked between entries, progress
+/// counted), then the SHA-256 compared with the manifest.
+fn read_through(
+    src: &mut Source,
+    progress: &Progress,
+    entry: &mut dyn FnMut(read::Item, &mut dyn Read) -> Result<()>,
+) -> Result<ReadThrough> {
+    let (mut tar, decoding) = decode_in_background(src, progress)?;
+    let parsed = read::each_entry(&mut tar, &mut |item, data| {
+        progress.check_cancel()?;
+        progress.entry(item.size);
+        entry(item, data)
+    });
+    drop(tar);
+    let decoded = decoding.join();
+    // The decoder's own error says more than the parser's "stream ended" when both failed.
+    let (entries, (container, sha256, size)) = match parsed {
+        Ok(n) => (n, decoded?),
+        Err(e) => return Err(pipe::telling(e, decoded)),
+    };
+    let checksum_verified = check_digest(src, &sha256, size)?;
+    Ok(ReadThrough { container, entries, sha256, size, checksum_verified })
 }
 
 fn container_name(c: Container) -> String {
