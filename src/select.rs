@@ -12,7 +12,6 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -482,11 +481,6 @@ fn resolve_exclude(root: &Path, pattern: &str) -> Result<Vec<Vec<u8>>> {
     let mut out: Vec<Vec<u8>> = split_components(&resolved.device).map(<[u8]>::to_vec).collect();
     out.extend(comps[literal..].iter().map(|c| c.to_vec()));
     Ok(out)
-}
-
-/// Device number of a path's filesystem (for "same filesystem" checks).
-pub fn dev_of(path: &Path) -> io::Result<u64> {
-    fs::symlink_metadata(path).map(|m| m.dev())
 }
 
 #[cfg(test)]
