@@ -342,11 +342,9 @@ impl Drop for Unpacker {
 /// Make every parent of `rest` a real directory in staging, refusing to go through anything
 /// an earlier entry left there that is not a directory (a planted symlink above all).
 fn ensure_parents(st: &mut Staging, rest: &[u8], shown: &str) -> Result<()> {
-    let mut end = 0;
     let positions: Vec<usize> = rest.iter().enumerate().filter(|(_, b)| **b == b'/').map(|(i, _)| i).collect();
     for pos in positions {
         let prefix = &rest[..pos];
-        end = pos;
         if st.dirs.contains(prefix) {
             continue;
         }
@@ -379,7 +377,6 @@ fn ensure_parents(st: &mut Staging, rest: &[u8], shown: &str) -> Result<()> {
         }
         st.dirs.insert(prefix.to_vec());
     }
-    let _ = end;
     Ok(())
 }
 
