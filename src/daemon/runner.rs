@@ -239,9 +239,6 @@ impl Runner {
                         Some(id) => me.run_one(&id).await,
                         None => me.wake.notified().await,
                     }
-                    if !me.accepting.load(Ordering::SeqCst) && lock(&me.queue).is_empty() {
-                        // Keep draining nothing; the loop parks on the notify.
-                    }
                 }
             });
         }
