@@ -152,10 +152,13 @@ where
     Ok((w, bg))
 }
 
-/// Of a stage's error and the broken pipe it caused on the other side, the one that explains.
+/// Of two stages' errors, the one that explains. A stage that fails on its own (a store that
+/// gives up, a corrupt stream) breaks the pipe under the other, whose error then only says
+/// that the stream stopped (or quotes the first one): the other side's error wins unless it
+/// is itself just a broken pipe.
 pub fn telling(here: Error, there: Result<impl Sized>) -> Error {
     match there {
-        Err(e) if is_broken_pipe(&here) && !is_broken_pipe(&e) => e,
+        Err(e) if !is_broken_pipe(&e) => e,
         _ => here,
     }
 }

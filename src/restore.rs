@@ -15,7 +15,7 @@ use crate::apps::{self, AppOutcome, RecoverOptions, Stager};
 use crate::archive::read::{self, Container};
 use crate::archive::unpack::{self, Unpacker};
 use crate::digest::HashReader;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{self, Error, IoContext, Result};
 use crate::manifest::{self, Manifest, Status};
 use crate::pipe::{self, Background, PipeReader, PipeWriter};
 use crate::progress::Progress;
@@ -265,7 +265,11 @@ fn copy_decoded(from: &mut dyn Read, to: &mut PipeWriter) -> Result<()> {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::archive("stream", format!("cannot be decoded: {e}"))),
+            Err(e) => {
+                return Err(
+                    error::carried(e).unwrap_or_else(|e| Error::archive("stream", format!("cannot be decoded: {e}")))
+                )
+            }
         };
         to.write_all(&buf[..n]).map_err(|e| Error::Io { context: "unpacking".into(), source: e })?;
     }

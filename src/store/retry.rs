@@ -21,17 +21,25 @@ pub struct Policy {
     pub base: Duration,
     /// No single wait is longer than this.
     pub max_delay: Duration,
+    /// A request that moves no bytes for this long has failed (and is retried): a stalled
+    /// connection must cost one attempt, not the whole operation.
+    pub stall: Duration,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { max_attempts: 10, base: Duration::from_millis(200), max_delay: Duration::from_secs(20) }
+        Policy {
+            max_attempts: 10,
+            base: Duration::from_millis(200),
+            max_delay: Duration::from_secs(20),
+            stall: Duration::from_secs(20),
+        }
     }
 }
 
 impl Policy {
     /// The default policy, with internal overrides from the environment
-    /// (`CPBACKUP_RETRY_ATTEMPTS`, `CPBACKUP_RETRY_BASE_MS`). They exist so tests that break
+    /// (`CPBACKUP_RETRY_ATTEMPTS`, `CPBACKUP_RETRY_BASE_MS`, `CPBACKUP_STALL_SECS`). They exist so tests that break
     /// the network on purpose do not wait minutes for the budget to run out; they are not a
     /// user-facing setting.
     pub fn from_env() -> Policy {
@@ -41,6 +49,9 @@ impl Policy {
         }
         if let Some(ms) = env_u64("CPBACKUP_RETRY_BASE_MS") {
             p.base = Duration::from_millis(ms.min(60_000));
+        }
+        if let Some(secs) = env_u64("CPBACKUP_STALL_SECS") {
+            p.stall = Duration::from_secs(secs.clamp(1, 3600));
         }
         p
     }
@@ -120,7 +131,12 @@ mod tests {
 
     #[test]
     fn ceilings_double_and_cap() {
-        let p = Policy { max_attempts: 10, base: Duration::from_millis(100), max_delay: Duration::from_secs(1) };
+        let p = Policy {
+            max_attempts: 10,
+            base: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            ..Policy::default()
+        };
         assert_eq!(p.ceiling(1), Duration::from_millis(100));
         assert_eq!(p.ceiling(2), Duration::from_millis(200));
         assert_eq!(p.ceiling(4), Duration::from_millis(800));
@@ -134,7 +150,12 @@ mod tests {
     #[test]
     fn retries_transient_until_budget_then_reports_attempts() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-        let p = Policy { max_attempts: 3, base: Duration::from_millis(1), max_delay: Duration::from_millis(2) };
+        let p = Policy {
+            max_attempts: 3,
+            base: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            ..Policy::default()
+        };
         let calls = AtomicU32::new(0);
         let r: Result<(), Error> = rt.block_on(run(&p, "t", |_| {
             calls.fetch_add(1, Ordering::SeqCst);

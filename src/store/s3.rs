@@ -22,7 +22,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation, SharedCredentialsProvider,
     SharedHttpClient, StalledStreamProtectionConfig,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -262,7 +262,7 @@ fn credentials(region: &str) -> SharedCredentialsProvider {
     SharedCredentialsProvider::new(chain)
 }
 
-fn client(addr: &Addressing) -> Client {
+fn client(addr: &Addressing, policy: &Policy) -> Client {
     let mut b = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(addr.region.clone()))
@@ -272,13 +272,17 @@ fn client(addr: &Addressing) -> Client {
         // bodies they bring; parts go as plain in-memory bodies of known length instead.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-        // A slow compressor is not a stalled upload; a stalled download is detected and resumed.
-        .stalled_stream_protection(StalledStreamProtectionConfig::enabled().upload_enabled(false).build())
+        // A body that moves no bytes for `stall` fails the attempt, in both directions: parts
+        // are in memory, so a stalled upload is the network's, never the compressor's.
+        .stalled_stream_protection(StalledStreamProtectionConfig::enabled().grace_period(policy.stall).build())
         // Retries are ours (retry.rs): one budget per part, with jitter, and resumable downloads.
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(10))
+                // The first byte of an answer, counted from the start of the request (its body
+                // included): a server that takes a part and never answers costs one attempt.
+                .read_timeout(policy.stall * 6)
                 // Per attempt, generous enough for one part over a slow link.
                 .operation_attempt_timeout(Duration::from_secs(600))
                 .build(),
@@ -288,6 +292,22 @@ fn client(addr: &Addressing) -> Client {
         b = b.endpoint_url(url);
     }
     Client::from_conf(b.build())
+}
+
+/// An error and its causes, one after another ("dispatch failure: io error: … : Connection
+/// reset by peer (os error 104)"), each said once: what a user can read, without the SDK's
+/// debug dumps.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !text.is_empty() && !out.last().is_some_and(|last| last.contains(&text)) {
+            out.push(text);
+        }
+        cur = err.source();
+    }
+    out.join(": ")
 }
 
 /// An SDK failure as the crate's error: the service's code and message and the HTTP status
@@ -318,7 +338,7 @@ where
         }
         SdkError::TimeoutError(_) => ("timed out".to_string(), true),
         SdkError::DispatchFailure(d) => {
-            let text = DisplayErrorContext(&e).to_string();
+            let text = causes(&e);
             if text.contains("credentials") {
                 (format!(
                     "no usable credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for STS) or a profile in ~/.aws/credentials ({text})"
@@ -327,9 +347,9 @@ where
                 (text, d.is_io() || d.is_timeout() || d.is_other())
             }
         }
-        SdkError::ResponseError(_) => (DisplayErrorContext(&e).to_string(), true),
+        SdkError::ResponseError(_) => (causes(&e), true),
         _ => {
-            let text = DisplayErrorContext(&e).to_string();
+            let text = causes(&e);
             let creds = text.contains("credentials");
             if creds {
                 (format!("no usable credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for STS) or a profile in ~/.aws/credentials ({text})"), false)
@@ -448,11 +468,12 @@ impl S3Store {
             if addr.unsigned_payload { ", unsigned payload" } else { "" }
         );
         // The client's background work (connection pools, identity cache) needs the runtime's context.
+        let policy = Policy::from_env();
         let client = {
             let _guard = rt.enter();
-            client(&addr)
+            client(&addr, &policy)
         };
-        let shared = Arc::new(Shared { client, scheme, bucket: bucket.to_string(), addr, policy: Policy::from_env() });
+        let shared = Arc::new(Shared { client, scheme, bucket: bucket.to_string(), addr, policy });
         Ok(S3Store { rt, shared, opts: opts.clone(), state: StateDir::resolve(opts.state_dir.as_deref()) })
     }
 
@@ -691,7 +712,7 @@ impl Store for S3Store {
                     Ok(o) => {
                         let body = o.body.collect().await.map_err(|e| Error::Store {
                             what: what.clone(),
-                            reason: format!("reading the body: {}", DisplayErrorContext(&e)),
+                            reason: format!("reading the body: {}", causes(&e)),
                             retryable: true,
                         })?;
                         Ok(Some(body.into_bytes().to_vec()))
@@ -1255,7 +1276,7 @@ async fn fetch(sh: Arc<Shared>, key: String, size: u64, etag: String, tx: mpsc::
                             break;
                         }
                         Err(e) => {
-                            tracing::debug!("{what}: the body broke at byte {offset}: {}", DisplayErrorContext(&e));
+                            tracing::debug!("{what}: the body broke at byte {offset}: {}", causes(&e));
                             break;
                         }
                     }

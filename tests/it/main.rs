@@ -7,6 +7,7 @@ mod support;
 mod android;
 mod cross;
 mod daemon;
+mod faults;
 mod formats;
 mod malicious;
 mod net;
