@@ -267,6 +267,11 @@ struct DeleteArgs {
 
 #[derive(Args)]
 struct CleanupArgs {
+    /// Also settle imports and app recoveries that a killed agent left under this root (the
+    /// daemon does it on every start): finished if they had reached their commit point,
+    /// removed if not.
+    #[arg(long)]
+    root: Option<PathBuf>,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -438,7 +443,11 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Cleanup(a) => {
             let done = cpbackup::store::s3::cleanup(&a.store.options())?;
-            println!("{}", serde_json::to_string_pretty(&done)?);
+            let mut out = serde_json::to_value(&done)?;
+            if let Some(root) = &a.root {
+                out["Settled"] = cpbackup::restore::finish_interrupted(root).into();
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
         }
     }
     Ok(())

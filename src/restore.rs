@@ -187,6 +187,10 @@ pub fn recover_app(spec: &RecoverAppSpec, progress: &Progress) -> Result<AppRepo
     for pkg in &spec.apps {
         pm::check_package_name(pkg)?;
     }
+    let shell = Shell;
+    let device = Device::new(&shell);
+    // What a killed earlier run left is settled first: its swaps finished, its staging removed.
+    apps::finish_interrupted(root, &device);
     let mut stager = Stager::new(root, &spec.apps)?;
     let mut src = open_source(&spec.from, &spec.store)?;
     let mut report = AppReport { source: src.shown.clone(), ..Default::default() };
@@ -215,8 +219,6 @@ pub fn recover_app(spec: &RecoverAppSpec, progress: &Progress) -> Result<AppRepo
     }
 
     // Only now, with the whole archive read and verified, does anything on the phone change.
-    let shell = Shell;
-    let device = Device::new(&shell);
     report.apps = apps::recover(&mut stager, &device, RecoverOptions { force: spec.force });
     for pkg in &spec.apps {
         if !report.apps.iter().any(|a| &a.package == pkg) {
@@ -273,6 +275,12 @@ fn copy_decoded(from: &mut dyn Read, to: &mut PipeWriter) -> Result<()> {
         };
         to.write_all(&buf[..n]).map_err(|e| Error::Io { context: "unpacking".into(), source: e })?;
     }
+}
+
+/// Settle what killed imports and app recoveries left under `root`: each ends as the old data
+/// or the new, never a mix. Returns what was done, a line each.
+pub fn finish_interrupted(root: &Path) -> Vec<String> {
+    crate::archive::unpack::finish_interrupted_imports(root)
 }
 
 /// Read an archive through, check its structure and SHA-256, write nothing.

@@ -3,6 +3,12 @@
 //! verified does `commit` move them into place, each file by one atomic rename and each new
 //! directory tree by one rename of its top.
 //!
+//! The commit point is one rename: the flushed staging directory becomes
+//! `.cpbackup-commit-<id>`. A run killed before it leaves only staging, which the next run
+//! removes (the old data stands); a run killed after it leaves a commit directory, which the
+//! next run finishes moving into place (the new data stands). Never a mix, once the agent has
+//! started again.
+//!
 //! It must never write outside the root: no absolute names or `..` (refused by `read`), no
 //! relative symlink that climbs above the root, no hard link to anything but a file already
 //! unpacked from this archive, no write through a symlink planted by the archive. It must never
@@ -24,6 +30,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::select;
 
 pub const STAGING_PREFIX: &str = ".cpbackup-staging-";
+/// A staging directory past the commit point (and, with `.dirs` appended, the list of the
+/// directories whose metadata the archive describes).
+const COMMIT_PREFIX: &str = ".cpbackup-commit-";
 const TRASH_PREFIX: &str = ".cpbackup-trash-";
 const COPY_BUF: usize = 1024 * 1024;
 /// Files at least this large have their writeback started as soon as they are written.
@@ -125,7 +134,7 @@ impl Unpacker {
             let target = self.top_target(top)?;
             let created = highest_missing(&target);
             fs::create_dir_all(&target).ctx(|| format!("creating {}", target.display()))?;
-            remove_stale(&target);
+            finish_interrupted(&self.root, &target);
             let tm = fs::metadata(&target).ctx(|| format!("reading {}", target.display()))?;
             let target_times = (FileTime::from_last_access_time(&tm), FileTime::from_last_modification_time(&tm));
             let dir = target.join(format!("{STAGING_PREFIX}{}", self.id));
@@ -281,13 +290,20 @@ impl Unpacker {
         for st in self.stagings.values() {
             sync_fs(&st.dir).ctx(|| format!("flushing {}", st.dir.display()))?;
         }
+        // The commit point, top by top: from here on the data is moved into place by this run
+        // or, if it dies or fails, by the next start (`finish_interrupted`).
+        for st in self.stagings.values_mut() {
+            let commit = st.target.join(format!("{COMMIT_PREFIX}{}", self.id));
+            write_dir_list(&dir_list_of(&commit), &st.explicit)
+                .ctx(|| format!("writing {}", dir_list_of(&commit).display()))?;
+            fs::rename(&st.dir, &commit).ctx(|| format!("committing {}", st.dir.display()))?;
+            self.committed = true;
+            sync_dir(&st.target).ctx(|| format!("flushing {}", st.target.display()))?;
+            st.dir = commit;
+        }
         let mut deferred: Vec<(PathBuf, fs::Metadata)> = Vec::new();
-        let tops: Vec<Vec<u8>> = self.stagings.keys().cloned().collect();
-        for top in tops {
-            let Some(st) = self.stagings.get(&top) else { continue };
-            let (dir, target) = (st.dir.clone(), st.target.clone());
-            let explicit = st.explicit.clone();
-            merge(&self.root, &dir, &target, &[], &explicit, &mut deferred)?;
+        for st in self.stagings.values() {
+            merge(&self.root, &st.dir, &st.target, &[], &st.explicit, &mut deferred)?;
         }
         for (dst, meta) in &deferred {
             copy_dir_meta(meta, dst, self.is_root).ctx(|| format!("setting metadata of {}", dst.display()))?;
@@ -295,8 +311,12 @@ impl Unpacker {
         for (target, meta) in &self.top_meta {
             apply_dir_meta(target, meta, self.is_root).ctx(|| format!("setting metadata of {}", target.display()))?;
         }
-        self.committed = true;
-        self.cleanup();
+        for st in self.stagings.values() {
+            // What is left are the shells of merged directories.
+            fs::remove_dir_all(&st.dir).ctx(|| format!("removing {}", st.dir.display()))?;
+            let _ = fs::remove_file(dir_list_of(&st.dir));
+        }
+        self.stagings.clear();
         Ok(std::mem::take(&mut self.outcome))
     }
 
@@ -308,9 +328,6 @@ impl Unpacker {
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::warn!("could not remove staging {}: {e}", st.dir.display());
                 }
-            }
-            if self.committed {
-                continue;
             }
             match &st.created {
                 Some(top) => {
@@ -335,6 +352,10 @@ impl Drop for Unpacker {
     fn drop(&mut self) {
         if !self.committed {
             self.cleanup();
+        }
+        // Failed past the commit point: what is still staged is finished by the next start.
+        for st in self.stagings.values() {
+            tracing::warn!("{} is left for the next start to move into place", st.dir.display());
         }
     }
 }
@@ -588,27 +609,99 @@ fn merge(
     Ok(())
 }
 
-/// Remove the staging that killed runs left under `ROOT/data` and `ROOT/cache` (the daemon does
-/// this on start; an import does it for its own target directories anyway).
-pub fn remove_stale_staging(root: &Path) {
+/// Settle what killed imports left under `ROOT/data` and `ROOT/cache` (the daemon and
+/// `cpbackup cleanup` do this on start; an import does it for its own target directories anyway).
+pub fn finish_interrupted_imports(root: &Path) -> Vec<String> {
+    let mut done = Vec::new();
     for top in ["data", "cache"] {
         if let Ok(r) = select::resolve(root, top.as_bytes(), true) {
-            remove_stale(&r.host);
+            done.extend(finish_interrupted(root, &r.host));
         }
+    }
+    done
+}
+
+/// Settle what killed runs left in `target`: an import past its commit point is finished
+/// (moved into place, then its directory metadata applied); staging from before the commit
+/// point, and set-aside entries, are removed. Returns what it did, one line each.
+fn finish_interrupted(root: &Path, target: &Path) -> Vec<String> {
+    let mut done = Vec::new();
+    let Ok(rd) = fs::read_dir(target) else { return done };
+    let mut names: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    names.sort();
+    for path in names {
+        let Some(name) = path.file_name().map(|n| n.as_bytes().to_vec()) else { continue };
+        let is_dir = fs::symlink_metadata(&path).map(|m| m.is_dir()).unwrap_or(false);
+        if name.starts_with(COMMIT_PREFIX.as_bytes()) && is_dir {
+            match finish_commit(root, &path, target) {
+                Ok(()) => done.push(format!("finished the import committed in {}", path.display())),
+                Err(e) => tracing::warn!("could not finish the import committed in {}: {e}", path.display()),
+            }
+        } else if name.starts_with(STAGING_PREFIX.as_bytes()) || name.starts_with(TRASH_PREFIX.as_bytes()) {
+            match fs::remove_dir_all(&path) {
+                Ok(()) => done.push(format!("removed {} left by an interrupted import", path.display())),
+                Err(e) => tracing::warn!("could not remove {}: {e}", path.display()),
+            }
+        } else if name.starts_with(COMMIT_PREFIX.as_bytes()) && !is_dir {
+            // A directory list whose commit was finished (or never reached).
+            let dir = path.with_extension("");
+            if !dir.exists() {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+    for line in &done {
+        tracing::info!("{line}");
+    }
+    done
+}
+
+/// Move a committed staging tree into place, as `commit` would have.
+fn finish_commit(root: &Path, commit: &Path, target: &Path) -> Result<()> {
+    let list = dir_list_of(commit);
+    let explicit = read_dir_list(&list).ctx(|| format!("reading {}", list.display()))?;
+    let mut deferred = Vec::new();
+    merge(root, commit, target, &[], &explicit, &mut deferred)?;
+    // SAFETY: geteuid has no preconditions.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    for (dst, meta) in &deferred {
+        copy_dir_meta(meta, dst, is_root).ctx(|| format!("setting metadata of {}", dst.display()))?;
+    }
+    fs::remove_dir_all(commit).ctx(|| format!("removing {}", commit.display()))?;
+    fs::remove_file(&list).ctx(|| format!("removing {}", list.display()))
+}
+
+/// `…/.cpbackup-commit-<id>.dirs` beside `…/.cpbackup-commit-<id>`.
+fn dir_list_of(commit: &Path) -> PathBuf {
+    let mut name = commit.as_os_str().to_os_string();
+    name.push(".dirs");
+    PathBuf::from(name)
+}
+
+/// The directories whose metadata the archive describes, NUL-separated (names never hold NUL),
+/// flushed before the commit point.
+fn write_dir_list(path: &Path, dirs: &HashSet<Vec<u8>>) -> io::Result<()> {
+    let mut sorted: Vec<&Vec<u8>> = dirs.iter().collect();
+    sorted.sort();
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    for d in sorted {
+        f.write_all(d)?;
+        f.write_all(b"\0")?;
+    }
+    f.sync_all()
+}
+
+fn read_dir_list(path: &Path) -> io::Result<HashSet<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(bytes.split(|b| *b == 0).filter(|d| !d.is_empty()).map(<[u8]>::to_vec).collect()),
+        // Not written yet when the run died: nothing was committed with it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(HashSet::new()),
+        Err(e) => Err(e),
     }
 }
 
-/// Remove staging directories that a killed run left behind.
-fn remove_stale(target: &Path) {
-    let Ok(rd) = fs::read_dir(target) else { return };
-    for ent in rd.flatten() {
-        let name = ent.file_name();
-        let n = name.as_bytes();
-        if n.starts_with(STAGING_PREFIX.as_bytes()) || n.starts_with(TRASH_PREFIX.as_bytes()) {
-            tracing::info!("removing {} left by an earlier run", ent.path().display());
-            let _ = fs::remove_dir_all(ent.path());
-        }
-    }
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// The highest ancestor of `p` (or `p` itself) that does not exist yet.

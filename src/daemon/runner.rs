@@ -81,17 +81,27 @@ impl Runner {
             Ok(_) => {}
             Err(e) => tracing::warn!("cleaning up earlier uploads: {e}"),
         }
-        crate::archive::unpack::remove_stale_staging(&self.cfg.root);
+        crate::restore::finish_interrupted(&self.cfg.root);
         for mut t in loaded {
             match t.status {
                 TaskStatus::Processing => {
-                    t.status = TaskStatus::Failed;
-                    t.error_code = "AgentRestarted".into();
-                    t.error_msg =
-                        "the agent stopped while this task ran; its upload was aborted and nothing partial was kept"
-                            .into();
                     t.finish_time = iso_now();
-                    settle_manifest(&t);
+                    match settle_manifest(&t) {
+                        // Killed after the archive was complete and its manifest said so:
+                        // the backup is there, and the task says what it made.
+                        Some(m) => {
+                            let done = from_manifest(&m);
+                            t.status = done.status;
+                            t.result = done.result;
+                            t.error_msg = done.error_msg;
+                            t.progress.percent = 100;
+                        }
+                        None => {
+                            t.status = TaskStatus::Failed;
+                            t.error_code = "AgentRestarted".into();
+                            t.error_msg = "the agent stopped while this task ran; its upload was aborted and nothing partial was kept".into();
+                        }
+                    }
                     self.record(&mut t, "status")?;
                 }
                 TaskStatus::Waiting => lock(&self.queue).push_back(t.task_id.clone()),
@@ -432,30 +442,33 @@ fn locate(from: &str, backup_file_id: Option<&str>, opts: &crate::spec::StoreOpt
     Ok(found.1.backup_file_path)
 }
 
-/// After a crash during a backup: its manifest must not keep saying BACKUPING.
-fn settle_manifest(t: &Task) {
+/// After a crash during a backup: its manifest must not keep saying BACKUPING. Returns the
+/// manifest when this task's archive was complete (the crash came after it said so).
+fn settle_manifest(t: &Task) -> Option<Manifest> {
     let opts = match &t.work {
         Some(Work::Export { spec }) => &spec.store,
         Some(Work::BackupApp { spec }) => &spec.store,
-        _ => return,
+        _ => return None,
     };
     if t.backup_file_path.is_empty() {
-        return;
+        return None;
     }
-    let Ok(loc) = Location::parse(&t.backup_file_path) else { return };
-    let Ok((store, key, _)) = store::open(&loc, opts) else { return };
+    let loc = Location::parse(&t.backup_file_path).ok()?;
+    let (store, key, _) = store::open(&loc, opts).ok()?;
     let mkey = manifest::key_for(&key);
-    if let Ok(Some(bytes)) = store.get(&mkey) {
-        if let Ok(mut m) = Manifest::from_json(&mkey, &bytes) {
-            if m.status == Status::Backuping {
-                m.status = Status::BackupFailed;
-                m.error_code = "AgentRestarted".into();
-                m.failure_reason = "the agent stopped while the archive was written".into();
-                m.gmt_modified = manifest::format_time(time::OffsetDateTime::now_utc());
-                if let Err(e) = store.put(&mkey, &m.to_json()) {
-                    tracing::warn!("could not mark {} failed: {e}", t.backup_file_path);
-                }
-            }
+    let bytes = store.get(&mkey).ok()??;
+    let mut m = Manifest::from_json(&mkey, &bytes).ok()?;
+    if m.status.archive_complete() && m.backup_file_id == t.backup_file_id {
+        return Some(m);
+    }
+    if m.status == Status::Backuping {
+        m.status = Status::BackupFailed;
+        m.error_code = "AgentRestarted".into();
+        m.failure_reason = "the agent stopped while the archive was written".into();
+        m.gmt_modified = manifest::format_time(time::OffsetDateTime::now_utc());
+        if let Err(e) = store.put(&mkey, &m.to_json()) {
+            tracing::warn!("could not mark {} failed: {e}", t.backup_file_path);
         }
     }
+    None
 }

@@ -595,7 +595,24 @@ fn abort_records(rt: &Arc<Runtime>, stale: Vec<(std::path::PathBuf, Record)>, op
         };
         let sh = store.shared.clone();
         let (key, id) = (rec.key.clone(), rec.upload_id.clone());
-        match block_on(rt, async move { abort_upload(&sh, &key, &id).await }) {
+        let aborted = if id.is_empty() {
+            // Killed while asking for an upload id: whatever the store opened under this key
+            // (unique to that backup) is that run's. A store that cannot list uploads leaves
+            // it to the bucket's lifecycle rule.
+            match store.open_uploads(&rec.key) {
+                Ok(open) => open.into_iter().filter(|(k, _)| *k == rec.key).try_for_each(|(k, id)| {
+                    let sh = store.shared.clone();
+                    block_on(rt, async move { abort_upload(&sh, &k, &id).await })
+                }),
+                Err(e) => {
+                    tracing::warn!("could not list the uploads of {} to abort: {e}", store.shared.url(&rec.key));
+                    Ok(())
+                }
+            }
+        } else {
+            block_on(rt, async move { abort_upload(&sh, &key, &id).await })
+        };
+        match aborted {
             Ok(()) => {
                 tracing::info!(
                     "aborted the upload {} left by an earlier run (pid {})",
@@ -850,6 +867,22 @@ struct S3Upload {
 
 impl S3Upload {
     fn start_multipart(&mut self) -> Result<()> {
+        // The intent first, the upload id once known: an agent killed between the store's
+        // answer and its record would otherwise leave an upload nobody aborts.
+        let (pid, pid_start) = pending::me();
+        let mut rec = Record {
+            scheme: scheme_kind(self.shared.scheme).to_string(),
+            bucket: self.shared.bucket.clone(),
+            key: self.key.clone(),
+            upload_id: String::new(),
+            endpoint: self.shared.addr.url.clone(),
+            region: self.shared.addr.region.clone(),
+            path_style: self.shared.addr.path_style,
+            pid,
+            pid_start,
+            started: crate::manifest::format_time(time::OffsetDateTime::now_utc()),
+        };
+        let intent = self.record(&rec);
         let sh = self.shared.clone();
         let key = self.key.clone();
         let upload_id = block_on(&self.rt, async move {
@@ -870,30 +903,26 @@ impl S3Upload {
                 })
             })
             .await
-        })?;
-        tracing::debug!("multipart upload {} started: {upload_id}", self.shared.url(&self.key));
-        let (pid, pid_start) = pending::me();
-        let rec = Record {
-            scheme: scheme_kind(self.shared.scheme).to_string(),
-            bucket: self.shared.bucket.clone(),
-            key: self.key.clone(),
-            upload_id: upload_id.clone(),
-            endpoint: self.shared.addr.url.clone(),
-            region: self.shared.addr.region.clone(),
-            path_style: self.shared.addr.path_style,
-            pid,
-            pid_start,
-            started: crate::manifest::format_time(time::OffsetDateTime::now_utc()),
-        };
-        // Without a record a killed agent could not abort this upload later: it still runs,
-        // but say so.
-        let record = match self.state.save(&rec) {
-            Ok(p) => Some(p),
+        });
+        let upload_id = match upload_id {
+            Ok(id) => id,
             Err(e) => {
-                tracing::warn!("could not record the upload id in the state directory: {e}");
-                None
+                // A refusal opened nothing. After a network failure an upload may have been
+                // opened with its answer lost: the record stays, and the next start finds it by key.
+                if !e.is_retryable() {
+                    if let Some(p) = intent {
+                        pending::remove(&p);
+                    }
+                }
+                return Err(e);
             }
         };
+        tracing::debug!("multipart upload {} started: {upload_id}", self.shared.url(&self.key));
+        rec.upload_id = upload_id.clone();
+        let record = self.record(&rec);
+        if let Some(p) = intent {
+            pending::remove(&p);
+        }
         // A part is handed off only with an upload slot, so parts in the channel and parts
         // uploading are `in_flight` at most, plus the one filling: memory is
         // part_size × (in_flight + 1), and `write` blocks while every slot is taken.
@@ -903,6 +932,19 @@ impl S3Upload {
             self.rt.spawn(dispatch(self.shared.clone(), self.key.clone(), upload_id.clone(), rx, self.in_flight));
         self.mp = Some(Multipart { upload_id, tx: Some(tx), slots, dispatcher: Some(dispatcher), record });
         Ok(())
+    }
+
+    /// Record an upload in the state directory (held locked while this process lives).
+    /// Without a record a killed agent could not abort the upload later: it still runs, but
+    /// say so.
+    fn record(&self, rec: &Record) -> Option<std::path::PathBuf> {
+        match self.state.save(rec) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!("could not record the upload in the state directory: {e}");
+                None
+            }
+        }
     }
 
     /// Hand the filled part to the uploaders; blocks while the channel is full.

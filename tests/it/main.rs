@@ -5,6 +5,7 @@
 mod support;
 
 mod android;
+mod crash;
 mod cross;
 mod daemon;
 mod faults;

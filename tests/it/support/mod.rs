@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod faultproxy;
 pub mod garage;
 pub mod tree;
