@@ -40,6 +40,10 @@ use crate::archive::Meta;
 use crate::error::{Error, IoContext, Result};
 use crate::select;
 
+mod swap;
+
+pub use swap::finish_interrupted;
+
 /// The `_manifest` format version Android writes and reads.
 const MANIFEST_VERSION: &str = "1";
 /// Android's reader refuses a larger `_manifest`.
@@ -396,6 +400,9 @@ struct StagedApp {
 pub struct Stager {
     root: PathBuf,
     id: String,
+    /// Held while this run lives: recovery leaves the files of a locked run alone. Dropped
+    /// after the staging is removed (fields drop after `Drop::drop`).
+    _lock: swap::RunLock,
     wanted: Option<BTreeSet<String>>,
     apps: BTreeMap<String, StagedApp>,
     order: Vec<String>,
@@ -409,9 +416,11 @@ impl Stager {
     pub fn new(root: &Path, wanted: &[String]) -> Result<Stager> {
         let data = select::resolve(root, b"data", true).ctx(|| "resolving /data under the root".into())?.host;
         let available = free_bytes(&data).ctx(|| format!("checking free space on {}", data.display()))?;
+        let lock = swap::RunLock::take(&data)?;
         Ok(Stager {
             root: root.to_path_buf(),
-            id: format!("{}-{}", std::process::id(), rand::random::<u32>()),
+            id: lock.id.clone(),
+            _lock: lock,
             wanted: (!wanted.is_empty()).then(|| wanted.iter().cloned().collect()),
             apps: BTreeMap::new(),
             order: Vec::new(),
@@ -790,17 +799,21 @@ fn recover_one(
     let installed = at("stop", device.package(pkg))?;
     if installed.is_some() {
         at("stop", device.force_stop(pkg))?;
-        at("uninstall", device.uninstall(pkg))?;
-        o.uninstalled = true;
     }
-    let mut files = Vec::new();
-    for (name, path, size) in &app.apks {
-        let f = at("install", File::open(path).ctx(|| format!("opening staged {}", path.display())))?;
-        files.push((name.clone(), *size, f));
+    // Replace the installed copy in place: pm keeps its data, which the swap below exchanges
+    // in one rename. Only when pm refuses the update (another signing key, an older version)
+    // does the installed copy go first, and its data with it: the one step that a kill before
+    // the swap cannot undo.
+    match install_staged(app, device) {
+        Ok(()) => {}
+        Err(e) if installed.is_some() && refused_as_update(&e) => {
+            tracing::info!("{pkg}: pm refused the update ({e}); uninstalling the installed copy first");
+            at("uninstall", device.uninstall(pkg))?;
+            o.uninstalled = true;
+            at("install", install_staged(app, device))?;
+        }
+        Err(e) => return Err(("install", e)),
     }
-    let mut apks: Vec<(String, u64, &mut dyn Read)> =
-        files.iter_mut().map(|(n, s, f)| (n.clone(), *s, f as &mut dyn Read)).collect();
-    at("install", device.install(&mut apks))?;
     let ce = at("wait", target_of(root, Area::Ce, pkg))?;
     let listed = at("wait", device.wait_installed(pkg, INSTALL_TIMEOUT, &|| ce.is_dir()))?;
     o.version_code = listed.version_code;
@@ -860,8 +873,32 @@ fn check_suits(pkg: &str, m: &AppManifest, app: &StagedApp, sdk: u32, abis: &[St
     Ok(())
 }
 
-/// Put a staged tree in place of the fresh one by renames (old aside, new in, old removed),
-/// then give it the fresh install's owner and label.
+/// Install the staged APKs in one pm session.
+fn install_staged(app: &StagedApp, device: &Device) -> Result<()> {
+    let mut files = Vec::new();
+    for (name, path, size) in &app.apks {
+        let f = File::open(path).ctx(|| format!("opening staged {}", path.display()))?;
+        files.push((name.clone(), *size, f));
+    }
+    let mut apks: Vec<(String, u64, &mut dyn Read)> =
+        files.iter_mut().map(|(n, s, f)| (n.clone(), *s, f as &mut dyn Read)).collect();
+    device.install(&mut apks)
+}
+
+/// pm's answers that refuse an install as an update of the installed copy.
+fn refused_as_update(e: &Error) -> bool {
+    let Error::Device { output, .. } = e else { return false };
+    ["INSTALL_FAILED_UPDATE_INCOMPATIBLE", "INSTALL_FAILED_VERSION_DOWNGRADE", "INSTALL_FAILED_ALREADY_EXISTS"]
+        .iter()
+        .any(|code| output.contains(code))
+}
+
+/// Put a staged tree in place of the fresh one, crash-safe (see `swap`): make it final first
+/// (the fresh dir's mode and owner, its SELinux context with `chcon -R`), commit it under its
+/// ready name, then set the fresh dir aside, keep what the install made and the archive does not
+/// carry, rename the tree in, remove the aside, and relabel from the policy (`restorecon`).
+/// A failure before the commit point leaves the target untouched (the `Stager` removes the
+/// staging); one after it leaves names that `finish_interrupted` completes.
 fn swap_in(
     root: &Path,
     id: &str,
@@ -873,7 +910,16 @@ fn swap_in(
 ) -> StepResult<Relabel> {
     let target = &staged.target;
     let parent = target.parent().unwrap_or(root);
-    let fresh = fs::symlink_metadata(target).ok().filter(|m| m.is_dir());
+    let swap = swap::Swap::new(parent, id, pkg, area);
+    // Recovery finds a swap by these names in the area's own directory.
+    if swap.target != *target || swap::area_parent(root, area).as_deref() != Some(parent) {
+        return Err(("data", swap::odd(target, "is not the package's own directory in its area (a symlink?)")));
+    }
+    let fresh = match fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => Some(m),
+        Ok(_) => return Err(("data", swap::odd(target, "is not a directory"))),
+        Err(_) => None,
+    };
     // Owner, mode and label come from the fresh dir; an external dir that does not exist yet
     // takes the app's uid and its parent's group and label.
     let (owner, mode, context) = match &fresh {
@@ -895,42 +941,37 @@ fn swap_in(
             (owner, if area.is_data_dir() { 0o700 } else { 0o770 }, selinux::context_of(parent))
         }
     };
-    if fresh.is_some() && area.is_data_dir() {
-        // Keep what the install made and the archive does not carry (cache, code_cache, lib).
-        let entries = at("data", fs::read_dir(target).ctx(|| format!("listing {}", target.display())))?;
-        for ent in entries.flatten() {
-            let to = staged.dir.join(ent.file_name());
-            if fs::symlink_metadata(&to).is_err() {
-                at(
-                    "data",
-                    fs::rename(ent.path(), &to).ctx(|| format!("moving {} into staging", ent.path().display())),
-                )?;
-            }
+
+    // The staged tree made final, so that it is right even if nothing after the commit runs.
+    let dir = &staged.dir;
+    at("owner", swap::crash_point())?;
+    at("owner", fs::set_permissions(dir, fs::Permissions::from_mode(mode)).ctx(|| format!("chmod {}", dir.display())))?;
+    at("owner", swap::crash_point())?;
+    at("owner", owner::chown_tree(dir, owner, area.is_data_dir()))?;
+    match &context {
+        Some(ctx) => {
+            at("relabel", swap::crash_point())?;
+            at("relabel", device.chcon(ctx, &dir.to_string_lossy()))?;
+        }
+        None => tracing::debug!("{}: no SELinux context to copy; labelled after the swap only", target.display()),
+    }
+    at("data", swap.commit(dir))?;
+
+    // Past the commit point: the swap is finished from here, now or by the next recovery.
+    if let Err(e) = swap.settle() {
+        tracing::error!(
+            "{pkg}: the recovered data is committed but not yet in place ({e}); the next recover-app or `cpbackup cleanup --root` finishes it"
+        );
+        return Err(("data", e));
+    }
+    if !area.is_data_dir() {
+        if let Some(ctx) = context {
+            // External storage takes the copied context (restorecon gives the wrong type):
+            // already applied before the commit.
+            return Ok(Relabel::Chcon(ctx));
         }
     }
-    let aside = parent.join(format!("{ASIDE_PREFIX}{id}-{pkg}"));
-    if fresh.is_some() {
-        at("data", fs::rename(target, &aside).ctx(|| format!("moving {} aside", target.display())))?;
-    }
-    if let Err(e) = fs::rename(&staged.dir, target) {
-        if fresh.is_some() {
-            let _ = fs::rename(&aside, target);
-        }
-        return Err((
-            "data",
-            Error::Io { context: format!("moving the restored data into {}", target.display()), source: e },
-        ));
-    }
-    if fresh.is_some() {
-        if let Err(e) = fs::remove_dir_all(&aside) {
-            tracing::warn!("could not remove {}: {e}", aside.display());
-        }
-    }
-    at(
-        "owner",
-        fs::set_permissions(target, fs::Permissions::from_mode(mode)).ctx(|| format!("chmod {}", target.display())),
-    )?;
-    at("owner", owner::chown_tree(target, owner, area.is_data_dir()))?;
+    at("relabel", swap::crash_point())?;
     at("relabel", selinux::relabel(device, target, context.as_deref(), !area.is_data_dir()))
 }
 

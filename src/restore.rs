@@ -280,7 +280,9 @@ fn copy_decoded(from: &mut dyn Read, to: &mut PipeWriter) -> Result<()> {
 /// Settle what killed imports and app recoveries left under `root`: each ends as the old data
 /// or the new, never a mix. Returns what was done, a line each.
 pub fn finish_interrupted(root: &Path) -> Vec<String> {
-    crate::archive::unpack::finish_interrupted_imports(root)
+    let mut done = crate::archive::unpack::finish_interrupted_imports(root);
+    done.extend(apps::finish_interrupted(root, &Device::new(&Shell)));
+    done
 }
 
 /// Read an archive through, check its structure and SHA-256, write nothing.

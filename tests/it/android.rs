@@ -478,8 +478,10 @@ fn android_recover_replaces_an_installed_copy() {
     assert_eq!(r["Apps"][0]["Uninstalled"], true);
     let log = b.log();
     let pos = |s: &str| log.find(s).unwrap_or_else(|| panic!("{s} not in {log}"));
-    assert!(pos("am force-stop com.example.notes") < pos("pm uninstall com.example.notes"));
-    assert!(pos("pm uninstall com.example.notes") < pos("pm install-create"));
+    // pm refuses the update (another signing key), so the installed copy goes first.
+    assert!(pos("am force-stop com.example.notes") < pos("pm install-create"));
+    assert!(pos("pm install-create") < pos("pm uninstall com.example.notes"));
+    assert!(pos("pm uninstall com.example.notes") < log.rfind("pm install-create").unwrap());
     assert!(!ce.join("files/stale.txt").exists(), "the old data is gone, not mixed in");
     assert_eq!(fs::read_to_string(ce.join("files/sub/note.txt")).unwrap(), "remember the milk\n");
     // A reinstall after uninstall gets a new uid; the files follow it.
@@ -489,6 +491,23 @@ fn android_recover_replaces_an_installed_copy() {
         assert_eq!(fs::metadata(ce.join("files/sub/note.txt")).unwrap().uid(), uid);
         assert_eq!(fs::metadata(ce.join("cache")).unwrap().gid(), uid - 10000 + 20000);
     }
+
+    // The same build again: pm takes it as an update, nothing is uninstalled (so no moment
+    // exists where the app's data is gone), and the data is still exchanged whole.
+    fs::write(
+        ce.join("files/stale.txt"),
+        "written since
+",
+    )
+    .unwrap();
+    b.clear_log();
+    let (r, _) = recover(&b, &ab, &[], 0);
+    assert_eq!(r["Apps"][0]["Status"], "RECOVERED");
+    assert_eq!(r["Apps"][0]["Uninstalled"], false);
+    assert!(!b.log().contains("pm uninstall"), "{}", b.log());
+    assert_eq!(r["Apps"][0]["Uid"].as_u64().unwrap() as u32, uid, "an update keeps the uid");
+    assert!(!ce.join("files/stale.txt").exists(), "the data is the archive's, not mixed");
+    assert_eq!(fs::read_to_string(ce.join("files/sub/note.txt")).unwrap(), "remember the milk\n");
 }
 
 #[test]

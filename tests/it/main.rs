@@ -8,6 +8,7 @@ mod android;
 mod crash;
 mod cross;
 mod daemon;
+mod diskfull;
 mod faults;
 mod formats;
 mod malicious;
