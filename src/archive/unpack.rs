@@ -69,6 +69,8 @@ struct Staging {
     created: Option<PathBuf>,
     /// `target`'s times before the staging directory was made in it (put back on abort).
     target_times: (FileTime, FileTime),
+    /// An exclusive `flock` on the staging directory: this run is alive.
+    _lock: File,
 }
 
 pub struct Unpacker {
@@ -141,12 +143,31 @@ impl Unpacker {
             fs::create_dir(&dir).ctx(|| format!("creating staging directory {}", dir.display()))?;
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
                 .ctx(|| format!("securing {}", dir.display()))?;
+            // Held while this run lives (through the rename to the commit name: same inode), so
+            // that a `cleanup` or daemon start meanwhile leaves this staging alone.
+            let lock = File::open(&dir).ctx(|| format!("opening {}", dir.display()))?;
+            if !try_lock(&lock) {
+                return Err(Error::Io {
+                    context: format!("locking {}", dir.display()),
+                    source: io::Error::last_os_error(),
+                });
+            }
             let available = free_bytes(&dir).unwrap_or(u64::MAX);
             let mut dirs = HashSet::new();
             dirs.insert(Vec::new());
             self.stagings.insert(
                 top.to_vec(),
-                Staging { dir, target, dirs, explicit: HashSet::new(), available, written: 0, created, target_times },
+                Staging {
+                    dir,
+                    target,
+                    dirs,
+                    explicit: HashSet::new(),
+                    available,
+                    written: 0,
+                    created,
+                    target_times,
+                    _lock: lock,
+                },
             );
         }
         // The key was inserted above when missing.
@@ -632,6 +653,13 @@ fn finish_interrupted(root: &Path, target: &Path) -> Vec<String> {
     for path in names {
         let Some(name) = path.file_name().map(|n| n.as_bytes().to_vec()) else { continue };
         let is_dir = fs::symlink_metadata(&path).map(|m| m.is_dir()).unwrap_or(false);
+        let ours = name.starts_with(COMMIT_PREFIX.as_bytes()) || name.starts_with(STAGING_PREFIX.as_bytes());
+        // A run that still lives holds its staging locked: not left over, leave it.
+        let _claimed = match (ours && is_dir).then(|| File::open(&path)) {
+            Some(Ok(f)) if try_lock(&f) => Some(f),
+            Some(_) => continue,
+            None => None,
+        };
         if name.starts_with(COMMIT_PREFIX.as_bytes()) && is_dir {
             match finish_commit(root, &path, target) {
                 Ok(()) => done.push(format!("finished the import committed in {}", path.display())),
@@ -698,6 +726,13 @@ fn read_dir_list(path: &Path) -> io::Result<HashSet<Vec<u8>>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(HashSet::new()),
         Err(e) => Err(e),
     }
+}
+
+/// An exclusive, non-blocking `flock`: false when another open description holds it.
+fn try_lock(f: &File) -> bool {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -772,5 +807,44 @@ mod tests {
         assert!(check_symlink(b"data/a/link", b"../../x", "").is_ok());
         assert!(check_symlink(b"data/a/link", b"../../../etc", "").is_err());
         assert!(check_symlink(b"data/link", b"/data/data", "").is_ok());
+    }
+
+    #[test]
+    fn leftovers_settle_by_the_commit_point_and_live_runs_are_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let data = root.join("data");
+        fs::create_dir_all(data.join("media/0")).unwrap();
+        fs::write(data.join("media/0/a.txt"), "old").unwrap();
+        fs::write(data.join("media/0/kept.txt"), "only on the phone").unwrap();
+
+        // Past its commit point: finished, the archive's directory metadata applied.
+        let commit = data.join(format!("{COMMIT_PREFIX}1-1"));
+        fs::create_dir_all(commit.join("media/0/new")).unwrap();
+        fs::write(commit.join("media/0/a.txt"), "new").unwrap();
+        fs::write(commit.join("media/0/new/b.txt"), "new").unwrap();
+        fs::set_permissions(commit.join("media/0"), fs::Permissions::from_mode(0o751)).unwrap();
+        write_dir_list(&dir_list_of(&commit), &HashSet::from([b"media/0".to_vec()])).unwrap();
+        // Before its commit point, and dead: removed. Alive (locked): left alone.
+        let dead = data.join(format!("{STAGING_PREFIX}2-2"));
+        fs::create_dir_all(dead.join("media/0")).unwrap();
+        fs::write(dead.join("media/0/a.txt"), "half").unwrap();
+        let live = data.join(format!("{STAGING_PREFIX}3-3"));
+        fs::create_dir_all(&live).unwrap();
+        let held = File::open(&live).unwrap();
+        assert!(try_lock(&held));
+
+        let done = finish_interrupted_imports(root);
+        assert_eq!(done.len(), 2, "{done:?}");
+        assert_eq!(fs::read_to_string(data.join("media/0/a.txt")).unwrap(), "new");
+        assert_eq!(fs::read_to_string(data.join("media/0/new/b.txt")).unwrap(), "new");
+        assert_eq!(fs::read_to_string(data.join("media/0/kept.txt")).unwrap(), "only on the phone");
+        assert_eq!(fs::metadata(data.join("media/0")).unwrap().mode() & 0o7777, 0o751);
+        assert!(!commit.exists() && !dir_list_of(&commit).exists() && !dead.exists());
+        assert!(live.exists(), "a live run's staging was touched");
+        drop(held);
+        assert_eq!(finish_interrupted_imports(root).len(), 1);
+        assert!(!live.exists());
+        assert!(finish_interrupted_imports(root).is_empty(), "settling twice does nothing");
     }
 }
