@@ -13,6 +13,7 @@ use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
 use crate::android::{self, Phone, NOTES};
+use crate::support::daemon::{Daemon, INSTANCE};
 use crate::support::faultproxy::{dies_after, every, in_turn, Fault, Proxy, Request};
 use crate::support::garage::{self, Garage};
 use crate::support::tree::{self, Ignore};
@@ -197,6 +198,9 @@ fn faults_beyond_the_budget_fail_cleanly_and_keep_the_data() {
     assert!(e.contains("GetObject") && e.contains(&good), "names the request that failed: {e}");
     tree::assert_same(&before, &tree::snapshot(dst.path(), "data"), Ignore::default());
     assert_no_staging(dst.path());
+    let after = stored_manifest(g, &bucket, "good.tar.zst");
+    assert_eq!(after["Status"], "RECOVERY_FAILED", "{after}");
+    assert!(after["FailureReason"].as_str().unwrap().contains("GetObject"), "{after}");
     assert_verifies(g, &good, &m["Sha256"]);
 }
 
@@ -277,6 +281,74 @@ fn faults_beyond_the_budget_in_recover_app_keep_the_installed_app() {
     c.args(["recover-app", "--from", &url, "--root", path_str(&a.root)]);
     let out = run(&mut c, 1);
     assert!(stderr(&out).contains("GetObject"), "{}", stderr(&out));
+    tree::assert_same(&before, &tree::snapshot(&a.root, app), Ignore::default());
+    assert_no_staging(&a.p("data/data"));
+    let m = stored_manifest(g, &bucket, "notes.ab");
+    assert_eq!(m["Status"], "RECOVERY_FAILED", "{m}");
+    assert!(m["FailureReason"].as_str().unwrap().contains("GetObject"), "{m}");
+}
+
+/// The daemon behind the same faults: its tasks end Failed with the reason, the manifests say
+/// BACKUP_FAILED / RECOVERY_FAILED, nothing is left open, the phone's data is unchanged.
+#[test]
+fn faults_beyond_the_budget_fail_daemon_tasks_with_the_reason() {
+    android::require_tools();
+    let g = garage::shared();
+    let bucket = g.bucket("faults-daemon");
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, ..) = android::phone_with_notes(tmp.path());
+    random_files(&a.p("data/data/com.example.notes/files/media"), 3, 6 * MIB, 85);
+    let apps = format!("s3://{bucket}/notes.ab");
+    let pass = Proxy::start(g.nodes[0].s3_port, |_: &Request| Fault::Pass);
+    let mut c = on_phone(g, &a, &pass);
+    run(c.args(["backup-app", "--app", NOTES, "--root", path_str(&a.root), "--to", &apps]), 0);
+
+    // Parts from the second on meet SlowDown; GETs of the archive die after 2 MiB.
+    let key = |r: &Request| r.part_number().is_some_and(|n| n >= 2);
+    let slow = every(1, key, vec![Fault::Status(503, "SlowDown")]);
+    let dies = dies_after("notes.ab", 2 * MIB as u64);
+    let proxy = Proxy::start(g.nodes[0].s3_port, move |r: &Request| match slow(r) {
+        Fault::Pass => dies(r),
+        f => f,
+    });
+    let dir = tmp.path().join("agent");
+    fs::create_dir_all(&dir).unwrap();
+    let extra = format!("endpoint = \"{}\"\nregion = \"garage\"\n", proxy.endpoint());
+    drop(Daemon::start(g, &dir, &a.root, "", &extra));
+    let envs = [
+        ("CPBACKUP_ENDPOINT", proxy.endpoint()),
+        ("PATH", android::path_env()),
+        ("FAKEROID_ROOT", a.root.display().to_string()),
+        ("CPBACKUP_RETRY_ATTEMPTS", "4".to_string()),
+        ("CPBACKUP_RETRY_BASE_MS", "20".to_string()),
+        ("CPBACKUP_STALL_SECS", "2".to_string()),
+    ];
+    let d = Daemon::spawn_env(g, dir.join("cpbackup.toml"), &dir, &envs);
+    let app = "data/data/com.example.notes";
+    let before = tree::snapshot(&a.root, app);
+    let post = |path: &str, body: serde_json::Value| {
+        let mut body = body;
+        body["AndroidInstanceIdList"] = serde_json::json!([INSTANCE]);
+        let (code, v) = d.post(path, body);
+        assert_eq!(code, 200, "{v}");
+        let t = d.wait(v["Data"][0]["TaskId"].as_str().unwrap(), &["Finished", "Failed", "PartFinished"]);
+        assert_eq!(t["TaskStatus"], "Failed", "{t}");
+        t
+    };
+
+    let t = post(
+        "/ecp/BackupFile",
+        serde_json::json!({"BackupFilePath": format!("oss://{bucket}/files.tar.zst"), "SourceFilePathList": ["/data/data/com.example.notes"]}),
+    );
+    assert!(t["ErrorMsg"].as_str().unwrap().contains("SlowDown"), "{t}");
+    let m = stored_manifest(g, &bucket, "files.tar.zst");
+    assert_eq!(m["Status"], "BACKUP_FAILED", "{m}");
+    assert!(m["FailureReason"].as_str().unwrap().contains("SlowDown"), "{m}");
+    assert_clean_bucket(g, &bucket, Some("files.tar.zst"));
+
+    let t = post("/ecp/RecoverApp", serde_json::json!({"BackupFilePath": apps.replace("s3://", "oss://")}));
+    assert!(t["ErrorMsg"].as_str().unwrap().contains("GetObject"), "{t}");
+    assert_eq!(stored_manifest(g, &bucket, "notes.ab")["Status"], "RECOVERY_FAILED");
     tree::assert_same(&before, &tree::snapshot(&a.root, app), Ignore::default());
     assert_no_staging(&a.p("data/data"));
 }
