@@ -559,21 +559,27 @@ pub fn cleanup(opts: &StoreOptions) -> Result<Cleanup> {
         .build()
         .map_err(|e| Error::Io { context: "starting the object-store runtime".into(), source: e })?;
     let rt = Arc::new(rt);
-    let stale = state.stale();
-    let before: Vec<Record> = stale.iter().map(|(_, r)| r.clone()).collect();
-    let aborted = abort_records(&rt, stale, opts);
+    let (aborted, failed) = abort_records(&rt, state.stale(), opts);
     let show = |r: &Record| format!("{}://{}/{} (upload {})", r.scheme.to_lowercase(), r.bucket, r.key, r.upload_id);
-    let failed = before.iter().filter(|r| !aborted.contains(r)).map(show).collect();
-    Ok(Cleanup { state_dir: state.path().display().to_string(), aborted: aborted.iter().map(show).collect(), failed })
+    Ok(Cleanup {
+        state_dir: state.path().display().to_string(),
+        aborted: aborted.iter().map(show).collect(),
+        failed: failed.iter().map(show).collect(),
+    })
 }
 
 fn abort_stale(rt: &Arc<Runtime>, state: &StateDir, opts: &StoreOptions) -> Vec<Record> {
-    abort_records(rt, state.stale(), opts)
+    abort_records(rt, state.stale(), opts).0
 }
 
-/// Abort the uploads of stale records (their locks held by this process meanwhile).
-fn abort_records(rt: &Arc<Runtime>, stale: Vec<(std::path::PathBuf, Record)>, opts: &StoreOptions) -> Vec<Record> {
-    let mut done = Vec::new();
+/// Abort the uploads of stale records (their locks held by this process meanwhile): what was
+/// aborted, and what could not be (its record kept for the next try).
+fn abort_records(
+    rt: &Arc<Runtime>,
+    stale: Vec<(std::path::PathBuf, Record)>,
+    opts: &StoreOptions,
+) -> (Vec<Record>, Vec<Record>) {
+    let (mut done, mut failed) = (Vec::new(), Vec::new());
     for (path, rec) in stale {
         let scheme = match rec.scheme.as_str() {
             "OSS" => Scheme::Oss,
@@ -595,39 +601,47 @@ fn abort_records(rt: &Arc<Runtime>, stale: Vec<(std::path::PathBuf, Record)>, op
         };
         let sh = store.shared.clone();
         let (key, id) = (rec.key.clone(), rec.upload_id.clone());
-        let aborted = if id.is_empty() {
-            // Killed while asking for an upload id: whatever the store opened under this key
-            // (unique to that backup) is that run's. A store that cannot list uploads leaves
-            // it to the bucket's lifecycle rule.
+        // Killed while asking for an upload id: whatever the store opened under this key
+        // (unique to that backup) is that run's. A store that cannot list uploads leaves it to
+        // the bucket's lifecycle rule.
+        let ids = if id.is_empty() {
             match store.open_uploads(&rec.key) {
-                Ok(open) => open.into_iter().filter(|(k, _)| *k == rec.key).try_for_each(|(k, id)| {
-                    let sh = store.shared.clone();
-                    block_on(rt, async move { abort_upload(&sh, &k, &id).await })
-                }),
+                Ok(open) => open.into_iter().filter(|(k, _)| *k == rec.key).map(|(_, id)| id).collect(),
                 Err(e) => {
                     tracing::warn!("could not list the uploads of {} to abort: {e}", store.shared.url(&rec.key));
-                    Ok(())
+                    Vec::new()
                 }
             }
         } else {
-            block_on(rt, async move { abort_upload(&sh, &key, &id).await })
+            vec![id]
         };
-        match aborted {
-            Ok(()) => {
-                tracing::info!(
-                    "aborted the upload {} left by an earlier run (pid {})",
-                    store.shared.url(&rec.key),
-                    rec.pid
-                );
-                pending::remove(&path);
-                done.push(rec);
-            }
-            Err(e) => {
-                tracing::warn!("could not abort the upload {} left by an earlier run: {e}", store.shared.url(&rec.key))
+        let mut all_done = true;
+        for id in ids {
+            let (sh, key, upload) = (sh.clone(), key.clone(), id.clone());
+            match block_on(rt, async move { abort_upload(&sh, &key, &upload).await }) {
+                Ok(()) => {
+                    tracing::info!(
+                        "aborted the upload {} left by an earlier run (pid {})",
+                        store.shared.url(&rec.key),
+                        rec.pid
+                    );
+                    done.push(Record { upload_id: id, ..rec.clone() });
+                }
+                Err(e) => {
+                    all_done = false;
+                    tracing::warn!(
+                        "could not abort the upload {} left by an earlier run: {e}",
+                        store.shared.url(&rec.key)
+                    );
+                    failed.push(Record { upload_id: id, ..rec.clone() });
+                }
             }
         }
+        if all_done {
+            pending::remove(&path);
+        }
     }
-    done
+    (done, failed)
 }
 
 async fn head(sh: &Shared, key: &str) -> Result<Option<(u64, String)>> {

@@ -31,6 +31,29 @@ fn points(full: Duration) -> Vec<Duration> {
     (1..=POINTS).map(|i| full.mul_f64((f64::from(i) - 0.5) / f64::from(POINTS))).collect()
 }
 
+/// Kill at POINTS moments spread over a run that took `full`: `kill_at(i, at)` kills run `i` at
+/// `at`, checks what it left, and says whether it ended past its commit point. If none did (a
+/// loaded machine runs slower than when `full` was timed), up to ten more runs are killed
+/// later and later until one does. Asserts the kills landed on both sides.
+fn kill_matrix(what: &str, full: Duration, mut kill_at: impl FnMut(usize, Duration) -> bool) {
+    let mut landed = Vec::new();
+    for (i, at) in points(full).into_iter().enumerate() {
+        landed.push(kill_at(i, at));
+    }
+    let mut late = full;
+    for i in POINTS as usize..POINTS as usize + 10 {
+        if landed.contains(&true) {
+            break;
+        }
+        late = late.mul_f64(1.5);
+        landed.push(kill_at(i, late));
+    }
+    let after = landed.iter().filter(|past| **past).count();
+    let before = landed.len() - after;
+    eprintln!("{what}: {before} kills before the commit point, {after} after");
+    assert!(before >= 3 && after >= 1, "{what}: the kills did not spread over the run: {before} before, {after} after");
+}
+
 /// Run `cmd` to the end twice, asserting success; the shorter time (the first run of a test
 /// also warms caches the killed runs find warm).
 fn timed(mut cmd: impl FnMut() -> Command) -> Duration {
@@ -68,23 +91,6 @@ fn random_files(dir: &Path, count: usize, each: usize, seed: u64) {
     for i in 0..count {
         rng.fill_bytes(&mut buf);
         fs::write(dir.join(format!("blob{i}.bin")), &buf).unwrap();
-    }
-}
-
-/// Where the kills of one test landed.
-#[derive(Debug, Default)]
-struct Tally {
-    /// Backups: no manifest yet, or BACKUPING / BACKUP_FAILED. Restores: the old data.
-    before: u32,
-    /// Backups: AVAILABLE (and verified). Restores: the new data.
-    after: u32,
-}
-
-impl Tally {
-    fn assert_spread(&self, what: &str) {
-        eprintln!("{what}: {self:?}");
-        assert!(self.before >= 3 && self.after >= 1, "{what}: the kills did not spread over the run: {self:?}");
-        assert_eq!(self.before + self.after, POINTS);
     }
 }
 
@@ -185,24 +191,20 @@ fn crash_export_at_20_points_then_run_again() {
         c
     };
     let full = timed(|| export("full.tar.zst"));
-    let mut tally = Tally::default();
-    let keys: Vec<String> = (0..POINTS).map(|i| format!("k{i:02}.tar.zst")).collect();
-    for (key, at) in keys.iter().zip(points(full)) {
-        kill_after(&mut export(key), at);
-        assert_open_at_most(g, &bucket, key);
-        if check_backup(g, &bucket, key) {
-            tally.after += 1;
-        } else {
-            tally.before += 1;
-        }
-    }
+    let mut keys = Vec::new();
+    kill_matrix("export", full, |i, at| {
+        let key = format!("k{i:02}.tar.zst");
+        kill_after(&mut export(&key), at);
+        assert_open_at_most(g, &bucket, &key);
+        keys.push(key.clone());
+        check_backup(g, &bucket, &key)
+    });
     // Run again: the next start leaves nothing open, and nothing half-made is AVAILABLE.
     run(g.cpbackup().arg("cleanup"), 0);
     assert!(g.store(&bucket).open_uploads("").unwrap().is_empty(), "an upload is still open");
     for key in &keys {
         check_backup(g, &bucket, key);
     }
-    tally.assert_spread("export");
 }
 
 #[test]
@@ -239,20 +241,14 @@ fn crash_import_at_20_points_then_run_again() {
     let after = contents(&reference, &rels);
     assert_ne!(before, after);
 
-    let mut tally = Tally::default();
-    for (i, at) in points(full).into_iter().enumerate() {
+    kill_matrix("import", full, |i, at| {
         reset(&old, &dst);
         kill_after(&mut import(&dst), at);
         // Run again: the next start settles what the killed one left.
         run(g.cpbackup().args(["cleanup", "--root", path_str(&dst)]), 0);
-        if old_or_new(&contents(&dst, &rels), &before, &after, &format!("import killed at point {i}")) {
-            tally.after += 1;
-        } else {
-            tally.before += 1;
-        }
         assert_no_leftovers(&dst.join("data"));
-    }
-    tally.assert_spread("import");
+        old_or_new(&contents(&dst, &rels), &before, &after, &format!("import killed at point {i}"))
+    });
 }
 
 /// A `cpbackup` command on `phone` for the shared Garage.
@@ -278,25 +274,21 @@ fn crash_backup_app_at_20_points_then_run_again() {
         c
     };
     let full = timed(|| backup("full.ab"));
-    let mut tally = Tally::default();
-    let keys: Vec<String> = (0..POINTS).map(|i| format!("k{i:02}.ab")).collect();
-    for (key, at) in keys.iter().zip(points(full)) {
-        kill_after(&mut backup(key), at);
-        assert_open_at_most(g, &bucket, key);
-        if check_backup(g, &bucket, key) {
-            tally.after += 1;
-        } else {
-            tally.before += 1;
-        }
+    let mut keys = Vec::new();
+    kill_matrix("backup-app", full, |i, at| {
+        let key = format!("k{i:02}.ab");
+        kill_after(&mut backup(&key), at);
+        assert_open_at_most(g, &bucket, &key);
         // A backup reads the app; it never changes it.
         assert_eq!(contents(&a.root, &app), before);
-    }
+        keys.push(key.clone());
+        check_backup(g, &bucket, &key)
+    });
     run(g.cpbackup().arg("cleanup"), 0);
     assert!(g.store(&bucket).open_uploads("").unwrap().is_empty(), "an upload is still open");
     for key in &keys {
         check_backup(g, &bucket, key);
     }
-    tally.assert_spread("backup-app");
 }
 
 #[test]
@@ -331,21 +323,15 @@ fn crash_recover_app_at_20_points_then_run_again() {
     let after = contents(&a.root, &app);
     assert_ne!(before, after);
 
-    let mut tally = Tally::default();
-    for (i, at) in points(full).into_iter().enumerate() {
+    kill_matrix("recover-app", full, |i, at| {
         reset(&pristine, &a.root);
         kill_after(&mut recover(), at);
         run(on_phone(g, &a).args(["cleanup", "--root", path_str(&a.root)]), 0);
-        if old_or_new(&contents(&a.root, &app), &before, &after, &format!("recover-app killed at point {i}")) {
-            tally.after += 1;
-        } else {
-            tally.before += 1;
-        }
         for parent in ["data/data", "data/user_de/0", "data"] {
             assert_no_leftovers(&a.p(parent));
         }
-    }
-    tally.assert_spread("recover-app");
+        old_or_new(&contents(&a.root, &app), &before, &after, &format!("recover-app killed at point {i}"))
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -421,8 +407,7 @@ fn crash_daemon_backups_at_20_points_each() {
         let mut full_body = body.clone();
         full_body["BackupFilePath"] = key("full").into();
         let full = timed_task(g, &dir, &a.root, path, full_body);
-        let mut tally = Tally::default();
-        for (i, at) in points(full).into_iter().enumerate() {
+        kill_matrix(op, full, |i, at| {
             let mut b = body.clone();
             b["BackupFilePath"] = key(&format!("{i:02}")).into();
             let t = kill_daemon_during(g, &dir, &a.root, path, b, at);
@@ -431,13 +416,8 @@ fn crash_daemon_backups_at_20_points_each() {
             let k = key(&format!("{i:02}"));
             let available = check_backup(g, &bucket, k.trim_start_matches(&format!("oss://{bucket}/")));
             assert_eq!(available, t["TaskStatus"] == "Finished", "{op} {i}: the task says {t}");
-            if available {
-                tally.after += 1;
-            } else {
-                tally.before += 1;
-            }
-        }
-        tally.assert_spread(op);
+            available
+        });
     }
 }
 
@@ -474,24 +454,18 @@ fn crash_daemon_restores_at_20_points_each() {
         let full = timed_task(g, &dir, &a.root, path, body.clone());
         let after = contents(&a.root, &app);
         assert_ne!(before, after, "{op}");
-        let mut tally = Tally::default();
-        for (i, at) in points(full).into_iter().enumerate() {
+        kill_matrix(op, full, |i, at| {
             reset(&pristine, &a.root);
             let t = kill_daemon_during(g, &dir, &a.root, path, body.clone(), at);
+            for parent in ["data/data", "data/user_de/0", "data"] {
+                assert_no_leftovers(&a.p(parent));
+            }
             let new = old_or_new(&contents(&a.root, &app), &before, &after, &format!("{op} killed at point {i}"));
             if t["TaskStatus"] == "Finished" {
                 assert!(new, "{op} {i}: Finished, yet the old data is there");
             }
-            if new {
-                tally.after += 1;
-            } else {
-                tally.before += 1;
-            }
-            for parent in ["data/data", "data/user_de/0", "data"] {
-                assert_no_leftovers(&a.p(parent));
-            }
-        }
-        tally.assert_spread(op);
+            new
+        });
         reset(&pristine, &a.root);
     }
 }
