@@ -611,6 +611,16 @@ impl Stager {
 
     fn write_entry(&mut self, local: &Path, item: &Item, data: &mut dyn Read) -> Result<()> {
         let shown = item.meta.display();
+        if local.as_os_str().len() >= libc::PATH_MAX as usize {
+            return Err(Error::archive(
+                format!("entry {shown:?}"),
+                format!(
+                    "is too long to restore: {} bytes with the staging directory, and a path is at most {} bytes",
+                    local.as_os_str().len(),
+                    libc::PATH_MAX
+                ),
+            ));
+        }
         if let Some(parent) = local.parent() {
             fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
         }

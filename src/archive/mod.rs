@@ -85,6 +85,18 @@ pub struct Meta {
 
 impl Meta {
     pub fn display(&self) -> String {
-        String::from_utf8_lossy(&self.path).into_owned()
+        shown(&self.path)
     }
+}
+
+/// An entry name for messages: lossy UTF-8, cut in the middle when long, so that an error about
+/// a name of 20,000 bytes stays one readable line.
+pub fn shown(name: &[u8]) -> String {
+    const KEEP: usize = 120;
+    if name.len() <= 2 * KEEP {
+        return String::from_utf8_lossy(name).into_owned();
+    }
+    let head = String::from_utf8_lossy(&name[..KEEP]);
+    let tail = String::from_utf8_lossy(&name[name.len() - KEEP / 2..]);
+    format!("{head}…{tail} ({} bytes)", name.len())
 }

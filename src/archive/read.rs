@@ -5,6 +5,7 @@
 //! It never writes anything. What it hands out is already checked: relative, no `..`, a known
 //! type. An archive that ends without its end-of-archive blocks is an error, not a short success.
 
+use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, Read};
 
 use super::{ab, Meta};
@@ -64,30 +65,90 @@ pub fn open<'a, R: Read + 'a>(src: R) -> Result<(Container, Box<dyn Read + 'a>)>
     Ok((Container::Tar, Box::new(src)))
 }
 
+/// At most this many bytes between one entry's data and the next's: the skipped rest of the
+/// previous entry aside, its headers, pax records, GNU long names and old GNU sparse
+/// extension blocks. The tar reader holds pax records and long names in memory whole, at the
+/// size their header claims, so without a cap a small compressed archive could claim gigabytes
+/// of them. 32 MiB holds the extension blocks of `MAX_SPARSE_REGIONS` regions with room to
+/// spare, and any real path, link target or set of xattrs many times over.
+pub const MAX_HEADER_BYTES: u64 = 32 << 20;
+
+/// What the tar reader may still read before the next entry's data (`headers` mode), and how
+/// much of an entry's data the consumer has read (`data` mode).
+#[derive(Default)]
+struct Budget {
+    headers: Cell<bool>,
+    left: Cell<u64>,
+    data_read: Cell<u64>,
+}
+
+/// The archive's source as the tar reader sees it: between entries, reads stop with an error
+/// once the budget is spent.
+struct Guarded<'a> {
+    inner: &'a mut dyn Read,
+    budget: &'a Budget,
+}
+
+impl Read for Guarded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let b = self.budget;
+        if !b.headers.get() {
+            let n = self.inner.read(buf)?;
+            b.data_read.set(b.data_read.get().saturating_add(n as u64));
+            return Ok(n);
+        }
+        let left = b.left.get();
+        if left == 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("headers, pax records or long names of over {MAX_HEADER_BYTES} bytes before one entry"),
+            ));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        b.left.set(left - n as u64);
+        Ok(n)
+    }
+}
+
 /// Call `f` for every entry of the tar stream in order, with a reader over its content.
 /// Returns the number of entries. Checks that the archive ends properly.
 pub fn each_entry(src: &mut dyn Read, f: &mut dyn FnMut(Item, &mut dyn Read) -> Result<()>) -> Result<u64> {
-    let mut archive = tar::Archive::new(src);
+    let budget = Budget::default();
+    let mut archive = tar::Archive::new(Guarded { inner: src, budget: &budget });
     let mut count = 0u64;
     {
-        let entries = archive.entries().map_err(|e| Error::archive("tar stream", e.to_string()))?;
-        for entry in entries {
+        let mut entries = archive.entries().map_err(|e| Error::archive("tar stream", e.to_string()))?;
+        // What the tar reader skips of the previous entry before the next header: the data
+        // the consumer left unread and the padding to the block boundary.
+        let mut skip = 0u64;
+        loop {
+            budget.headers.set(true);
+            budget.left.set(skip.saturating_add(MAX_HEADER_BYTES));
+            let next = entries.next();
+            budget.headers.set(false);
+            let Some(entry) = next else { break };
             let mut entry = entry.map_err(|e| Error::archive(format!("entry {}", count + 1), e.to_string()))?;
-            let Some((item, sparse)) = check(&mut entry)? else { continue };
-            match sparse {
-                None => f(item, &mut entry)?,
-                Some(layout) => {
-                    let mut expanded = SparseReader::new(&mut entry, layout, item.size, &item.meta.display())?;
-                    f(item, &mut expanded)?
+            let stored = stored_size(&mut entry)?;
+            let read_before = budget.data_read.get();
+            if let Some((item, sparse)) = check(&mut entry)? {
+                match sparse {
+                    None => f(item, &mut entry)?,
+                    Some(layout) => {
+                        let mut expanded = SparseReader::new(&mut entry, layout, item.size, &item.meta.display())?;
+                        f(item, &mut expanded)?
+                    }
                 }
+                count += 1;
             }
             // Whatever the consumer left unread is skipped by the tar reader itself.
-            count += 1;
+            let padded = stored.saturating_add(511) & !511;
+            skip = padded.saturating_sub(budget.data_read.get() - read_before);
         }
     }
     // tar-rs stops at the first zero block, or at a clean EOF where a header should have been.
     // The second zero block tells a complete archive from one cut at a block boundary.
-    let src = archive.into_inner();
+    let mut src = archive.into_inner();
     let mut tail = [0u8; 512];
     let mut got = 0;
     while got < tail.len() {
@@ -105,8 +166,31 @@ pub fn each_entry(src: &mut dyn Read, f: &mut dyn FnMut(Item, &mut dyn Read) -> 
         ));
     }
     // Drain what follows (record padding; for compressed streams this also checks the trailer).
-    io::copy(src, &mut io::sink()).map_err(|e| Error::archive("trailer", e.to_string()))?;
+    io::copy(&mut src, &mut io::sink()).map_err(|e| Error::archive("trailer", e.to_string()))?;
     Ok(count)
+}
+
+/// How many bytes of the archive an entry's data takes, as the tar reader counts them: the
+/// header's size, or the pax `size` record's (for old GNU sparse entries, whose reported size
+/// is the expanded one, this is read from the records again, as the tar reader does).
+fn stored_size<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<u64> {
+    if entry.header().entry_type() != tar::EntryType::GNUSparse {
+        return Ok(entry.size());
+    }
+    let mut pax_size = None;
+    if let Some(exts) = entry.pax_extensions().map_err(|e| Error::archive("entry", e.to_string()))? {
+        for ext in exts {
+            let Ok(ext) = ext else { break };
+            if ext.key_bytes() == b"size" {
+                pax_size = std::str::from_utf8(ext.value_bytes()).ok().and_then(|v| v.parse::<u64>().ok());
+                break;
+            }
+        }
+    }
+    match pax_size {
+        Some(n) => Ok(n),
+        None => entry.header().entry_size().map_err(|e| Error::archive("entry", format!("has a bad size field: {e}"))),
+    }
 }
 
 /// Where a pax-format sparse file (GNU tar's `--format=posix --sparse`) keeps its map.
@@ -120,7 +204,7 @@ enum SparseLayout {
 fn check<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<(Item, Option<SparseLayout>)>> {
     use tar::EntryType as T;
     let raw_path = entry.path_bytes().into_owned();
-    let shown = String::from_utf8_lossy(&raw_path).into_owned();
+    let shown = super::shown(&raw_path);
     let header = entry.header();
     let et = header.entry_type();
     let kind =
@@ -133,8 +217,11 @@ fn check<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<(Item, Option<
                     .link_name_bytes()
                     .ok_or_else(|| Error::archive(format!("entry {shown:?}"), "is a link without a target"))?
                     .into_owned();
-                if target.is_empty() || target.contains(&0) {
-                    return Err(Error::archive(format!("entry {shown:?}"), "has an empty or invalid link target"));
+                if target.is_empty() || target.contains(&0) || target.len() > MAX_NAME {
+                    return Err(Error::archive(
+                        format!("entry {shown:?}"),
+                        "has an empty, invalid or too long link target",
+                    ));
                 }
                 if et == T::Symlink {
                     Kind::Symlink(target)
@@ -176,6 +263,15 @@ fn check<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<(Item, Option<
             let key = ext.key_bytes();
             let value = ext.value_bytes();
             match key {
+                // The tar reader takes a valid `size` and silently ignores one it cannot parse
+                // (reading the header's size instead): refuse what other readers would read
+                // differently.
+                b"size" => {
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .ok_or_else(|| bad_pax(&shown, "size"))?;
+                }
                 b"uid" => uid = parse_num(value).ok_or_else(|| bad_pax(&shown, "uid"))?,
                 b"gid" => gid = parse_num(value).ok_or_else(|| bad_pax(&shown, "gid"))?,
                 b"mtime" => {
@@ -241,8 +337,12 @@ fn check<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<(Item, Option<
     )))
 }
 
-/// `off,len,off,len,…`
+/// `off,len,off,len,…`, at most `MAX_SPARSE_REGIONS` pairs.
 fn parse_map(v: &[u8]) -> Option<Vec<(u64, u64)>> {
+    let commas = v.iter().filter(|b| **b == b',').count() as u64;
+    if commas >= 2 * MAX_SPARSE_REGIONS {
+        return None;
+    }
     let nums: Vec<u64> =
         std::str::from_utf8(v).ok()?.split(',').map(|s| s.trim().parse().ok()).collect::<Option<_>>()?;
     if nums.len() % 2 != 0 {
@@ -251,8 +351,9 @@ fn parse_map(v: &[u8]) -> Option<Vec<(u64, u64)>> {
     Some(nums.chunks(2).map(|c| (c[0], c[1])).collect())
 }
 
-/// At most this many regions in a sparse map: more is an attack, not a file.
-const MAX_SPARSE_REGIONS: u64 = 1 << 20;
+/// At most this many regions in a sparse map: more is an attack, not a file (the writer stores
+/// a file with more regions whole).
+pub const MAX_SPARSE_REGIONS: u64 = 1 << 20;
 
 /// Expands a pax sparse entry's stored regions into the file's full content, zeros in the
 /// holes.
@@ -383,9 +484,19 @@ fn parse_time(v: &[u8]) -> Option<(i64, u32)> {
     Some((secs, nsec))
 }
 
+/// The longest entry name or link target accepted: 16 times the longest path a file-system
+/// call takes; anything longer cannot be restored, and is only held (and split) in memory.
+pub const MAX_NAME: usize = 64 * 1024;
+
 /// Normalise an entry name: relative, `.` and empty components dropped, never `..`, never
 /// absolute, no NUL. `None` for the archive's top (`./`).
 pub fn clean_path(raw: &[u8], shown: &str) -> Result<Option<Vec<u8>>> {
+    if raw.len() > MAX_NAME {
+        return Err(Error::archive(
+            format!("entry {shown:?}"),
+            format!("has a name of {} bytes, too long: names over {MAX_NAME} bytes are refused", raw.len()),
+        ));
+    }
     if raw.starts_with(b"/") {
         return Err(Error::archive(
             format!("entry {shown:?}"),
@@ -425,6 +536,103 @@ mod tests {
         assert!(clean_path(b"/etc/passwd", "").is_err());
         assert!(clean_path(b"data/../../etc", "").is_err());
         assert!(clean_path(b"..", "").is_err());
+    }
+
+    /// A reader that counts what was taken from it.
+    struct Counted<R>(R, u64);
+
+    impl<R: Read> Read for Counted<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1 += n as u64;
+            Ok(n)
+        }
+    }
+
+    fn header(kind: tar::EntryType, name: &str, size: u64, gnu: bool) -> Vec<u8> {
+        let mut h = if gnu { tar::Header::new_gnu() } else { tar::Header::new_ustar() };
+        h.set_entry_type(kind);
+        h.set_path(name).unwrap();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    /// A pax record or GNU long name that claims a huge size used to be read into memory whole
+    /// (and a few kilobytes of zstd can stand for gigabytes of it).
+    #[test]
+    fn huge_pax_records_and_long_names_are_refused_not_buffered() {
+        for (kind, gnu) in [(tar::EntryType::XHeader, false), (tar::EntryType::GNULongName, true)] {
+            let head = header(kind, "x", 1 << 40, gnu);
+            let mut src = Counted(head.chain(io::repeat(b'a')), 0);
+            let e = each_entry(&mut src, &mut |_, _| Ok(())).unwrap_err().to_string();
+            assert!(e.contains("over 33554432 bytes"), "{kind:?}: {e}");
+            assert!(src.1 <= 512 + MAX_HEADER_BYTES, "{kind:?}: read {} bytes", src.1);
+        }
+    }
+
+    /// The budget between entries counts what the consumer left unread as skippable, for
+    /// plain and old GNU sparse entries alike.
+    #[test]
+    fn unread_data_is_skipped_whatever_its_size() {
+        use super::super::write::TarWriter;
+        use super::super::Flavor;
+        use std::io::Write;
+        use std::os::unix::fs::FileExt;
+
+        let big = MAX_HEADER_BYTES + 4096 + 17;
+        let head = header(tar::EntryType::Regular, "big", big, false);
+        let mut stream: Box<dyn Read> = Box::new(io::Cursor::new(head).chain(io::repeat(7).take(big)));
+        let mut tail = vec![0u8; 512 - (big % 512) as usize];
+        tail.extend(header(tar::EntryType::Regular, "small", 3, false));
+        tail.extend(b"abc");
+        tail.extend([0u8; 509 + 1024]);
+        stream = Box::new(stream.chain(io::Cursor::new(tail)));
+        let mut seen = Vec::new();
+        let n = each_entry(&mut stream, &mut |item, data| {
+            let mut first = [0u8; 3];
+            data.read_exact(&mut first).unwrap();
+            seen.push((item.meta.display(), first));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(seen, vec![("big".to_string(), [7, 7, 7]), ("small".to_string(), *b"abc")]);
+
+        // Old GNU sparse: 40 MiB stored in two regions of a 100 MiB file, read 10 bytes of it.
+        let mut f = tempfile::tempfile().unwrap();
+        let region = 20 << 20;
+        f.write_all_at(&vec![1u8; region], 0).unwrap();
+        f.write_all_at(&vec![2u8; region], 60 << 20).unwrap();
+        f.set_len(100 << 20).unwrap();
+        f.flush().unwrap();
+        let meta = |p: &str| Meta { path: p.as_bytes().to_vec(), mode: 0o644, ..Default::default() };
+        let mut w = TarWriter::new(Vec::new(), Flavor::Full);
+        w.append_sparse(&meta("sparse"), 100 << 20, &[(0, region as u64), (60 << 20, region as u64)], &f).unwrap();
+        w.append_file(&meta("after"), 2, &mut &b"ok"[..]).unwrap();
+        let bytes = w.finish().unwrap();
+        let mut got = Vec::new();
+        let n = each_entry(&mut &bytes[..], &mut |item, data| {
+            let mut head = vec![0u8; 10.min(item.size as usize)];
+            data.read_exact(&mut head).unwrap();
+            got.push((item.meta.display(), item.kind, item.size, head));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(got[0], ("sparse".to_string(), Kind::File { sparse: true }, 100 << 20, vec![1u8; 10]));
+        assert_eq!(got[1], ("after".to_string(), Kind::File { sparse: false }, 2, b"ok".to_vec()));
+    }
+
+    #[test]
+    fn sparse_maps_are_capped() {
+        assert_eq!(parse_map(b"0,512,1024,512"), Some(vec![(0, 512), (1024, 512)]));
+        let many = vec!["0"; 2 * MAX_SPARSE_REGIONS as usize + 2].join(",");
+        assert_eq!(parse_map(many.as_bytes()), None);
     }
 
     #[test]

@@ -39,6 +39,8 @@ const COPY_BUF: usize = 1024 * 1024;
 const WRITEBACK_MIN: u64 = 1024 * 1024;
 /// Room left free on the target filesystem beyond what the archive needs.
 const SPACE_RESERVE: u64 = 16 * 1024 * 1024;
+/// The longest path a file-system call takes (Linux `PATH_MAX`, with its NUL).
+const PATH_MAX: usize = libc::PATH_MAX as usize;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
@@ -67,7 +69,8 @@ struct Staging {
     written: u64,
     /// The highest directory this run had to create to reach `target` (removed on abort).
     created: Option<PathBuf>,
-    /// `target`'s times before the staging directory was made in it (put back on abort).
+    /// `target`'s times before the staging directory was made in it, or those of the directory
+    /// above `created` when there is one (put back on abort).
     target_times: (FileTime, FileTime),
     /// An exclusive `flock` on the staging directory: this run is alive.
     _lock: File,
@@ -135,9 +138,14 @@ impl Unpacker {
         if !self.stagings.contains_key(top) {
             let target = self.top_target(top)?;
             let created = highest_missing(&target);
+            // Creating directories changes the times of the one above them: put back on abort.
+            let above = created.as_deref().and_then(Path::parent).and_then(|p| fs::metadata(p).ok());
             fs::create_dir_all(&target).ctx(|| format!("creating {}", target.display()))?;
             finish_interrupted(&self.root, &target);
-            let tm = fs::metadata(&target).ctx(|| format!("reading {}", target.display()))?;
+            let tm = match above {
+                Some(m) => m,
+                None => fs::metadata(&target).ctx(|| format!("reading {}", target.display()))?,
+            };
             let target_times = (FileTime::from_last_access_time(&tm), FileTime::from_last_modification_time(&tm));
             let dir = target.join(format!("{STAGING_PREFIX}{}", self.id));
             fs::create_dir(&dir).ctx(|| format!("creating staging directory {}", dir.display()))?;
@@ -198,8 +206,17 @@ impl Unpacker {
         let is_root = self.is_root;
         let opts = self.opts;
         let st = self.staging(&top)?;
-        ensure_parents(st, &rest, &shown)?;
         let local = st.dir.join(OsStr::from_bytes(&rest));
+        if local.as_os_str().len() >= PATH_MAX {
+            return Err(Error::archive(
+                format!("entry {shown:?}"),
+                format!(
+                    "is too long to restore: {} bytes with the staging directory, and a path is at most {PATH_MAX} bytes",
+                    local.as_os_str().len()
+                ),
+            ));
+        }
+        ensure_parents(st, &rest, &shown)?;
         match &item.kind {
             Kind::Dir => {
                 match fs::symlink_metadata(&local) {
@@ -218,7 +235,10 @@ impl Unpacker {
             }
             Kind::File { sparse } => {
                 replace_earlier(&local, &shown)?;
-                if !sparse && item.size > st.available.saturating_sub(st.written).saturating_sub(SPACE_RESERVE) {
+                // Sparse files too, by the size they claim: holes are cheap to store, not to
+                // check (each is read as zeros), and a data region of a repeated byte compresses
+                // as well as a hole.
+                if item.size > st.available.saturating_sub(st.written).saturating_sub(SPACE_RESERVE) {
                     return Err(Error::NoSpace {
                         path: st.target.clone(),
                         needed: item.size,
@@ -272,7 +292,8 @@ impl Unpacker {
                     None => true,
                 };
                 let is_file = fs::symlink_metadata(&src).map(|m| m.is_file()).unwrap_or(false);
-                if !parent_ok || !is_file {
+                // A link to itself would remove its own target before linking to it.
+                if !parent_ok || !is_file || trest == rest.as_slice() {
                     return Err(Error::archive(
                         format!("entry {shown:?}"),
                         format!(
@@ -359,6 +380,9 @@ impl Unpacker {
                             break;
                         }
                     }
+                    if let Some(above) = top.parent() {
+                        let _ = filetime::set_file_times(above, st.target_times.0, st.target_times.1);
+                    }
                 }
                 None => {
                     let _ = filetime::set_file_times(&st.target, st.target_times.0, st.target_times.1);
@@ -385,7 +409,10 @@ impl Drop for Unpacker {
 /// an earlier entry left there that is not a directory (a planted symlink above all).
 fn ensure_parents(st: &mut Staging, rest: &[u8], shown: &str) -> Result<()> {
     let positions: Vec<usize> = rest.iter().enumerate().filter(|(_, b)| **b == b'/').map(|(i, _)| i).collect();
-    for pos in positions {
+    // A known directory's own parents are known: start below the deepest one (checking every
+    // prefix of every name would cost the square of its depth, per entry).
+    let known = positions.iter().rposition(|&pos| st.dirs.contains(&rest[..pos])).map_or(0, |i| i + 1);
+    for &pos in &positions[known..] {
         let prefix = &rest[..pos];
         if st.dirs.contains(prefix) {
             continue;
@@ -575,16 +602,42 @@ fn merge(
     explicit: &HashSet<Vec<u8>>,
     deferred: &mut Vec<(PathBuf, fs::Metadata)>,
 ) -> Result<()> {
-    let mut names: Vec<_> = fs::read_dir(src)
-        .ctx(|| format!("listing {}", src.display()))?
-        .collect::<io::Result<Vec<_>>>()
-        .ctx(|| format!("listing {}", src.display()))?;
-    names.sort_by_key(|e| e.file_name());
-    for ent in names {
-        let name = ent.file_name();
-        let s = ent.path();
-        let mut d = dst.join(&name);
-        let mut child_rel = rel.to_vec();
+    /// One directory being merged: the names still to move (last first), and its own metadata
+    /// to defer once they are all done. A stack of these, not recursion: a tree as deep as a
+    /// path can reach (2,000 levels) would overflow a thread's stack.
+    struct Level {
+        src: PathBuf,
+        dst: PathBuf,
+        rel: Vec<u8>,
+        names: Vec<std::ffi::OsString>,
+        then: Option<(PathBuf, fs::Metadata)>,
+    }
+    fn names(src: &Path) -> Result<Vec<std::ffi::OsString>> {
+        let mut names: Vec<_> = fs::read_dir(src)
+            .ctx(|| format!("listing {}", src.display()))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<Vec<_>>>()
+            .ctx(|| format!("listing {}", src.display()))?;
+        names.sort_by(|a, b| b.cmp(a));
+        Ok(names)
+    }
+    let mut stack = vec![Level {
+        src: src.to_path_buf(),
+        dst: dst.to_path_buf(),
+        rel: rel.to_vec(),
+        names: names(src)?,
+        then: None,
+    }];
+    while let Some(level) = stack.last_mut() {
+        let Some(name) = level.names.pop() else {
+            if let Some(then) = stack.pop().and_then(|l| l.then) {
+                deferred.push(then);
+            }
+            continue;
+        };
+        let s = level.src.join(&name);
+        let mut d = level.dst.join(&name);
+        let mut child_rel = level.rel.clone();
         if !child_rel.is_empty() {
             child_rel.push(b'/');
         }
@@ -610,15 +663,14 @@ fn merge(
         match dmeta {
             None => fs::rename(&s, &d).ctx(|| format!("moving {} into place", d.display()))?,
             Some(m) if smeta.is_dir() && m.is_dir() => {
-                merge(root, &s, &d, &child_rel, explicit, deferred)?;
-                if explicit.contains(&child_rel) {
-                    deferred.push((d, smeta));
-                }
+                let then = explicit.contains(&child_rel).then(|| (d.clone(), smeta));
+                let names = names(&s)?;
+                stack.push(Level { src: s, dst: d, rel: child_rel, names, then });
             }
             Some(m) if m.is_dir() || smeta.is_dir() => {
                 // A file replaces a directory or the other way round: set the old one aside,
                 // put the new one in, then remove the old.
-                let trash = dst.join(format!("{TRASH_PREFIX}{}", rand::random::<u32>()));
+                let trash = level.dst.join(format!("{TRASH_PREFIX}{}", rand::random::<u32>()));
                 fs::rename(&d, &trash).ctx(|| format!("setting {} aside", d.display()))?;
                 fs::rename(&s, &d).ctx(|| format!("moving {} into place", d.display()))?;
                 let removed = if m.is_dir() { fs::remove_dir_all(&trash) } else { fs::remove_file(&trash) };

@@ -434,7 +434,7 @@ fn checksum(h: &mut [u8; BLOCK]) {
 }
 
 /// The data regions of a file with holes, by SEEK_DATA/SEEK_HOLE; `None` when the filesystem
-/// cannot say or the file has no holes.
+/// cannot say, the file has no holes, or it has more than `read::MAX_SPARSE_REGIONS` regions.
 pub fn sparse_map(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
     use std::os::unix::io::AsRawFd;
     let fd = file.as_raw_fd();
@@ -458,6 +458,9 @@ pub fn sparse_map(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
         }
         let hole = hole.min(end);
         if hole > data {
+            if map.len() as u64 >= super::read::MAX_SPARSE_REGIONS {
+                return None; // more regions than a reader accepts: stored whole, holes as zeros
+            }
             map.push((data as u64, (hole - data) as u64));
         }
         pos = hole;

@@ -83,12 +83,24 @@ impl StateDir {
 
     /// Remember an upload; returns the record's file, to remove once the upload is over.
     pub fn save(&self, rec: &Record) -> Result<PathBuf> {
-        fs::create_dir_all(&self.dir).ctx(|| format!("creating the state directory {}", self.dir.display()))?;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        // The agent's own: 0700 and 0600, like the daemon's journal.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .ctx(|| format!("creating the state directory {}", self.dir.display()))?;
         let name = format!("upload-{}-{}.json", rec.pid, crate::manifest::random_id(12));
         let fin = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let body = serde_json::to_vec_pretty(rec).unwrap_or_default();
-        let mut f = fs::File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .ctx(|| format!("creating {}", tmp.display()))?;
         // Locked before it is visible under its final name: no other agent can ever see this
         // record unlocked while the upload runs.
         if !try_lock(&f) {

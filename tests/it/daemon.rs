@@ -2,227 +2,15 @@
 //! request shapes, a small control plane that checks signed callbacks (and refuses some, to
 //! exercise the outbox), cancellation, and SIGKILL in the middle of an upload and a restore.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
-use crate::support::garage::{self, Garage};
+use crate::support::daemon::{answer, ControlPlane, Daemon, INSTANCE, SECRET, TOKEN};
+use crate::support::garage;
 use crate::support::path_str;
 use crate::support::tree::{self, Ignore};
-
-const TOKEN: &str = "test-token-0123456789";
-const SECRET: &str = "callback-secret-abcdef";
-const INSTANCE: &str = "acp-test0001";
-
-/// A control plane: receives callbacks, checks their HMAC, refuses the first `refuse` ones.
-struct ControlPlane {
-    url: String,
-    events: Arc<Mutex<Vec<(String, Value)>>>,
-    refused: Arc<Mutex<u32>>,
-}
-
-impl ControlPlane {
-    fn start(refuse: u32) -> ControlPlane {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/callback", l.local_addr().unwrap());
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let refused = Arc::new(Mutex::new(0u32));
-        let (ev, rf) = (events.clone(), refused.clone());
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                let mut headers = BTreeMap::new();
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    continue;
-                }
-                loop {
-                    line.clear();
-                    r.read_line(&mut line).unwrap();
-                    let l = line.trim_end();
-                    if l.is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = l.split_once(':') {
-                        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                    }
-                }
-                let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-                let mut body = vec![0u8; len];
-                r.read_exact(&mut body).unwrap();
-                // Check the signature independently of cpbackup's code.
-                let ts = headers.get("x-cpbackup-timestamp").cloned().unwrap_or_default();
-                let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-                mac.update(ts.as_bytes());
-                mac.update(b".");
-                mac.update(&body);
-                let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-                let sig_ok = headers.get("x-cpbackup-signature") == Some(&expected);
-                let mut n = rf.lock().unwrap();
-                let status = if !sig_ok {
-                    "401 Unauthorized"
-                } else if *n < refuse {
-                    *n += 1;
-                    "503 Service Unavailable"
-                } else {
-                    let v: Value = serde_json::from_slice(&body).unwrap();
-                    ev.lock().unwrap().push((headers.get("x-cpbackup-event-id").cloned().unwrap_or_default(), v));
-                    "200 OK"
-                };
-                drop(n);
-                let _ = write!(conn, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            }
-        });
-        ControlPlane { url, events, refused }
-    }
-
-    fn events(&self) -> Vec<(String, Value)> {
-        self.events.lock().unwrap().clone()
-    }
-
-    /// Wait until an event for `task` reports `status`.
-    fn wait_for(&self, task: &str, status: &str) -> Vec<(String, Value)> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let evs: Vec<_> = self.events().into_iter().filter(|(_, v)| v["TaskId"] == task).collect();
-            if evs.iter().any(|(_, v)| v["Task"]["Status"] == status) {
-                return evs;
-            }
-            assert!(Instant::now() < deadline, "no {status} callback for {task}; got {evs:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-struct Daemon {
-    child: Child,
-    base: String,
-    config: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(g: &Garage, dir: &Path, root: &Path, callback: &str, extra: &str) -> Daemon {
-        let config = dir.join("cpbackup.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nstate_dir = \"{}\"\nroot = \"{}\"\ninstance_id = \"{INSTANCE}\"\n\
-                 instance_name = \"test phone\"\ncallback_url = \"{callback}\"\ncallback_secret = \"{SECRET}\"\nprogress_interval_secs = 1\n\
-                 shutdown_deadline_secs = 5\npath_style = true\n{extra}",
-                dir.join("state").display(),
-                root.display()
-            ),
-        )
-        .unwrap();
-        Self::spawn(g, config, dir)
-    }
-
-    fn spawn(g: &Garage, config: PathBuf, dir: &Path) -> Daemon {
-        Self::spawn_env(g, config, dir, &[])
-    }
-
-    fn spawn_env(g: &Garage, config: PathBuf, dir: &Path, envs: &[(&str, String)]) -> Daemon {
-        let log = dir.join("daemon.log");
-        let mut c = g.cpbackup();
-        for (k, v) in envs {
-            c.env(k, v);
-        }
-        c.args(["daemon", "--config", path_str(&config), "-v"])
-            // The config names the state dir; the harness's variable would override it.
-            .env_remove("CPBACKUP_STATE_DIR")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap());
-        let mut child = c.spawn().unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let addr = line.trim().rsplit(' ').next().unwrap_or("").to_string();
-        assert!(
-            addr.starts_with("127.0.0.1:"),
-            "daemon did not announce its address: {line:?}; log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        Daemon { child, base: format!("http://{addr}"), config, log }
-    }
-
-    fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = ureq::post(&format!("{}{path}", self.base))
-            .set("Authorization", &format!("Bearer {TOKEN}"))
-            .send_json(body);
-        answer(r)
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        answer(ureq::get(&format!("{}{path}", self.base)).set("Authorization", &format!("Bearer {TOKEN}")).call())
-    }
-
-    fn task(&self, id: &str) -> Value {
-        let (code, v) = self.post("/ecp/DescribeTasks", json!({"TaskIds": [id]}));
-        assert_eq!(code, 200, "{v}");
-        v["Data"][0].clone()
-    }
-
-    fn wait(&self, id: &str, done: &[&str]) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let t = self.task(id);
-            if done.iter().any(|s| t["TaskStatus"] == *s) {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "task {id} still {t}; log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill(mut self) -> (PathBuf, PathBuf) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        (self.config.clone(), self.log.clone())
-    }
-
-    fn term(mut self) -> std::process::ExitStatus {
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
-    match r {
-        Ok(resp) => (resp.status(), resp.into_json().unwrap_or(Value::Null)),
-        Err(ureq::Error::Status(code, resp)) => (code, resp.into_json().unwrap_or(Value::Null)),
-        Err(e) => panic!("request failed: {e}"),
-    }
-}
 
 fn app_tree(root: &Path, mib: usize) {
     let b = tree::Builder::new(root);
@@ -257,6 +45,10 @@ fn ecp_backup_recover_describe_delete_with_signed_callbacks() {
         &cp.url,
         &format!("endpoint = \"{}\"\nregion = \"garage\"\n", g.endpoint()),
     );
+    // Again with every log line there is, for the secrets check at the end: this run uses the
+    // token, the callback secret and the store's credentials.
+    drop(d);
+    let d = Daemon::spawn_env(g, dir.path().join("cpbackup.toml"), dir.path(), &[("RUST_LOG", "trace".into())]);
 
     let (code, v) = d.post(
         "/ecp/BackupFile",
@@ -340,7 +132,24 @@ fn ecp_backup_recover_describe_delete_with_signed_callbacks() {
     ] {
         assert!(m.contains(name), "{name} missing from:\n{m}");
     }
+    let log = d.log.clone();
     assert!(d.term().success(), "SIGTERM ends the daemon cleanly");
+    assert!(cp.bad().is_empty(), "callbacks refused: {:?}", cp.bad());
+    assert_no_secrets_in_log(&log, &[]);
+}
+
+/// The daemon's log (stderr, at the level the run was given) holds none of the secrets it used:
+/// the API token, the callback secret, the store's secret key, and `more`. The log must hold
+/// debug or trace lines, or the check would prove nothing.
+fn assert_no_secrets_in_log(log: &Path, more: &[&str]) {
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(text.contains("DEBUG") || text.contains("TRACE"), "the log is not verbose:\n{text}");
+    for secret in [TOKEN, SECRET, garage::SECRET].iter().chain(more) {
+        if let Some(i) = text.find(secret) {
+            let from = (0..=i.saturating_sub(300)).rev().find(|k| text.is_char_boundary(*k)).unwrap_or(0);
+            panic!("secret {secret:?} in the log:\n{}", &text[from..i + secret.len()]);
+        }
+    }
 }
 
 #[test]
@@ -349,7 +158,17 @@ fn authentication_limits_and_errors_in_the_vendors_shapes() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     app_tree(&root, 0);
-    let d = Daemon::start(g, dir.path(), &root, "", "body_limit = 4096\n");
+    // Callbacks go to a control plane that checks their signature with SECRET, while this
+    // daemon signs with another secret: every one must be refused. The daemon logs everything.
+    const WRONG_SECRET: &str = "not-the-callback-secret-987";
+    let cp = ControlPlane::start(0);
+    drop(Daemon::start(g, dir.path(), &root, &cp.url, "body_limit = 4096\n"));
+    let d = Daemon::spawn_env(
+        g,
+        dir.path().join("cpbackup.toml"),
+        dir.path(),
+        &[("RUST_LOG", "trace".into()), ("CPBACKUP_CALLBACK_SECRET", WRONG_SECRET.into())],
+    );
     // /healthz needs no token; everything else does, compared exactly.
     assert_eq!(ureq::get(&format!("{}/healthz", d.base)).call().unwrap().status(), 200);
     for auth in [None, Some("Bearer wrong"), Some("Bearer test-token-012345678"), Some(TOKEN)] {
@@ -364,6 +183,50 @@ fn authentication_limits_and_errors_in_the_vendors_shapes() {
     let (code, v) = answer(ureq::get(&format!("{}/cph/jobs?request_id=x", d.base)).call());
     assert_eq!(code, 401);
     assert!(v["error_code"].is_string(), "CPH shape: {v}");
+    // Every protected route, every way of getting the token wrong: 401, and nothing done.
+    let (_, v) = d.post("/ecp/DescribeTasks", json!({}));
+    let tasks_before = v["TotalCount"].clone();
+    let routes = [
+        ("POST", "/ecp/BackupFile"),
+        ("POST", "/ecp/RecoveryFile"),
+        ("POST", "/ecp/DescribeTasks"),
+        ("POST", "/cph/batch-storage"),
+        ("POST", "/cph/batch-restore"),
+        ("GET", "/cph/jobs/j-1"),
+        ("GET", "/cph/jobs"),
+        ("GET", "/tasks/t-1"),
+        ("DELETE", "/tasks/t-1"),
+        ("GET", "/metrics"),
+    ];
+    let wrong = [
+        None,
+        Some(String::new()),
+        Some("Bearer".to_string()),
+        Some("Bearer ".to_string()),
+        Some(TOKEN.to_string()),
+        Some(format!("bearer {TOKEN}")),
+        Some(format!("Basic {TOKEN}")),
+        Some(format!("Bearer {TOKEN}x")),
+        Some(format!("Bearer  {TOKEN}")),
+        Some(format!("Bearer {}", &TOKEN[..TOKEN.len() - 1])),
+        Some(format!("Bearer {}", TOKEN.to_uppercase())),
+    ];
+    let body = json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": "oss://b/x/", "SourceFilePathList": ["/data/data"],
+        "storage_infos": [{"phone_id": INSTANCE, "include_files": ["/data/data"], "bucket_name": "b", "object_path": "x.tar"}]});
+    for (method, path) in routes {
+        for auth in &wrong {
+            let mut req = ureq::request(method, &format!("{}{path}", d.base));
+            if let Some(a) = auth {
+                req = req.set("Authorization", a);
+            }
+            let (code, v) = answer(if method == "POST" { req.send_json(body.clone()) } else { req.call() });
+            assert_eq!(code, 401, "{method} {path} with {auth:?}: {v}");
+            let shape = if path.starts_with("/cph") { &v["error_code"] } else { &v["Code"] };
+            assert!(shape.is_string(), "{method} {path}: the vendor's error shape: {v}");
+        }
+    }
+    let (_, v) = d.post("/ecp/DescribeTasks", json!({}));
+    assert_eq!(v["TotalCount"], tasks_before, "a request refused with 401 still made a task: {v}");
     // Oversized body: 413. (The server may close before reading the whole body, and a client
     // still sending then sees a reset instead of the answer: try again in that case.)
     let big = json!({"SourceFilePathList": vec!["/data/x"; 700]});
@@ -406,6 +269,15 @@ fn authentication_limits_and_errors_in_the_vendors_shapes() {
     let t = d.wait(v["Data"][0]["TaskId"].as_str().unwrap(), &["Failed"]);
     assert_eq!(t["ErrorCode"], "InvalidParameter");
     assert!(t["ErrorMsg"].as_str().unwrap().contains("/system"), "{t}");
+    // That task's status callbacks, signed with the wrong secret, were refused by the control
+    // plane's own check: it does check.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cp.bad().is_empty() {
+        assert!(Instant::now() < deadline, "no callback reached the control plane");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cp.bad()[0].starts_with("signature"), "{:?}", cp.bad());
+    assert!(cp.events().is_empty(), "a wrongly signed callback was accepted: {:?}", cp.events());
     let (code, v) = d.post("/ecp/BackupEverything", json!({}));
     assert_eq!(code, 404);
     assert_eq!(v["Code"], "InvalidAction.NotFound");
@@ -419,11 +291,17 @@ fn authentication_limits_and_errors_in_the_vendors_shapes() {
     let o = g.cpbackup().args(["daemon", "--config", path_str(&cfg)]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no token"));
-    // Secrets never reach the log; the journal and config are private.
+    // Secrets never reach the log, even at trace level; the journal is private: the state
+    // directory and the journal's directories 0700, every task and undelivered event 0600.
     drop(d);
+    assert_no_secrets_in_log(&dir.path().join("daemon.log"), &[WRONG_SECRET]);
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
-    assert!(!log.contains(TOKEN) && !log.contains(SECRET) && !log.contains(garage::SECRET), "secret in log:\n{log}");
-    for entry in walk(&dir.path().join("state/journal")) {
+    assert!(log.contains("HTTP 401"), "the refused callbacks ran while logging:\n{log}");
+    let journal = dir.path().join("state/journal");
+    let entries = walk(&journal);
+    let files = |sub: &str| entries.iter().filter(|p| p.starts_with(journal.join(sub)) && p.is_file()).count();
+    assert!(files("tasks") >= 1 && files("outbox") >= 1, "nothing to check: {entries:?}");
+    for entry in std::iter::once(dir.path().join("state")).chain(entries) {
         use std::os::unix::fs::PermissionsExt;
         let mode =
             std::fs::metadata(&entry).unwrap_or_else(|e| panic!("{}: {e}", entry.display())).permissions().mode()

@@ -21,11 +21,14 @@ pub const TOKEN: &str = "test-token-0123456789";
 pub const SECRET: &str = "callback-secret-abcdef";
 pub const INSTANCE: &str = "acp-test0001";
 
-/// A control plane: receives callbacks, checks their HMAC, refuses the first `refuse` ones.
+/// A control plane: receives callbacks, checks their HMAC (keyed with `SECRET`) and timestamp,
+/// answers 401 to a bad one and refuses the first `refuse` good ones.
 pub struct ControlPlane {
     pub url: String,
     pub events: Arc<Mutex<Vec<(String, Value)>>>,
     pub refused: Arc<Mutex<u32>>,
+    /// Why each callback that failed the check failed.
+    pub bad: Arc<Mutex<Vec<String>>>,
 }
 
 impl ControlPlane {
@@ -34,7 +37,8 @@ impl ControlPlane {
         let url = format!("http://{}/callback", l.local_addr().unwrap());
         let events = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(Mutex::new(0u32));
-        let (ev, rf) = (events.clone(), refused.clone());
+        let bad = Arc::new(Mutex::new(Vec::new()));
+        let (ev, rf, bd) = (events.clone(), refused.clone(), bad.clone());
         std::thread::spawn(move || {
             for conn in l.incoming() {
                 let Ok(mut conn) = conn else { continue };
@@ -65,9 +69,20 @@ impl ControlPlane {
                 mac.update(b".");
                 mac.update(&body);
                 let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-                let sig_ok = headers.get("x-cpbackup-signature") == Some(&expected);
+                let given = headers.get("x-cpbackup-signature").cloned().unwrap_or_default();
+                // A fresh timestamp, so that a captured callback cannot be replayed later.
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+                let fresh = ts.parse::<i64>().is_ok_and(|t| (t - now).abs() <= 300);
+                let why = if given != expected {
+                    Some(format!("signature {given:?}, expected {expected:?} over {ts:?}"))
+                } else if !fresh {
+                    Some(format!("timestamp {ts:?} is not within 5 minutes of {now}"))
+                } else {
+                    None
+                };
                 let mut n = rf.lock().unwrap();
-                let status = if !sig_ok {
+                let status = if let Some(why) = why {
+                    bd.lock().unwrap().push(why);
                     "401 Unauthorized"
                 } else if *n < refuse {
                     *n += 1;
@@ -81,7 +96,11 @@ impl ControlPlane {
                 let _ = write!(conn, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             }
         });
-        ControlPlane { url, events, refused }
+        ControlPlane { url, events, refused, bad }
+    }
+
+    pub fn bad(&self) -> Vec<String> {
+        self.bad.lock().unwrap().clone()
     }
 
     pub fn events(&self) -> Vec<(String, Value)> {
@@ -96,6 +115,7 @@ impl ControlPlane {
             if evs.iter().any(|(_, v)| v["Task"]["Status"] == status) {
                 return evs;
             }
+            assert!(self.bad().is_empty(), "callbacks refused: {:?}", self.bad());
             assert!(Instant::now() < deadline, "no {status} callback for {task}; got {evs:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
