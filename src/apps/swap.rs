@@ -40,6 +40,7 @@ use super::{Area, ASIDE_PREFIX, STAGING_PREFIX};
 use crate::android::device::Device;
 use crate::android::pm;
 use crate::android::selinux::{self, Relabel};
+use crate::archive::unpack::sync_fs;
 use crate::error::{Error, IoContext, Result};
 use crate::select;
 
@@ -420,19 +421,6 @@ fn sync_dir(dir: &Path) {
     if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
         tracing::warn!("could not flush {}: {e}", dir.display());
     }
-}
-
-/// Flush the filesystem holding `dir`: the staged files' data, owners and labels reach the disk
-/// before the commit rename can.
-fn sync_fs(dir: &Path) -> io::Result<()> {
-    use std::os::unix::io::AsRawFd;
-    let f = File::open(dir)?;
-    // SAFETY: syncfs on a valid descriptor.
-    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

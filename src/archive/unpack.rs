@@ -838,7 +838,9 @@ fn start_writeback(file: &File) {
     }
 }
 
-fn sync_fs(dir: &Path) -> io::Result<()> {
+/// Flush the filesystem holding `dir` (syncfs): what was staged reaches the disk before the
+/// rename that commits it can.
+pub(crate) fn sync_fs(dir: &Path) -> io::Result<()> {
     use std::os::unix::io::AsRawFd;
     let f = File::open(dir)?;
     // SAFETY: syncfs on a valid descriptor.

@@ -14,14 +14,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rand::{RngCore, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::android::{self, Phone, NOTES};
 use crate::support::daemon::{Daemon, INSTANCE};
 use crate::support::garage::{self, Garage};
 use crate::support::tree;
-use crate::support::{json as json_of, path_str, run};
+use crate::support::{json as json_of, kill_group, path_str, run};
 
 const POINTS: u32 = 20;
 const MIB: usize = 1 << 20;
@@ -69,28 +68,18 @@ fn timed(mut cmd: impl FnMut() -> Command) -> Duration {
 
 /// Start `cmd` and SIGKILL it `at` later, unless it ended before. True if it was killed.
 fn kill_after(cmd: &mut Command, at: Duration) -> bool {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn cpbackup");
+    use std::os::unix::process::CommandExt;
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).process_group(0).spawn().expect("spawn cpbackup");
     let deadline = Instant::now() + at;
     loop {
         if child.try_wait().expect("wait").is_some() {
             return false;
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
             return true;
         }
         std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn random_files(dir: &Path, count: usize, each: usize, seed: u64) {
-    fs::create_dir_all(dir).unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut buf = vec![0u8; each];
-    for i in 0..count {
-        rng.fill_bytes(&mut buf);
-        fs::write(dir.join(format!("blob{i}.bin")), &buf).unwrap();
     }
 }
 
@@ -108,6 +97,16 @@ fn check_backup(g: &Garage, bucket: &str, key: &str) -> bool {
     assert_eq!(v["ChecksumVerified"], true, "{key}: AVAILABLE but {v}");
     assert_eq!(v["Sha256"], m["Sha256"], "{key}");
     true
+}
+
+/// Run again after the kills of a backup: the next start leaves nothing open, and none of the
+/// killed runs' backups is AVAILABLE without verifying.
+fn run_again(g: &Garage, bucket: &str, keys: &[String]) {
+    run(g.cpbackup().arg("cleanup"), 0);
+    assert!(g.store(bucket).open_uploads("").unwrap().is_empty(), "an upload is still open");
+    for key in keys {
+        check_backup(g, bucket, key);
+    }
 }
 
 /// At most the upload of `key` (the run just killed) is open: every start aborts what killed
@@ -171,7 +170,7 @@ fn reset(src: &Path, dst: &Path) {
 
 /// A tree to back up: 30 MiB that does not compress, and some small files.
 fn backup_tree(root: &Path, seed: u64) {
-    random_files(&root.join("data/media/0/big"), 6, 5 * MIB, seed);
+    tree::random_files(&root.join("data/media/0/big"), 6, 5 * MIB, seed);
     let b = tree::Builder::new(root);
     for i in 0..200 {
         b.file(&format!("data/data/com.example.app/files/f{i:03}.txt"), format!("file {i} of {seed}\n").as_bytes());
@@ -199,12 +198,7 @@ fn crash_export_at_20_points_then_run_again() {
         keys.push(key.clone());
         check_backup(g, &bucket, &key)
     });
-    // Run again: the next start leaves nothing open, and nothing half-made is AVAILABLE.
-    run(g.cpbackup().arg("cleanup"), 0);
-    assert!(g.store(&bucket).open_uploads("").unwrap().is_empty(), "an upload is still open");
-    for key in &keys {
-        check_backup(g, &bucket, key);
-    }
+    run_again(g, &bucket, &keys);
 }
 
 #[test]
@@ -265,7 +259,7 @@ fn crash_backup_app_at_20_points_then_run_again() {
     let bucket = g.bucket("crash-backup-app");
     let tmp = tempfile::tempdir().unwrap();
     let (a, ..) = android::phone_with_notes(tmp.path());
-    random_files(&a.p("data/data/com.example.notes/files/media"), 6, 5 * MIB, 4);
+    tree::random_files(&a.p("data/data/com.example.notes/files/media"), 6, 5 * MIB, 4);
     let app = ["data/data/com.example.notes", "data/user_de/0/com.example.notes"];
     let before = contents(&a.root, &app);
     let backup = |key: &str| {
@@ -284,11 +278,7 @@ fn crash_backup_app_at_20_points_then_run_again() {
         keys.push(key.clone());
         check_backup(g, &bucket, &key)
     });
-    run(g.cpbackup().arg("cleanup"), 0);
-    assert!(g.store(&bucket).open_uploads("").unwrap().is_empty(), "an upload is still open");
-    for key in &keys {
-        check_backup(g, &bucket, key);
-    }
+    run_again(g, &bucket, &keys);
 }
 
 #[test]
@@ -299,12 +289,12 @@ fn crash_recover_app_at_20_points_then_run_again() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, ..) = android::phone_with_notes(tmp.path());
     let media = a.p("data/data/com.example.notes/files/media");
-    random_files(&media, 6, 5 * MIB, 5);
+    tree::random_files(&media, 6, 5 * MIB, 5);
     let url = format!("s3://{bucket}/notes.ab");
     run(on_phone(g, &a).args(["backup-app", "--app", NOTES, "--root", path_str(&a.root), "--to", &url]), 0);
 
     // The phone's data moves on after the backup: other bytes, a file the archive lacks.
-    random_files(&media, 6, 5 * MIB, 6);
+    tree::random_files(&media, 6, 5 * MIB, 6);
     fs::write(a.p("data/data/com.example.notes/files/sub/note.txt"), "a newer note\n").unwrap();
     fs::write(a.p("data/data/com.example.notes/files/written-later.txt"), "later\n").unwrap();
     let app = ["data/data/com.example.notes", "data/user_de/0/com.example.notes"];
@@ -371,7 +361,12 @@ fn kill_daemon_during(g: &Garage, dir: &Path, root: &Path, path: &str, body: Val
     }
     d.kill();
     let d = daemon(g, dir, root);
-    let t = d.task(&id);
+    let mut t = d.task(&id);
+    if t["TaskStatus"] == "Waiting" || t["TaskStatus"] == "Processing" {
+        // Killed before the task started: the restarted daemon runs it.
+        t = d.wait(&id, &["Finished", "Failed", "PartFinished"]);
+        assert_eq!(t["TaskStatus"], "Finished", "{t}");
+    }
     assert!(
         t["TaskStatus"] == "Finished" || (t["TaskStatus"] == "Failed" && t["ErrorCode"] == "AgentRestarted"),
         "{t}"
@@ -396,7 +391,7 @@ fn crash_daemon_backups_at_20_points_each() {
     let bucket = g.bucket("crash-daemon-backup");
     let tmp = tempfile::tempdir().unwrap();
     let (a, ..) = android::phone_with_notes(tmp.path());
-    random_files(&a.p("data/data/com.example.notes/files/media"), 6, 5 * MIB, 7);
+    tree::random_files(&a.p("data/data/com.example.notes/files/media"), 6, 5 * MIB, 7);
     let dir = tmp.path().join("agent");
     fs::create_dir_all(&dir).unwrap();
     for (op, path, body) in [
@@ -429,7 +424,7 @@ fn crash_daemon_restores_at_20_points_each() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, ..) = android::phone_with_notes(tmp.path());
     let media = a.p("data/data/com.example.notes/files/media");
-    random_files(&media, 6, 5 * MIB, 8);
+    tree::random_files(&media, 6, 5 * MIB, 8);
     let files = format!("s3://{bucket}/files.tar.zst");
     let apps = format!("s3://{bucket}/notes.ab");
     run(
@@ -441,7 +436,7 @@ fn crash_daemon_restores_at_20_points_each() {
         0,
     );
     run(on_phone(g, &a).args(["backup-app", "--app", NOTES, "--root", path_str(&a.root), "--to", &apps]), 0);
-    random_files(&media, 6, 5 * MIB, 9);
+    tree::random_files(&media, 6, 5 * MIB, 9);
     fs::write(a.p("data/data/com.example.notes/files/written-later.txt"), "later\n").unwrap();
     let app = ["data/data/com.example.notes", "data/user_de/0/com.example.notes"];
     let pristine = tmp.path().join("pristine");

@@ -9,8 +9,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use rand::{RngCore, SeedableRng};
-
 use crate::android::{self, NOTES};
 use crate::support::tree::{self, Ignore};
 use crate::support::{cpbackup, path_str, run, stderr};
@@ -46,16 +44,6 @@ impl Drop for SmallDisk {
     }
 }
 
-fn random_files(dir: &Path, count: usize, each: usize, seed: u64) {
-    fs::create_dir_all(dir).unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut buf = vec![0u8; each];
-    for i in 0..count {
-        rng.fill_bytes(&mut buf);
-        fs::write(dir.join(format!("blob{i}.bin")), &buf).unwrap();
-    }
-}
-
 fn assert_no_staging(dir: &Path) {
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
         let n = e.file_name();
@@ -73,7 +61,7 @@ fn diskfull_import_refuses_or_stops_and_keeps_the_data() {
     let tmp = tempfile::tempdir().unwrap();
     // The archive: 48 MiB that does not compress, exported with its manifest beside it.
     let src = tmp.path().join("src");
-    random_files(&src.join("data/media/0/big"), 6, 8 * MIB, 91);
+    tree::random_files(&src.join("data/media/0/big"), 6, 8 * MIB, 91);
     let archive = tmp.path().join("big.tar.zst");
     run(cpbackup().args(["export", "--root", path_str(&src), "--include", "/data/media/0", "--to"]).arg(&archive), 0);
 
@@ -81,7 +69,7 @@ fn diskfull_import_refuses_or_stops_and_keeps_the_data() {
     let root = tmp.path().join("phone");
     let _disk = SmallDisk::mount(&root.join("data"), 40);
     let b = tree::Builder::new(&root);
-    random_files(&root.join("data/media/0/big"), 2, 3 * MIB, 92);
+    tree::random_files(&root.join("data/media/0/big"), 2, 3 * MIB, 92);
     b.file("data/media/0/notes.txt", b"precious");
     let before = tree::snapshot(&root, "data/media");
     let free_before = free(&root.join("data"));
@@ -123,7 +111,7 @@ fn diskfull_recover_app_stops_and_keeps_the_installed_app() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, ..) = android::phone_with_notes(tmp.path());
     let media = a.p("data/data/com.example.notes/files/media");
-    random_files(&media, 6, 8 * MIB, 93);
+    tree::random_files(&media, 6, 8 * MIB, 93);
     let ab = tmp.path().join("notes.ab");
     let mut c = cpbackup();
     c.env("PATH", android::path_env()).env("FAKEROID_ROOT", &a.root);
@@ -131,7 +119,7 @@ fn diskfull_recover_app_stops_and_keeps_the_installed_app() {
 
     // The app's data shrinks to 4 MiB, and /data/data moves onto a 40 MiB filesystem.
     fs::remove_dir_all(&media).unwrap();
-    random_files(&media, 1, 4 * MIB, 94);
+    tree::random_files(&media, 1, 4 * MIB, 94);
     let data = a.p("data/data");
     let keep = tmp.path().join("data-data");
     assert!(Command::new("cp").arg("-a").arg(&data).arg(&keep).status().unwrap().success());

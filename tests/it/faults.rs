@@ -9,7 +9,6 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
 use crate::android::{self, Phone, NOTES};
@@ -59,17 +58,6 @@ fn any(_: &Request) -> bool {
     true
 }
 
-/// `count` incompressible files of `each` bytes under `dir`.
-fn random_files(dir: &Path, count: usize, each: usize, seed: u64) {
-    fs::create_dir_all(dir).unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut buf = vec![0u8; each];
-    for i in 0..count {
-        rng.fill_bytes(&mut buf);
-        fs::write(dir.join(format!("blob{i}.bin")), &buf).unwrap();
-    }
-}
-
 fn sha256_file(p: &Path) -> String {
     let mut h = Sha256::new();
     std::io::copy(&mut fs::File::open(p).unwrap(), &mut h).unwrap();
@@ -104,7 +92,7 @@ fn faults_within_the_budget_export_and_import_200_mib() {
     let g = garage::shared();
     let bucket = g.bucket("faults-ok");
     let src = tempfile::tempdir().unwrap();
-    random_files(&src.path().join("data/media/0/big"), 20, 10 * MIB, 81);
+    tree::random_files(&src.path().join("data/media/0/big"), 20, 10 * MIB, 81);
     let url = format!("s3://{bucket}/big.tar.zst");
 
     // Every 4th request of any kind meets a fault: parts, the manifest PUTs, the multipart
@@ -151,7 +139,7 @@ fn faults_beyond_the_budget_fail_cleanly_and_keep_the_data() {
     let g = garage::shared();
     let bucket = g.bucket("faults-over");
     let src = tempfile::tempdir().unwrap();
-    random_files(&src.path().join("data/media/0/big"), 4, 6 * MIB, 82);
+    tree::random_files(&src.path().join("data/media/0/big"), 4, 6 * MIB, 82);
 
     // Export: from the third part on, the store answers SlowDown to every part.
     let third_on = |r: &Request| r.part_number().is_some_and(|n| n >= 3);
@@ -230,7 +218,7 @@ fn faults_within_the_budget_backup_app_and_recover_app_200_mib() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, ..) = android::phone_with_notes(tmp.path());
     let big = a.p("data/data/com.example.notes/files/media");
-    random_files(&big, 20, 10 * MIB, 83);
+    tree::random_files(&big, 20, 10 * MIB, 83);
     let want = sha256_file(&big.join("blob7.bin"));
     let url = format!("s3://{bucket}/notes.ab");
 
@@ -265,7 +253,7 @@ fn faults_beyond_the_budget_in_recover_app_keep_the_installed_app() {
     let bucket = g.bucket("faults-app-over");
     let tmp = tempfile::tempdir().unwrap();
     let (a, ..) = android::phone_with_notes(tmp.path());
-    random_files(&a.p("data/data/com.example.notes/files/media"), 2, 8 * MIB, 84);
+    tree::random_files(&a.p("data/data/com.example.notes/files/media"), 2, 8 * MIB, 84);
     let url = format!("s3://{bucket}/notes.ab");
     let pass = Proxy::start(g.nodes[0].s3_port, |_: &Request| Fault::Pass);
     let mut c = on_phone(g, &a, &pass);
@@ -297,7 +285,7 @@ fn faults_beyond_the_budget_fail_daemon_tasks_with_the_reason() {
     let bucket = g.bucket("faults-daemon");
     let tmp = tempfile::tempdir().unwrap();
     let (a, ..) = android::phone_with_notes(tmp.path());
-    random_files(&a.p("data/data/com.example.notes/files/media"), 3, 6 * MIB, 85);
+    tree::random_files(&a.p("data/data/com.example.notes/files/media"), 3, 6 * MIB, 85);
     let apps = format!("s3://{bucket}/notes.ab");
     let pass = Proxy::start(g.nodes[0].s3_port, |_: &Request| Fault::Pass);
     let mut c = on_phone(g, &a, &pass);

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cpbackup::store::Store;
-use rand::{RngCore, SeedableRng};
 
 use crate::support::garage::{self, Garage};
 use crate::support::tree::{self, Ignore};
@@ -24,14 +23,7 @@ const MIB: usize = 1 << 20;
 
 /// A tree of `files` incompressible files of `each` bytes under `root/data/media/0/big`.
 fn random_tree(root: &Path, files: usize, each: usize, seed: u64) {
-    let dir = root.join("data/media/0/big");
-    fs::create_dir_all(&dir).unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut buf = vec![0u8; each];
-    for i in 0..files {
-        rng.fill_bytes(&mut buf);
-        fs::write(dir.join(format!("blob{i}.bin")), &buf).unwrap();
-    }
+    tree::random_files(&root.join("data/media/0/big"), files, each, seed);
 }
 
 fn export(g: &Garage, root: &Path, to: &str, extra: &[&str]) -> serde_json::Value {

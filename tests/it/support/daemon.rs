@@ -161,7 +161,7 @@ impl Daemon {
             .env_remove("CPBACKUP_STATE_DIR")
             .stdout(Stdio::piped())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap());
-        let mut child = c.spawn().unwrap();
+        let mut child = std::os::unix::process::CommandExt::process_group(&mut c, 0).spawn().unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
@@ -208,9 +208,9 @@ impl Daemon {
         }
     }
 
+    /// SIGKILL the daemon and what it started, as init stops a service.
     pub fn kill(mut self) -> (PathBuf, PathBuf) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::kill_group(&mut self.child);
         (self.config.clone(), self.log.clone())
     }
 

@@ -76,3 +76,18 @@ pub fn require(tools: &[&str]) {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
 }
+
+/// SIGKILL a child started in its own process group (`process_group(0)`) together with
+/// everything it started (the fake `pm` scripts of an install), as init does when it stops a
+/// service, and wait until none of them is left.
+pub fn kill_group(child: &mut std::process::Child) {
+    let pgid = child.id() as i32;
+    // SAFETY: signalling a process group this test created.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = child.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // SAFETY: signal 0 only asks whether the group still has members.
+    while unsafe { libc::kill(-pgid, 0) } == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

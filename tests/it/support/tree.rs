@@ -242,3 +242,16 @@ pub fn assert_same(expected: &BTreeMap<Vec<u8>, Node>, actual: &BTreeMap<Vec<u8>
         problems.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
     );
 }
+
+/// `count` incompressible files of `each` bytes, `blob0.bin`…, under `dir` (made if missing),
+/// the same bytes for the same seed.
+pub fn random_files(dir: &Path, count: usize, each: usize, seed: u64) {
+    use rand::{RngCore, SeedableRng};
+    fs::create_dir_all(dir).expect("create dir");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut buf = vec![0u8; each];
+    for i in 0..count {
+        rng.fill_bytes(&mut buf);
+        fs::write(dir.join(format!("blob{i}.bin")), &buf).expect("write");
+    }
+}
