@@ -158,13 +158,17 @@ fn signing_block(file: &File, cd_offset: u64) -> std::result::Result<Option<Vec<
     let mut pairs = Vec::new();
     let mut p = 8usize;
     while p + 12 <= pairs_end {
-        let len = u64le(&block, p).ok_or("bad signing block pair")? as usize;
-        if len < 4 || p + 8 + len > pairs_end {
-            return Err("has a signing block pair that overruns it".into());
-        }
+        let len = u64le(&block, p).ok_or("bad signing block pair")?;
+        // The length is the APK's to claim: anything up to 2^64 - 1, checked before any sum.
+        let end = usize::try_from(len)
+            .ok()
+            .filter(|len| *len >= 4)
+            .and_then(|len| (p + 8).checked_add(len))
+            .filter(|end| *end <= pairs_end)
+            .ok_or("has a signing block pair that overruns it")?;
         let id = u32le(&block, p + 8).ok_or("bad signing block pair")?;
-        pairs.push((id, block[p + 12..p + 8 + len].to_vec()));
-        p += 8 + len;
+        pairs.push((id, block[p + 12..end].to_vec()));
+        p = end;
     }
     Ok(Some(pairs))
 }
@@ -458,5 +462,22 @@ pub(crate) mod tests {
         zip.truncate(zip.len() - 5);
         let f = write_tmp(&zip);
         assert!(inspect(f.path()).is_err());
+    }
+
+    /// A signing block pair whose length is near 2^64 used to overflow the bounds check and
+    /// panic on the slice (with `panic = "abort"`, the whole agent).
+    #[test]
+    fn huge_signing_block_pair_length_is_an_error() {
+        let mut zip = build_zip(&[("a", b"1")], &[(V2_ID, vec![0; 8])]);
+        // The first pair's length field sits 8 bytes into the block, which starts right after
+        // the one stored file (30-byte local header, 1-byte name, 1 byte of data).
+        let at = 30 + 1 + 1 + 8;
+        assert_eq!(u64le(&zip, at), Some(12));
+        for len in [u64::MAX, u64::MAX - 3, u64::MAX - 11, 3] {
+            zip[at..at + 8].copy_from_slice(&len.to_le_bytes());
+            let f = write_tmp(&zip);
+            let e = inspect(f.path()).unwrap_err().to_string();
+            assert!(e.contains("overruns"), "{len}: {e}");
+        }
     }
 }

@@ -99,7 +99,7 @@ async fn auth(State(r): State<Arc<Runner>>, req: Request, next: Next) -> Respons
 }
 
 /// Parse a JSON body, naming the field at fault.
-fn parse<T: DeserializeOwned>(body: &Bytes, cph: bool) -> Result<T, ApiError> {
+fn parse<T: DeserializeOwned>(body: &[u8], cph: bool) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         let msg = format!("malformed request body: {e}");
         if cph {
@@ -173,12 +173,68 @@ async fn ecp(State(r): State<Arc<Runner>>, Path(action): Path<String>, body: Byt
         "DescribeBackupFiles" => describe_backup_files(&r, &body).await,
         "DeleteBackupFile" => delete_backup_files(&r, &body).await,
         "DescribeTasks" => describe_tasks(&r, &body),
-        other => Err(ApiError::ecp(
-            StatusCode::NOT_FOUND,
-            "InvalidAction.NotFound",
-            format!("unknown action {other:?}: use BackupFile, RecoveryFile, BackupApp, RecoverApp, DescribeBackupFiles, DeleteBackupFile or DescribeTasks"),
-        )),
+        other => Err(unknown_action(other)),
     }
+}
+
+fn unknown_action(action: &str) -> ApiError {
+    ApiError::ecp(
+        StatusCode::NOT_FOUND,
+        "InvalidAction.NotFound",
+        format!("unknown action {action:?}: use BackupFile, RecoveryFile, BackupApp, RecoverApp, DescribeBackupFiles, DeleteBackupFile or DescribeTasks"),
+    )
+}
+
+/// Parse and check a request body as the handler of the POST `route` (`/ecp/ACTION`,
+/// `/cph/batch-storage`, `/cph/batch-restore`) does before it touches the task queue or a
+/// store: the same functions, nothing submitted. `instance_id` is this phone's. The error is
+/// the answer's status, code and message. For the fuzz targets (`fuzz/`) and tests.
+pub fn check_request(instance_id: &str, route: &str, body: &[u8]) -> Result<(), (u16, String, String)> {
+    let checked = (|| -> Result<(), ApiError> {
+        if let Some(action) = route.strip_prefix("/ecp/") {
+            match action {
+                "BackupFile" | "BackupApp" => {
+                    check_ecp_backup(instance_id, action, &parse::<EcpBackup>(body, false)?)?;
+                }
+                "RecoveryFile" | "RecoverApp" => {
+                    check_ecp_recover(instance_id, &parse::<EcpRecover>(body, false)?)?;
+                }
+                "DescribeBackupFiles" => {
+                    describe_backup_files_query(body)?;
+                }
+                "DeleteBackupFile" => {
+                    delete_ids(body)?;
+                }
+                "DescribeTasks" => {
+                    describe_tasks_req(body)?;
+                }
+                other => return Err(unknown_action(other)),
+            }
+            return Ok(());
+        }
+        let infos: Vec<(String, String, String)> = match route {
+            "/cph/batch-storage" => parse::<CphStorage>(body, true)?
+                .storage_infos
+                .into_iter()
+                .map(|i| (i.phone_id, i.bucket_name, i.object_path))
+                .collect(),
+            "/cph/batch-restore" => parse::<CphRestore>(body, true)?
+                .restore_infos
+                .into_iter()
+                .map(|i| (i.phone_id, i.bucket_name, i.object_path))
+                .collect(),
+            other => return Err(ApiError::cph(StatusCode::NOT_FOUND, "CPS.0404", format!("no POST route {other:?}"))),
+        };
+        let what = if route.ends_with("storage") { "storage_infos" } else { "restore_infos" };
+        check_cph_infos(what, infos.len())?;
+        for (i, (phone, bucket, object)) in infos.iter().enumerate() {
+            if phone == instance_id {
+                cph_location(what, i, bucket, object)?;
+            }
+        }
+        Ok(())
+    })();
+    checked.map_err(|e| (e.status.as_u16(), e.code, e.message))
 }
 
 fn store_opts(r: &Runner, endpoint: Option<String>) -> StoreOptions {
@@ -203,15 +259,15 @@ fn identity(r: &Runner, task_id: &str) -> Identity {
 }
 
 /// Entries of AndroidInstanceIdList that are not this phone, as per-instance errors.
-fn split_instances(r: &Runner, list: &[String]) -> Result<(bool, Vec<Value>), ApiError> {
+fn split_instances(instance_id: &str, list: &[String]) -> Result<(bool, Vec<Value>), ApiError> {
     if list.is_empty() {
         return Err(bad(false, "AndroidInstanceIdList is empty: name this phone's instance id".into()));
     }
-    let mine = list.iter().any(|i| *i == r.cfg.instance_id);
+    let mine = list.iter().any(|i| *i == instance_id);
     let others = list
         .iter()
-        .filter(|i| **i != r.cfg.instance_id)
-        .map(|i| json!({"AndroidInstanceId": i, "Code": "InvalidAndroidInstanceId.NotFound", "Message": format!("{i} is not this phone ({})", r.cfg.instance_id)}))
+        .filter(|i| **i != instance_id)
+        .map(|i| json!({"AndroidInstanceId": i, "Code": "InvalidAndroidInstanceId.NotFound", "Message": format!("{i} is not this phone ({instance_id})")}))
         .collect();
     Ok((mine, others))
 }
@@ -223,17 +279,16 @@ fn check_upload_type(t: &Option<String>) -> Result<(), ApiError> {
     }
 }
 
-fn ecp_backup(r: &Runner, action: &str, req: EcpBackup) -> Result<Json<Value>, ApiError> {
-    let (mine, mut data) = split_instances(r, &req.android_instance_id_list)?;
+/// BackupFile / BackupApp: the checks that need nothing but this phone's id. Whether the
+/// request names this phone, and the entries for the other phones it names.
+fn check_ecp_backup(instance_id: &str, action: &str, req: &EcpBackup) -> Result<(bool, Vec<Value>), ApiError> {
+    let (mine, data) = split_instances(instance_id, &req.android_instance_id_list)?;
     if req.backup_file_path.is_empty() {
         return Err(bad(false, "BackupFilePath is required (oss://BUCKET/FOLDER/ or oss://BUCKET/NAME.ab)".into()));
     }
     check_upload_type(&req.upload_type)?;
     Location::parse(&req.backup_file_path).map_err(|e| bad(false, format!("BackupFilePath: {e}")))?;
-    let batch = new_task_id();
     if mine {
-        let task_id = new_task_id();
-        let bf = manifest::new_backup_file_id();
         let app = action == "BackupApp";
         if app && req.source_app_list.is_empty() {
             return Err(bad(false, "SourceAppList is empty: name at least one package".into()));
@@ -241,6 +296,17 @@ fn ecp_backup(r: &Runner, action: &str, req: EcpBackup) -> Result<Json<Value>, A
         if !app && !req.backup_all && req.source_file_path_list.is_empty() {
             return Err(bad(false, "SourceFilePathList is empty and BackupAll is false: nothing to back up".into()));
         }
+    }
+    Ok((mine, data))
+}
+
+fn ecp_backup(r: &Runner, action: &str, req: EcpBackup) -> Result<Json<Value>, ApiError> {
+    let (mine, mut data) = check_ecp_backup(&r.cfg.instance_id, action, &req)?;
+    let batch = new_task_id();
+    if mine {
+        let task_id = new_task_id();
+        let bf = manifest::new_backup_file_id();
+        let app = action == "BackupApp";
         let ext = if app { "ab" } else { "tar.zst" };
         // Name the object now, so the task knows its manifest's key from the start.
         let (to, name) = if req.backup_file_path.ends_with('/') {
@@ -307,8 +373,9 @@ fn ecp_backup(r: &Runner, action: &str, req: EcpBackup) -> Result<Json<Value>, A
     Ok(Json(json!({"RequestId": request_id(), "TaskId": batch, "Count": data.len(), "Data": data})))
 }
 
-fn ecp_recover(r: &Runner, action: &str, req: EcpRecover) -> Result<Json<Value>, ApiError> {
-    let (mine, mut data) = split_instances(r, &req.android_instance_id_list)?;
+/// RecoveryFile / RecoverApp: the checks that need nothing but this phone's id.
+fn check_ecp_recover(instance_id: &str, req: &EcpRecover) -> Result<(bool, Vec<Value>), ApiError> {
+    let (mine, data) = split_instances(instance_id, &req.android_instance_id_list)?;
     if req.backup_file_path.is_empty() {
         return Err(bad(false, "BackupFilePath is required".into()));
     }
@@ -317,6 +384,11 @@ fn ecp_recover(r: &Runner, action: &str, req: EcpRecover) -> Result<Json<Value>,
     if req.backup_file_path.ends_with('/') && req.backup_file_id.as_deref().unwrap_or("").is_empty() {
         return Err(bad(false, "BackupFilePath is a folder: give BackupFileId too".into()));
     }
+    Ok((mine, data))
+}
+
+fn ecp_recover(r: &Runner, action: &str, req: EcpRecover) -> Result<Json<Value>, ApiError> {
+    let (mine, mut data) = check_ecp_recover(&r.cfg.instance_id, &req)?;
     let batch = new_task_id();
     if mine {
         let task_id = new_task_id();
@@ -400,7 +472,8 @@ struct DescribeBackupFilesReq {
     next_token: Option<String>,
 }
 
-async fn describe_backup_files(r: &Arc<Runner>, body: &Bytes) -> Result<Json<Value>, ApiError> {
+/// DescribeBackupFiles' body as a checked catalogue query.
+fn describe_backup_files_query(body: &[u8]) -> Result<catalog::Checked, ApiError> {
     let req: DescribeBackupFilesReq = if body.is_empty() { Default::default() } else { parse(body, false)? };
     let statuses = req
         .status_list
@@ -423,7 +496,11 @@ async fn describe_backup_files(r: &Arc<Runner>, body: &Bytes) -> Result<Json<Val
         max_results: req.max_results,
         next_token: req.next_token,
     };
-    let checked = q.check().map_err(|e| bad(false, e.to_string()))?;
+    q.check().map_err(|e| bad(false, e.to_string()))
+}
+
+async fn describe_backup_files(r: &Arc<Runner>, body: &Bytes) -> Result<Json<Value>, ApiError> {
+    let checked = describe_backup_files_query(body)?;
     let prefixes = catalogue_prefixes(r);
     let page = tokio::task::spawn_blocking(move || -> crate::Result<catalog::Page> {
         let mut all = Vec::new();
@@ -450,13 +527,18 @@ struct DeleteReq {
     backup_file_id_list: Vec<String>,
 }
 
-async fn delete_backup_files(r: &Arc<Runner>, body: &Bytes) -> Result<Json<Value>, ApiError> {
+/// DeleteBackupFile's body: the ids to delete, at least one.
+fn delete_ids(body: &[u8]) -> Result<Vec<String>, ApiError> {
     let req: DeleteReq = parse(body, false)?;
     if req.backup_file_id_list.is_empty() {
         return Err(bad(false, "BackupFileIdList is empty".into()));
     }
+    Ok(req.backup_file_id_list)
+}
+
+async fn delete_backup_files(r: &Arc<Runner>, body: &Bytes) -> Result<Json<Value>, ApiError> {
+    let ids = delete_ids(body)?;
     let prefixes = catalogue_prefixes(r);
-    let ids = req.backup_file_id_list;
     let result = tokio::task::spawn_blocking(move || -> crate::Result<Vec<String>> {
         let mut missing = Vec::new();
         for id in &ids {
@@ -521,13 +603,19 @@ struct DescribeTasksReq {
     next_token: Option<String>,
 }
 
-fn describe_tasks(r: &Runner, body: &Bytes) -> Result<Json<Value>, ApiError> {
+/// DescribeTasks' body and its page size.
+fn describe_tasks_req(body: &[u8]) -> Result<(DescribeTasksReq, usize), ApiError> {
     let req: DescribeTasksReq = if body.is_empty() { Default::default() } else { parse(body, false)? };
     let max = match req.max_results {
         None => 10,
         Some(n) if (1..=100).contains(&n) => n as usize,
         Some(n) => return Err(bad(false, format!("MaxResults {n} is out of range: use 1 to 100"))),
     };
+    Ok((req, max))
+}
+
+fn describe_tasks(r: &Runner, body: &Bytes) -> Result<Json<Value>, ApiError> {
+    let (req, max) = describe_tasks_req(body)?;
     let mut statuses = req.task_statuses.clone();
     statuses.extend(req.task_status.clone());
     let mut types = req.task_types.clone();
@@ -594,6 +682,20 @@ fn cph_job_entry(phone: &str, job: Option<&Task>, err: Option<(&str, String)>) -
     }
 }
 
+fn check_cph_infos(what: &str, count: usize) -> Result<(), ApiError> {
+    if count == 0 {
+        return Err(ApiError::cph(StatusCode::BAD_REQUEST, "CPS.0009", format!("{what} is empty")));
+    }
+    Ok(())
+}
+
+/// The object an info names: `obs://BUCKET/OBJECT_PATH`, checked.
+fn cph_location(what: &str, i: usize, bucket: &str, object_path: &str) -> Result<String, ApiError> {
+    let at = format!("obs://{bucket}/{object_path}");
+    Location::parse(&at).map_err(|e| bad(true, format!("{what}[{i}]: {e}")))?;
+    Ok(at)
+}
+
 /// One job per info: this phone's become tasks, any other phone gets `CPS.0004` in its entry.
 fn cph_batch<I>(
     r: &Runner,
@@ -603,9 +705,7 @@ fn cph_batch<I>(
     phone: impl Fn(&I) -> &str,
     task: impl Fn(usize, I) -> Result<Task, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    if infos.is_empty() {
-        return Err(ApiError::cph(StatusCode::BAD_REQUEST, "CPS.0009", format!("{what} is empty")));
-    }
+    check_cph_infos(what, infos.len())?;
     let request_id = request_id();
     let token = client_token(headers);
     let mut jobs = Vec::new();
@@ -636,8 +736,7 @@ async fn cph_storage(State(r): State<Arc<Runner>>, headers: HeaderMap, body: Byt
         req.storage_infos,
         |i| &i.phone_id,
         |i, info| {
-            let to = format!("obs://{}/{}", info.bucket_name, info.object_path);
-            Location::parse(&to).map_err(|e| bad(true, format!("storage_infos[{i}]: {e}")))?;
+            let to = cph_location("storage_infos", i, &info.bucket_name, &info.object_path)?;
             let task_id = new_task_id();
             let bf = manifest::new_backup_file_id();
             let spec = ExportSpec {
@@ -673,8 +772,7 @@ async fn cph_restore(State(r): State<Arc<Runner>>, headers: HeaderMap, body: Byt
         req.restore_infos,
         |i| &i.phone_id,
         |i, info| {
-            let from = format!("obs://{}/{}", info.bucket_name, info.object_path);
-            Location::parse(&from).map_err(|e| bad(true, format!("restore_infos[{i}]: {e}")))?;
+            let from = cph_location("restore_infos", i, &info.bucket_name, &info.object_path)?;
             let spec = ImportSpec {
                 from: from.clone(),
                 root: r.cfg.root.clone(),
@@ -784,4 +882,50 @@ async fn metrics(State(r): State<Arc<Runner>>) -> impl IntoResponse {
         r.reporter.failures.load(Ordering::Relaxed)
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: &str = "acp-test0001";
+
+    fn check(route: &str, body: Value) -> Result<(), (u16, String, String)> {
+        check_request(ME, route, body.to_string().as_bytes())
+    }
+
+    #[test]
+    fn request_bodies_are_checked_as_the_handlers_do() {
+        let backup = json!({"AndroidInstanceIdList": [ME], "BackupFilePath": "oss://b/x/", "SourceFilePathList": ["/data/data"]});
+        assert_eq!(check("/ecp/BackupFile", backup), Ok(()));
+        let (status, code, msg) = check("/ecp/BackupFile", json!({"AndroidInstanceIdList": [ME]})).unwrap_err();
+        assert_eq!((status, code.as_str()), (400, "InvalidParameter"));
+        assert!(msg.contains("BackupFilePath is required"), "{msg}");
+        // Another phone's request needs no source list: that phone answers for it.
+        assert_eq!(
+            check("/ecp/BackupApp", json!({"AndroidInstanceIdList": ["other"], "BackupFilePath": "oss://b/"})),
+            Ok(())
+        );
+        let e =
+            check("/ecp/BackupApp", json!({"AndroidInstanceIdList": [ME], "BackupFilePath": "oss://b/"})).unwrap_err();
+        assert!(e.2.contains("SourceAppList is empty"), "{e:?}");
+        let e = check("/ecp/RecoveryFile", json!({"AndroidInstanceIdList": [ME], "BackupFilePath": "oss://b/f/"}));
+        assert!(e.unwrap_err().2.contains("give BackupFileId too"));
+        let e = check("/ecp/DescribeTasks", json!({"MaxResults": 101})).unwrap_err();
+        assert_eq!(e.0, 400);
+        assert_eq!(check_request(ME, "/ecp/DescribeTasks", b""), Ok(()));
+        let e = check("/ecp/DescribeBackupFiles", json!({"StatusList": ["GONE"]})).unwrap_err();
+        assert!(e.2.starts_with("StatusList: unknown status"), "{e:?}");
+        assert!(check("/ecp/DeleteBackupFile", json!({"BackupFileIdList": []})).is_err());
+        assert_eq!(check("/ecp/BackupEverything", json!({})).unwrap_err().0, 404);
+        let e = check_request(ME, "/ecp/BackupFile", b"{\"AndroidInstanceIdList\": \"acp\"}").unwrap_err();
+        assert!(e.2.starts_with("malformed request body"), "{e:?}");
+
+        let info = json!({"phone_id": ME, "include_files": ["/data/data"], "bucket_name": "b", "object_path": "p.tar"});
+        assert_eq!(check("/cph/batch-storage", json!({"storage_infos": [info]})), Ok(()));
+        let e = check("/cph/batch-restore", json!({"restore_infos": []})).unwrap_err();
+        assert_eq!((e.0, e.1.as_str()), (400, "CPS.0009"));
+        let e = check_request(ME, "/cph/batch-restore", b"[]").unwrap_err();
+        assert_eq!((e.0, e.1.as_str()), (400, "CPS.0002"));
+    }
 }
