@@ -297,6 +297,10 @@ fn authentication_limits_and_errors_in_the_vendors_shapes() {
     assert_no_secrets_in_log(&dir.path().join("daemon.log"), &[WRONG_SECRET]);
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(log.contains("HTTP 401"), "the refused callbacks ran while logging:\n{log}");
+    assert!(
+        log.contains("cpbackup.toml holds a secret and is open to other users (mode 0644): chmod 600"),
+        "no warning about the config others can read:\n{log}"
+    );
     let journal = dir.path().join("state/journal");
     let entries = walk(&journal);
     let files = |sub: &str| entries.iter().filter(|p| p.starts_with(journal.join(sub)) && p.is_file()).count();

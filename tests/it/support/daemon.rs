@@ -143,6 +143,9 @@ impl Daemon {
             ),
         )
         .unwrap();
+        // As an operator's editor would leave it, whatever the umask: the API test checks
+        // that the daemon warns about a secret others can read.
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         Self::spawn(g, config, dir)
     }
 
