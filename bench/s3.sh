@@ -62,13 +62,12 @@ run_s3() {
         "aws s3 cp --only-show-errors $OUT/gnu.tar.zst s3://$GARAGE_BUCKET/aws.tar.zst"
     restic init >/dev/null 2>&1 || true
     measure "restic backup" "" "true" "restic backup --quiet $TREE/data"
-    measure "cpbackup import ← Garage" "" "rm -rf $OUT/r1 && mkdir -p $OUT/r1" \
+    measure "cpbackup import ← Garage" "" "$(fresh $OUT/r1)" \
         "$CPBACKUP import --root $OUT/r1 --from s3://$GARAGE_BUCKET/cp.tar.zst --endpoint $ENDPOINT"
-    measure "rclone cat | zstd -d | tar -x" "" "rm -rf $OUT/r2 && mkdir -p $OUT/r2" \
+    measure "rclone cat | zstd -d | tar -x" "" "$(fresh $OUT/r2)" \
         "rclone cat garage:$GARAGE_BUCKET/rc.tar.zst | zstd -q -d | tar -x -C $OUT/r2"
-    measure "restic restore" "" "rm -rf $OUT/r3 && mkdir -p $OUT/r3" "restic restore --quiet latest --target $OUT/r3"
-    measure "zstd -d < file | tar -x (local)" "" "rm -rf $OUT/r4 && mkdir -p $OUT/r4" \
+    measure "restic restore" "" "$(fresh $OUT/r3)" "restic restore --quiet latest --target $OUT/r3"
+    measure "zstd -d < file | tar -x (local)" "" "$(fresh $OUT/r4)" \
         "zstd -q -d < $OUT/gnu.tar.zst | tar -x -C $OUT/r4"
-    rm -rf "$OUT/r1" "$OUT/r2" "$OUT/r3" "$OUT/r4"
     kill $GARAGE_PID 2>/dev/null || true
 }

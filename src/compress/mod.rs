@@ -13,6 +13,12 @@ use parzlib::ParZlib;
 
 /// Input per zstd worker job.
 const ZSTD_JOB: u32 = 512 << 10;
+/// How much of the window before a job its worker loads first: 2^(3-9) of it (32 KiB at level
+/// 3). zstd's default for level 3 (6: a quarter MiB, half a 512 KiB job) has the workers hash
+/// each byte about 1.5 times. Measured on the benchmark tree (BENCHMARKS.md), seven exports
+/// each: median user CPU 5.02 s instead of 5.49, wall 4.23 s instead of 4.56, for 828.5 MB
+/// instead of 826.3 (+0.27%; `zstd -3 -T0` alone: 825.4).
+const ZSTD_OVERLAP_LOG: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
@@ -66,6 +72,7 @@ impl<W: Write> Encoder<W> {
                     // 2 × workers + 3 of them: over 100 MiB. 512 KiB jobs (its minimum) cost
                     // about 0.1% of ratio and keep the encoder near 10 MiB.
                     enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
+                    enc.set_parameter(zstd::stream::raw::CParameter::OverlapSizeLog(ZSTD_OVERLAP_LOG))?;
                 }
                 enc.include_checksum(true)?;
                 Encoder::Zstd(enc)
