@@ -647,16 +647,6 @@ mod tests {
         assert_eq!(got[1], ("after".to_string(), Kind::File { sparse: false }, 2, b"ok".to_vec()));
     }
 
-    /// A pax record: `LEN key=value\n`, LEN counting itself.
-    fn pax_record(key: &str, value: &str) -> Vec<u8> {
-        let body = format!(" {key}={value}\n");
-        let mut len = body.len() + 1;
-        while format!("{len}{body}").len() != len {
-            len += 1;
-        }
-        format!("{len}{body}").into_bytes()
-    }
-
     fn padded(mut v: Vec<u8>) -> Vec<u8> {
         v.resize(v.len().div_ceil(512) * 512, 0);
         v
@@ -665,12 +655,14 @@ mod tests {
     /// GNU tar's pax sparse file (`--sparse-version` 0.1 with `map`, 1.0 without), then the
     /// end of the archive.
     fn pax_sparse(map: Option<&str>, realsize: u64, data: &[u8]) -> Vec<u8> {
-        let mut records = pax_record("GNU.sparse.name", "sp");
-        records.extend(pax_record("GNU.sparse.realsize", &realsize.to_string()));
+        let mut pax = crate::archive::write::Pax::default();
+        pax.record(b"GNU.sparse.name", b"sp");
+        pax.record(b"GNU.sparse.realsize", realsize.to_string().as_bytes());
         match map {
-            Some(m) => records.extend(pax_record("GNU.sparse.map", m)),
-            None => records.extend(pax_record("GNU.sparse.major", "1")),
+            Some(m) => pax.record(b"GNU.sparse.map", m.as_bytes()),
+            None => pax.record(b"GNU.sparse.major", b"1"),
         }
+        let records = pax.encode();
         let mut tar = header(tar::EntryType::XHeader, "PaxHeaders/sp", records.len() as u64, false);
         tar.extend(padded(records));
         tar.extend(header(tar::EntryType::Regular, "GNUSparseFile.0/sp", data.len() as u64, false));

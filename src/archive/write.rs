@@ -332,14 +332,15 @@ impl<W: Write> TarWriter<W> {
     }
 }
 
+/// A pax extended header's records (also what the reader's tests build archives with).
 #[derive(Default)]
-struct Pax {
+pub(crate) struct Pax {
     records: Vec<(Vec<u8>, Vec<u8>)>,
     hdrcharset_binary: bool,
 }
 
 impl Pax {
-    fn record(&mut self, key: &[u8], value: &[u8]) {
+    pub(crate) fn record(&mut self, key: &[u8], value: &[u8]) {
         self.records.push((key.to_vec(), value.to_vec()));
     }
     fn has(&self, key: &[u8]) -> bool {
@@ -348,7 +349,7 @@ impl Pax {
     fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let mut records: Vec<(&[u8], &[u8])> = Vec::new();
         if self.hdrcharset_binary {
