@@ -234,7 +234,6 @@ impl Unpacker {
                 self.dir_meta.push((local, item.meta));
             }
             Kind::File { sparse } => {
-                replace_earlier(&local, &shown)?;
                 // Sparse files too, by the size they claim: holes are cheap to store, not to
                 // check (each is read as zeros), and a data region of a repeated byte compresses
                 // as well as a hole.
@@ -249,7 +248,18 @@ impl Unpacker {
                     self.buf.resize(COPY_BUF, 0);
                 }
                 let st = self.stagings.get_mut(&top).ok_or_else(|| Error::archive("staging", "missing"))?;
-                let file = write_file(&local, data, item.size, *sparse, &mut self.buf).map_err(|e| match e {
+                // Created without looking first (one syscall less per file): only a name an
+                // earlier entry already used makes the creation fail, and is then replaced.
+                let created = match create_file(&local) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        replace_earlier(&local, &shown)?;
+                        create_file(&local)
+                    }
+                    other => other,
+                };
+                let written =
+                    created.map_err(Copy::Write).and_then(|f| write_file(f, data, item.size, *sparse, &mut self.buf));
+                let file = written.map_err(|e| match e {
                     Copy::Read(e) => Error::archive(format!("entry {shown:?}"), format!("cannot be read: {e}")),
                     Copy::Write(e) => Error::Io { context: format!("writing {shown}"), source: e },
                 })?;
@@ -496,14 +506,12 @@ enum Copy {
     Write(io::Error),
 }
 
-fn write_file(local: &Path, data: &mut dyn Read, size: u64, sparse: bool, buf: &mut [u8]) -> Result<File, Copy> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(local)
-        .map_err(Copy::Write)?;
+/// A new file, never through a symlink and never over an existing name.
+fn create_file(local: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(local)
+}
+
+fn write_file(mut file: File, data: &mut dyn Read, size: u64, sparse: bool, buf: &mut [u8]) -> Result<File, Copy> {
     let mut remaining = size;
     let mut holes = false;
     while remaining > 0 {

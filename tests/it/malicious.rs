@@ -543,6 +543,11 @@ fn links_that_lead_out_of_the_root_are_refused() {
             refused("would replace a directory"),
         ),
         (
+            "file_replaces_archive_dir",
+            Crafted::default().dir("data/d").file("data/d/f", b"x").file("data/d", b"x").end(),
+            refused("would replace a directory"),
+        ),
+        (
             "hardlink_absolute",
             Crafted::default().hardlink("data/hl", &format!("{s}/passwd")).end(),
             refused("absolute"),
@@ -838,6 +843,29 @@ fn backslashes_and_nul_terminated_fields_stay_inside_the_root() {
         assert_eq!(fs::read_dir(&fx.outside).unwrap().count(), 0, "{w:?}: wrote outside the root");
         assert!(!fx.base.path().join("evil").exists() && !fx.root.join("evil").exists());
         assert_sentinel_untouched("odd");
+        assert_no_staging(&fx.root);
+    }
+}
+
+/// A later entry of a name replaces the earlier file or symlink of that name (tar's rule), and
+/// never writes through the link it replaces.
+#[test]
+fn a_later_entry_replaces_an_earlier_file_or_link_never_writing_through_it() {
+    let to_sentinel = format!("{}/passwd", sentinel_str());
+    let tar = Crafted::default()
+        .file("data/x", b"first")
+        .file("data/x", b"second")
+        .symlink("data/y", &to_sentinel)
+        .file("data/y", b"mine")
+        .end();
+    for w in ALL {
+        let fx = Fixture::new();
+        let r = fx.import("again", w, &wrap(&tar, w));
+        assert_eq!(r.code, Some(0), "{w:?}: {}", r.stderr);
+        assert_eq!(fs::read(fx.root.join("data/x")).unwrap(), b"second");
+        assert!(fs::symlink_metadata(fx.root.join("data/y")).unwrap().is_file(), "{w:?}: data/y is still a link");
+        assert_eq!(fs::read(fx.root.join("data/y")).unwrap(), b"mine");
+        assert_sentinel_untouched("again");
         assert_no_staging(&fx.root);
     }
 }
