@@ -160,20 +160,48 @@ struct EcpRecover {
     source_app_list: Vec<String>,
 }
 
-async fn ecp(State(r): State<Arc<Runner>>, Path(action): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    match action.as_str() {
+/// An ECP action's body, parsed and checked: what its handler acts on. For BackupFile /
+/// BackupApp and RecoveryFile / RecoverApp, whether the request names this phone (`mine`) and
+/// the entries answering for the other phones it names.
+enum Ecp {
+    Backup { app: bool, req: EcpBackup, mine: bool, others: Vec<Value> },
+    Recover { app: bool, req: EcpRecover, mine: bool, others: Vec<Value> },
+    DescribeBackupFiles(catalog::Checked),
+    DeleteBackupFile(Vec<String>),
+    DescribeTasks(DescribeTasksReq, usize),
+}
+
+/// Parse and check an ECP action's body: every check that needs nothing but this phone's id,
+/// before anything is submitted or a store is touched.
+fn check_ecp(instance_id: &str, action: &str, body: &[u8]) -> Result<Ecp, ApiError> {
+    Ok(match action {
         "BackupFile" | "BackupApp" => {
-            let req: EcpBackup = parse(&body, false)?;
-            ecp_backup(&r, &action, req)
+            let req: EcpBackup = parse(body, false)?;
+            let (mine, others) = check_ecp_backup(instance_id, action, &req)?;
+            Ecp::Backup { app: action == "BackupApp", req, mine, others }
         }
         "RecoveryFile" | "RecoverApp" => {
-            let req: EcpRecover = parse(&body, false)?;
-            ecp_recover(&r, &action, req)
+            let req: EcpRecover = parse(body, false)?;
+            let (mine, others) = check_ecp_recover(instance_id, &req)?;
+            Ecp::Recover { app: action == "RecoverApp", req, mine, others }
         }
-        "DescribeBackupFiles" => describe_backup_files(&r, &body).await,
-        "DeleteBackupFile" => delete_backup_files(&r, &body).await,
-        "DescribeTasks" => describe_tasks(&r, &body),
-        other => Err(unknown_action(other)),
+        "DescribeBackupFiles" => Ecp::DescribeBackupFiles(describe_backup_files_query(body)?),
+        "DeleteBackupFile" => Ecp::DeleteBackupFile(delete_ids(body)?),
+        "DescribeTasks" => {
+            let (req, max) = describe_tasks_req(body)?;
+            Ecp::DescribeTasks(req, max)
+        }
+        other => return Err(unknown_action(other)),
+    })
+}
+
+async fn ecp(State(r): State<Arc<Runner>>, Path(action): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    match check_ecp(&r.cfg.instance_id, &action, &body)? {
+        Ecp::Backup { app, req, mine, others } => ecp_backup(&r, app, req, mine, others),
+        Ecp::Recover { app, req, mine, others } => ecp_recover(&r, app, req, mine, others),
+        Ecp::DescribeBackupFiles(query) => describe_backup_files(&r, query).await,
+        Ecp::DeleteBackupFile(ids) => delete_backup_files(&r, ids).await,
+        Ecp::DescribeTasks(req, max) => describe_tasks(&r, req, max),
     }
 }
 
@@ -186,54 +214,17 @@ fn unknown_action(action: &str) -> ApiError {
 }
 
 /// Parse and check a request body as the handler of the POST `route` (`/ecp/ACTION`,
-/// `/cph/batch-storage`, `/cph/batch-restore`) does before it touches the task queue or a
-/// store: the same functions, nothing submitted. `instance_id` is this phone's. The error is
-/// the answer's status, code and message. For the fuzz targets (`fuzz/`) and tests.
+/// `/cph/batch-storage`, `/cph/batch-restore`) does: the step each handler starts with
+/// (`check_ecp`, `storage_infos`, `restore_infos`), stopped before anything is submitted or a
+/// store is touched. `instance_id` is this phone's. The error is the answer's status, code and
+/// message. For the fuzz targets (`fuzz/`) and tests.
 pub fn check_request(instance_id: &str, route: &str, body: &[u8]) -> Result<(), (u16, String, String)> {
-    let checked = (|| -> Result<(), ApiError> {
-        if let Some(action) = route.strip_prefix("/ecp/") {
-            match action {
-                "BackupFile" | "BackupApp" => {
-                    check_ecp_backup(instance_id, action, &parse::<EcpBackup>(body, false)?)?;
-                }
-                "RecoveryFile" | "RecoverApp" => {
-                    check_ecp_recover(instance_id, &parse::<EcpRecover>(body, false)?)?;
-                }
-                "DescribeBackupFiles" => {
-                    describe_backup_files_query(body)?;
-                }
-                "DeleteBackupFile" => {
-                    delete_ids(body)?;
-                }
-                "DescribeTasks" => {
-                    describe_tasks_req(body)?;
-                }
-                other => return Err(unknown_action(other)),
-            }
-            return Ok(());
-        }
-        let infos: Vec<(String, String, String)> = match route {
-            "/cph/batch-storage" => parse::<CphStorage>(body, true)?
-                .storage_infos
-                .into_iter()
-                .map(|i| (i.phone_id, i.bucket_name, i.object_path))
-                .collect(),
-            "/cph/batch-restore" => parse::<CphRestore>(body, true)?
-                .restore_infos
-                .into_iter()
-                .map(|i| (i.phone_id, i.bucket_name, i.object_path))
-                .collect(),
-            other => return Err(ApiError::cph(StatusCode::NOT_FOUND, "CPS.0404", format!("no POST route {other:?}"))),
-        };
-        let what = if route.ends_with("storage") { "storage_infos" } else { "restore_infos" };
-        check_cph_infos(what, infos.len())?;
-        for (i, (phone, bucket, object)) in infos.iter().enumerate() {
-            if phone == instance_id {
-                cph_location(what, i, bucket, object)?;
-            }
-        }
-        Ok(())
-    })();
+    let checked = match (route, route.strip_prefix("/ecp/")) {
+        (_, Some(action)) => check_ecp(instance_id, action, body).map(drop),
+        ("/cph/batch-storage", _) => storage_infos(instance_id, body).map(drop),
+        ("/cph/batch-restore", _) => restore_infos(instance_id, body).map(drop),
+        (other, _) => Err(ApiError::cph(StatusCode::NOT_FOUND, "CPS.0404", format!("no POST route {other:?}"))),
+    };
     checked.map_err(|e| (e.status.as_u16(), e.code, e.message))
 }
 
@@ -300,13 +291,17 @@ fn check_ecp_backup(instance_id: &str, action: &str, req: &EcpBackup) -> Result<
     Ok((mine, data))
 }
 
-fn ecp_backup(r: &Runner, action: &str, req: EcpBackup) -> Result<Json<Value>, ApiError> {
-    let (mine, mut data) = check_ecp_backup(&r.cfg.instance_id, action, &req)?;
+fn ecp_backup(
+    r: &Runner,
+    app: bool,
+    req: EcpBackup,
+    mine: bool,
+    mut data: Vec<Value>,
+) -> Result<Json<Value>, ApiError> {
     let batch = new_task_id();
     if mine {
         let task_id = new_task_id();
         let bf = manifest::new_backup_file_id();
-        let app = action == "BackupApp";
         let ext = if app { "ab" } else { "tar.zst" };
         // Name the object now, so the task knows its manifest's key from the start.
         let (to, name) = if req.backup_file_path.ends_with('/') {
@@ -387,13 +382,18 @@ fn check_ecp_recover(instance_id: &str, req: &EcpRecover) -> Result<(bool, Vec<V
     Ok((mine, data))
 }
 
-fn ecp_recover(r: &Runner, action: &str, req: EcpRecover) -> Result<Json<Value>, ApiError> {
-    let (mine, mut data) = check_ecp_recover(&r.cfg.instance_id, &req)?;
+fn ecp_recover(
+    r: &Runner,
+    app: bool,
+    req: EcpRecover,
+    mine: bool,
+    mut data: Vec<Value>,
+) -> Result<Json<Value>, ApiError> {
     let batch = new_task_id();
     if mine {
         let task_id = new_task_id();
         let store = store_opts(r, req.upload_endpoint.clone());
-        let work = if action == "RecoverApp" {
+        let work = if app {
             Work::RecoverApp {
                 spec: RecoverAppSpec {
                     from: req.backup_file_path.clone(),
@@ -499,8 +499,7 @@ fn describe_backup_files_query(body: &[u8]) -> Result<catalog::Checked, ApiError
     q.check().map_err(|e| bad(false, e.to_string()))
 }
 
-async fn describe_backup_files(r: &Arc<Runner>, body: &Bytes) -> Result<Json<Value>, ApiError> {
-    let checked = describe_backup_files_query(body)?;
+async fn describe_backup_files(r: &Arc<Runner>, checked: catalog::Checked) -> Result<Json<Value>, ApiError> {
     let prefixes = catalogue_prefixes(r);
     let page = tokio::task::spawn_blocking(move || -> crate::Result<catalog::Page> {
         let mut all = Vec::new();
@@ -536,8 +535,7 @@ fn delete_ids(body: &[u8]) -> Result<Vec<String>, ApiError> {
     Ok(req.backup_file_id_list)
 }
 
-async fn delete_backup_files(r: &Arc<Runner>, body: &Bytes) -> Result<Json<Value>, ApiError> {
-    let ids = delete_ids(body)?;
+async fn delete_backup_files(r: &Arc<Runner>, ids: Vec<String>) -> Result<Json<Value>, ApiError> {
     let prefixes = catalogue_prefixes(r);
     let result = tokio::task::spawn_blocking(move || -> crate::Result<Vec<String>> {
         let mut missing = Vec::new();
@@ -614,8 +612,7 @@ fn describe_tasks_req(body: &[u8]) -> Result<(DescribeTasksReq, usize), ApiError
     Ok((req, max))
 }
 
-fn describe_tasks(r: &Runner, body: &Bytes) -> Result<Json<Value>, ApiError> {
-    let (req, max) = describe_tasks_req(body)?;
+fn describe_tasks(r: &Runner, req: DescribeTasksReq, max: usize) -> Result<Json<Value>, ApiError> {
     let mut statuses = req.task_statuses.clone();
     statuses.extend(req.task_status.clone());
     let mut types = req.task_types.clone();
@@ -682,41 +679,63 @@ fn cph_job_entry(phone: &str, job: Option<&Task>, err: Option<(&str, String)>) -
     }
 }
 
-fn check_cph_infos(what: &str, count: usize) -> Result<(), ApiError> {
-    if count == 0 {
+/// A batch's infos, all checked before any job is submitted: each of this phone's with the
+/// object it names (`obs://BUCKET/OBJECT_PATH`), any other phone's with `None` (answered with
+/// `CPS.0004` in its entry).
+fn check_infos<I>(
+    instance_id: &str,
+    what: &str,
+    infos: Vec<I>,
+    fields: impl Fn(&I) -> (&str, &str, &str),
+) -> Result<Vec<(I, Option<String>)>, ApiError> {
+    if infos.is_empty() {
         return Err(ApiError::cph(StatusCode::BAD_REQUEST, "CPS.0009", format!("{what} is empty")));
     }
-    Ok(())
+    let mut checked = Vec::with_capacity(infos.len());
+    for (i, info) in infos.into_iter().enumerate() {
+        let (phone, bucket, object_path) = fields(&info);
+        let at = if phone == instance_id {
+            let at = format!("obs://{bucket}/{object_path}");
+            Location::parse(&at).map_err(|e| bad(true, format!("{what}[{i}]: {e}")))?;
+            Some(at)
+        } else {
+            None
+        };
+        checked.push((info, at));
+    }
+    Ok(checked)
 }
 
-/// The object an info names: `obs://BUCKET/OBJECT_PATH`, checked.
-fn cph_location(what: &str, i: usize, bucket: &str, object_path: &str) -> Result<String, ApiError> {
-    let at = format!("obs://{bucket}/{object_path}");
-    Location::parse(&at).map_err(|e| bad(true, format!("{what}[{i}]: {e}")))?;
-    Ok(at)
+fn storage_infos(instance_id: &str, body: &[u8]) -> Result<Vec<(StorageInfo, Option<String>)>, ApiError> {
+    let req: CphStorage = parse(body, true)?;
+    check_infos(instance_id, "storage_infos", req.storage_infos, |i| (&i.phone_id, &i.bucket_name, &i.object_path))
 }
 
-/// One job per info: this phone's become tasks, any other phone gets `CPS.0004` in its entry.
+fn restore_infos(instance_id: &str, body: &[u8]) -> Result<Vec<(RestoreInfo, Option<String>)>, ApiError> {
+    let req: CphRestore = parse(body, true)?;
+    check_infos(instance_id, "restore_infos", req.restore_infos, |i| (&i.phone_id, &i.bucket_name, &i.object_path))
+}
+
+/// One job per info: this phone's become tasks (`task` gets the info and its checked object),
+/// any other phone gets `CPS.0004` in its entry.
 fn cph_batch<I>(
     r: &Runner,
     headers: &HeaderMap,
-    what: &str,
-    infos: Vec<I>,
+    infos: Vec<(I, Option<String>)>,
     phone: impl Fn(&I) -> &str,
-    task: impl Fn(usize, I) -> Result<Task, ApiError>,
+    task: impl Fn(I, String) -> Task,
 ) -> Result<Json<Value>, ApiError> {
-    check_cph_infos(what, infos.len())?;
     let request_id = request_id();
     let token = client_token(headers);
     let mut jobs = Vec::new();
-    for (i, info) in infos.into_iter().enumerate() {
+    for (i, (info, at)) in infos.into_iter().enumerate() {
         let phone_id = phone(&info).to_string();
-        if phone_id != r.cfg.instance_id {
+        let Some(at) = at else {
             let msg = format!("Invalid phone id: {phone_id} is not this phone");
             jobs.push(cph_job_entry(&phone_id, None, Some(("CPS.0004", msg))));
             continue;
-        }
-        let mut t = task(i, info)?;
+        };
+        let mut t = task(info, at);
         t.request_id = request_id.clone();
         t.client_token = token.as_ref().map(|t| format!("{t}-{i}")).unwrap_or_default();
         t.api = "cph".into();
@@ -728,15 +747,13 @@ fn cph_batch<I>(
 }
 
 async fn cph_storage(State(r): State<Arc<Runner>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let req: CphStorage = parse(&body, true)?;
+    let infos = storage_infos(&r.cfg.instance_id, &body)?;
     cph_batch(
         &r,
         &headers,
-        "storage_infos",
-        req.storage_infos,
+        infos,
         |i| &i.phone_id,
-        |i, info| {
-            let to = cph_location("storage_infos", i, &info.bucket_name, &info.object_path)?;
+        |info, to| {
             let task_id = new_task_id();
             let bf = manifest::new_backup_file_id();
             let spec = ExportSpec {
@@ -751,41 +768,39 @@ async fn cph_storage(State(r): State<Arc<Runner>>, headers: HeaderMap, body: Byt
                 backup_file_id: Some(bf.clone()),
                 ..Default::default()
             };
-            Ok(Task {
+            Task {
                 task_id,
                 task_type: "BackupFile".into(),
                 backup_file_id: bf,
                 backup_file_path: to,
                 work: Some(Work::Export { spec }),
                 ..Default::default()
-            })
+            }
         },
     )
 }
 
 async fn cph_restore(State(r): State<Arc<Runner>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let req: CphRestore = parse(&body, true)?;
+    let infos = restore_infos(&r.cfg.instance_id, &body)?;
     cph_batch(
         &r,
         &headers,
-        "restore_infos",
-        req.restore_infos,
+        infos,
         |i| &i.phone_id,
-        |i, info| {
-            let from = cph_location("restore_infos", i, &info.bucket_name, &info.object_path)?;
+        |_, from| {
             let spec = ImportSpec {
                 from: from.clone(),
                 root: r.cfg.root.clone(),
                 store: store_opts(&r, None),
                 ..Default::default()
             };
-            Ok(Task {
+            Task {
                 task_id: new_task_id(),
                 task_type: "RecoverFile".into(),
                 backup_file_path: from,
                 work: Some(Work::Import { spec, backup_file_id: None }),
                 ..Default::default()
-            })
+            }
         },
     )
 }
@@ -896,20 +911,20 @@ mod tests {
 
     #[test]
     fn request_bodies_are_checked_as_the_handlers_do() {
-        let backup = json!({"AndroidInstanceIdList": [ME], "BackupFilePath": "oss://b/x/", "SourceFilePathList": ["/data/data"]});
+        let backup = json!({"AndroidInstanceIdList": [ME], "BackupFilePath": "oss://bkt/x/", "SourceFilePathList": ["/data/data"]});
         assert_eq!(check("/ecp/BackupFile", backup), Ok(()));
         let (status, code, msg) = check("/ecp/BackupFile", json!({"AndroidInstanceIdList": [ME]})).unwrap_err();
         assert_eq!((status, code.as_str()), (400, "InvalidParameter"));
         assert!(msg.contains("BackupFilePath is required"), "{msg}");
         // Another phone's request needs no source list: that phone answers for it.
         assert_eq!(
-            check("/ecp/BackupApp", json!({"AndroidInstanceIdList": ["other"], "BackupFilePath": "oss://b/"})),
+            check("/ecp/BackupApp", json!({"AndroidInstanceIdList": ["other"], "BackupFilePath": "oss://bkt/"})),
             Ok(())
         );
-        let e =
-            check("/ecp/BackupApp", json!({"AndroidInstanceIdList": [ME], "BackupFilePath": "oss://b/"})).unwrap_err();
+        let e = check("/ecp/BackupApp", json!({"AndroidInstanceIdList": [ME], "BackupFilePath": "oss://bkt/"}))
+            .unwrap_err();
         assert!(e.2.contains("SourceAppList is empty"), "{e:?}");
-        let e = check("/ecp/RecoveryFile", json!({"AndroidInstanceIdList": [ME], "BackupFilePath": "oss://b/f/"}));
+        let e = check("/ecp/RecoveryFile", json!({"AndroidInstanceIdList": [ME], "BackupFilePath": "oss://bkt/f/"}));
         assert!(e.unwrap_err().2.contains("give BackupFileId too"));
         let e = check("/ecp/DescribeTasks", json!({"MaxResults": 101})).unwrap_err();
         assert_eq!(e.0, 400);
@@ -921,8 +936,18 @@ mod tests {
         let e = check_request(ME, "/ecp/BackupFile", b"{\"AndroidInstanceIdList\": \"acp\"}").unwrap_err();
         assert!(e.2.starts_with("malformed request body"), "{e:?}");
 
-        let info = json!({"phone_id": ME, "include_files": ["/data/data"], "bucket_name": "b", "object_path": "p.tar"});
+        let info =
+            json!({"phone_id": ME, "include_files": ["/data/data"], "bucket_name": "bkt", "object_path": "p.tar"});
         assert_eq!(check("/cph/batch-storage", json!({"storage_infos": [info]})), Ok(()));
+        // Every info of this phone is checked before any job starts: a bad second one fails
+        // the request, another phone's is not this phone's to check.
+        let no_bucket =
+            json!({"phone_id": ME, "include_files": ["/data/data"], "bucket_name": "", "object_path": "p.tar"});
+        let e = check("/cph/batch-storage", json!({"storage_infos": [info, no_bucket]})).unwrap_err();
+        assert_eq!((e.0, e.1.as_str()), (400, "CPS.0002"));
+        assert!(e.2.starts_with("storage_infos[1]: "), "{e:?}");
+        let elsewhere = json!({"phone_id": "other", "include_files": [], "bucket_name": "", "object_path": ""});
+        assert_eq!(check("/cph/batch-storage", json!({"storage_infos": [info, elsewhere]})), Ok(()));
         let e = check("/cph/batch-restore", json!({"restore_infos": []})).unwrap_err();
         assert_eq!((e.0, e.1.as_str()), (400, "CPS.0009"));
         let e = check_request(ME, "/cph/batch-restore", b"[]").unwrap_err();

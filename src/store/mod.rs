@@ -59,7 +59,8 @@ pub enum Scheme {
     S3,
 }
 
-/// A parsed DEST or SRC.
+/// A parsed DEST or SRC. An object's bucket and key are valid by the CPH rules (`s3::check_bucket`,
+/// `s3::check_key`): a location that parses names something a store can hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// `-`: stdout for an export, stdin for an import.
@@ -89,6 +90,8 @@ impl Location {
         for (prefix, scheme) in [("oss://", Scheme::Oss), ("obs://", Scheme::Obs), ("s3://", Scheme::S3)] {
             if let Some(rest) = s.strip_prefix(prefix) {
                 let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                s3::check_bucket(bucket)?;
+                s3::check_key(key)?;
                 return Ok(Location::Object { scheme, bucket: bucket.to_string(), key: key.to_string() });
             }
         }
@@ -131,9 +134,13 @@ mod tests {
     fn locations() {
         assert_eq!(Location::parse("-").unwrap(), Location::Stdio);
         assert_eq!(
-            Location::parse("oss://b/backups/").unwrap(),
-            Location::Object { scheme: Scheme::Oss, bucket: "b".into(), key: "backups/".into() }
+            Location::parse("oss://bkt/backups/").unwrap(),
+            Location::Object { scheme: Scheme::Oss, bucket: "bkt".into(), key: "backups/".into() }
         );
+        // Bucket and object names are checked as they are read, before anything is started.
+        assert!(Location::parse("oss:///x.tar").unwrap_err().to_string().contains("not a valid bucket name"));
+        assert!(Location::parse("obs://Bkt/x.tar").unwrap_err().to_string().contains("not a valid bucket name"));
+        assert!(Location::parse("s3://bkt/a b.tar").unwrap_err().to_string().contains("not a valid object path"));
         assert_eq!(
             Location::parse("file:///nonexistent/x.tar").unwrap(),
             Location::File { path: "/nonexistent/x.tar".into(), folder: false }
@@ -158,8 +165,6 @@ pub fn open(loc: &Location, _opts: &crate::spec::StoreOptions) -> Result<(Box<dy
             Ok((Box::new(file::FileStore::new(&dir)), name.to_string(), false))
         }
         Location::Object { scheme, bucket, key } => {
-            s3::check_bucket(bucket)?;
-            s3::check_key(key)?;
             let store = s3::S3Store::new(*scheme, bucket, _opts)?;
             // A key ending in `/` (or no key) is a folder: ECP's BackupFilePath.
             let folder = key.is_empty() || key.ends_with('/');

@@ -211,8 +211,8 @@ fn authentication_limits_and_errors_in_the_vendors_shapes() {
         Some(format!("Bearer {}", &TOKEN[..TOKEN.len() - 1])),
         Some(format!("Bearer {}", TOKEN.to_uppercase())),
     ];
-    let body = json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": "oss://b/x/", "SourceFilePathList": ["/data/data"],
-        "storage_infos": [{"phone_id": INSTANCE, "include_files": ["/data/data"], "bucket_name": "b", "object_path": "x.tar"}]});
+    let body = json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": "oss://bkt/x/", "SourceFilePathList": ["/data/data"],
+        "storage_infos": [{"phone_id": INSTANCE, "include_files": ["/data/data"], "bucket_name": "bkt", "object_path": "x.tar"}]});
     for (method, path) in routes {
         for auth in &wrong {
             let mut req = ureq::request(method, &format!("{}{path}", d.base));
@@ -263,7 +263,7 @@ fn authentication_limits_and_errors_in_the_vendors_shapes() {
     assert!(v["Message"].as_str().unwrap().contains("BackupFilePath"), "{v}");
     let (code, v) = d.post(
         "/ecp/BackupFile",
-        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": "oss://b/x/", "SourceFilePathList": ["/system"]}),
+        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": "oss://bkt/x/", "SourceFilePathList": ["/system"]}),
     );
     assert_eq!(code, 200, "accepted; the task itself fails on the path rule: {v}");
     let t = d.wait(v["Data"][0]["TaskId"].as_str().unwrap(), &["Failed"]);
