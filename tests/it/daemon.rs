@@ -372,6 +372,21 @@ fn client_tokens_cph_shapes_and_cancel() {
     );
     assert_eq!(code, 200, "{v}");
 
+    // A request is checked whole before any of its jobs starts: a bad second info of this phone
+    // fails it, and its good first info does not run.
+    let tasks = |d: &Daemon| d.post("/ecp/DescribeTasks", json!({})).1["TotalCount"].as_u64().unwrap();
+    let before = tasks(&d);
+    let (code, v) = d.post(
+        "/cph/batch-storage",
+        json!({"storage_infos": [
+            {"phone_id": INSTANCE, "include_files": ["/data/data"], "bucket_name": bucket, "object_path": "cph/first.tar"},
+            {"phone_id": INSTANCE, "include_files": ["/data/data"], "bucket_name": "Bad_Bucket", "object_path": "cph/second.tar"}
+        ]}),
+    );
+    assert_eq!((code, &v["error_code"]), (400, &json!("CPS.0002")), "{v}");
+    assert!(v["error_msg"].as_str().unwrap().starts_with("storage_infos[1]: "), "{v}");
+    assert_eq!(tasks(&d), before, "no job of a refused request was started");
+
     // Cancel a long backup: Failed with code Cancelled, no multipart upload left open.
     let (_, v) = d.post(
         "/ecp/BackupFile",
