@@ -34,7 +34,11 @@ pub const STAGING_PREFIX: &str = ".cpbackup-staging-";
 /// directories whose metadata the archive describes).
 const COMMIT_PREFIX: &str = ".cpbackup-commit-";
 const TRASH_PREFIX: &str = ".cpbackup-trash-";
-const COPY_BUF: usize = 1024 * 1024;
+const COPY_BUF: usize = 1024 * 1024 + ALIGN;
+/// Files at least this large, and not sparse, are written around the page cache (O_DIRECT).
+const DIRECT_MIN: u64 = 1024 * 1024;
+/// What O_DIRECT asks of a buffer's address and length, and of the file offset.
+const ALIGN: usize = 4096;
 /// Files at least this large have their writeback started as soon as they are written.
 const WRITEBACK_MIN: u64 = 1024 * 1024;
 /// Room left free on the target filesystem beyond what the archive needs.
@@ -512,6 +516,16 @@ fn create_file(local: &Path) -> io::Result<File> {
 }
 
 fn write_file(mut file: File, data: &mut dyn Read, size: u64, sparse: bool, buf: &mut [u8]) -> Result<File, Copy> {
+    // Large files skip the page cache: copying a gigabyte of media into it, and zeroing the
+    // pages first, took a third of an import's CPU, all on the thread that writes the files.
+    if !sparse && size >= DIRECT_MIN {
+        let off = (ALIGN - (buf.as_ptr() as usize % ALIGN)) % ALIGN;
+        let len = buf.len().saturating_sub(off) / ALIGN * ALIGN;
+        if len > 0 && set_direct(&file, true) {
+            write_direct(&mut file, data, size, &mut buf[off..off + len])?;
+            return Ok(file);
+        }
+    }
     let mut remaining = size;
     let mut holes = false;
     while remaining > 0 {
@@ -531,6 +545,67 @@ fn write_file(mut file: File, data: &mut dyn Read, size: u64, sparse: bool, buf:
         file.set_len(size).map_err(Copy::Write)?;
     }
     Ok(file)
+}
+
+/// Write `size` bytes of `data` with O_DIRECT set on `file` (`buf` aligned, a multiple of
+/// `ALIGN` long): whole buffers straight to the disk, the last partial block through the page
+/// cache. A write the device refuses for its alignment is done through the page cache instead.
+fn write_direct(file: &mut File, data: &mut dyn Read, size: u64, buf: &mut [u8]) -> Result<(), Copy> {
+    let mut remaining = size;
+    let mut direct = true;
+    while remaining > 0 {
+        let want = remaining.min(buf.len() as u64) as usize;
+        data.read_exact(&mut buf[..want]).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                Copy::Read(io::Error::new(io::ErrorKind::UnexpectedEof, "the archive ends inside this file"))
+            } else {
+                Copy::Read(e)
+            }
+        })?;
+        let mut done = 0;
+        while done < want {
+            let end = if direct { want / ALIGN * ALIGN } else { want };
+            if done == end {
+                // The last partial block: O_DIRECT cannot write it.
+                set_direct(file, false);
+                direct = false;
+                continue;
+            }
+            match file.write(&buf[done..end]) {
+                Ok(0) => return Err(Copy::Write(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    done += n;
+                    if direct && done % ALIGN != 0 {
+                        set_direct(file, false);
+                        direct = false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                    set_direct(file, false);
+                    direct = false;
+                }
+                Err(e) => return Err(Copy::Write(e)),
+            }
+        }
+        remaining -= want as u64;
+    }
+    Ok(())
+}
+
+/// Set or clear O_DIRECT on an open file; false when the file system refuses it.
+fn set_direct(file: &File, on: bool) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl F_GETFL / F_SETFL on a descriptor this File owns; no memory is passed.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            return false;
+        }
+        let flags = if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
+        libc::fcntl(fd, libc::F_SETFL, flags) == 0
+    }
 }
 
 fn write_chunk(file: &mut File, data: &[u8], sparse: bool, holes: &mut bool) -> io::Result<()> {
@@ -862,6 +937,43 @@ pub(crate) fn sync_fs(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader that hands out at most 7,777 bytes a call, as a decompressor may.
+    struct Dribble<'a>(&'a [u8]);
+
+    impl Read for Dribble<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = out.len().min(self.0.len()).min(7777);
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn large_files_written_around_the_page_cache_hold_exactly_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        if !set_direct(&create_file(&dir.path().join("probe")).unwrap(), true) {
+            eprintln!("O_DIRECT is refused in {}: only the page-cache path is tested", dir.path().display());
+        }
+        // An unaligned buffer, as the Unpacker's Vec may be.
+        let mut buf = vec![0u8; COPY_BUF + 1];
+        for size in [DIRECT_MIN as usize, DIRECT_MIN as usize + 1, 3 * (1 << 20) + 4095, 5_000_000] {
+            let path = dir.path().join(format!("f{size}"));
+            let file = create_file(&path).unwrap();
+            write_file(file, &mut Dribble(&data[..size]), size as u64, false, &mut buf[1..])
+                .unwrap_or_else(|_| panic!());
+            assert!(fs::read(&path).unwrap() == data[..size], "{size} bytes restored differently");
+        }
+        // An archive that ends inside the file says so.
+        let path = dir.path().join("short");
+        let e = write_file(create_file(&path).unwrap(), &mut Dribble(&data[..2_000_000]), 3_000_000, false, &mut buf);
+        match e {
+            Err(Copy::Read(e)) => assert!(e.to_string().contains("ends inside this file"), "{e}"),
+            _ => panic!("a short archive was not noticed"),
+        }
+    }
 
     #[test]
     fn symlink_escape_rules() {
