@@ -239,8 +239,10 @@ pub fn recover_app(spec: &RecoverAppSpec, progress: &Progress) -> Result<AppRepo
     Ok(report)
 }
 
-/// The source's bytes, hashed and decoded on a thread of their own; the decoded tar stream comes
-/// back as a reader, the container and digest from `join`.
+/// The source's bytes, hashed on a thread of their own and decoded on another (while large
+/// files are written, the decompressor is the slowest stage, and the SHA-256 would add half as
+/// much again to it); the decoded tar stream comes back as a reader, the container and digest
+/// from `join`.
 fn decode_in_background(
     src: &mut Source,
     progress: &Progress,
@@ -248,14 +250,30 @@ fn decode_in_background(
     let reader = std::mem::replace(&mut src.reader, Box::new(io::empty()));
     let counter = progress.counters.transferred.clone();
     let shown = src.shown.clone();
-    pipe::produce_in_background("decode", move |out| {
+    let (mut stored, hashing) = pipe::produce_in_background("hash", move |out| {
         let mut hashed = HashReader::new(reader, counter);
-        let container = {
-            let (container, mut tar) = read::open(&mut hashed)?;
+        io::copy(&mut hashed, out).map_err(|e| {
+            error::carried(e).unwrap_or_else(|e| Error::Io { context: format!("reading {shown}"), source: e })
+        })?;
+        hashed.finish().ctx(|| format!("reading {shown}"))
+    })?;
+    pipe::produce_in_background("decode", move |out| {
+        let decoded = read::open(&mut stored).and_then(|(container, mut tar)| {
             copy_decoded(&mut tar, out)?;
-            container
+            Ok(container)
+        });
+        // Whatever follows the compressed stream is hashed too: the digest covers the object.
+        let drained = decoded.and_then(|c| {
+            io::copy(&mut stored, &mut io::sink()).map_err(|e| Error::archive("stream", e.to_string()))?;
+            Ok(c)
+        });
+        drop(stored);
+        let hashed = hashing.join();
+        let container = match drained {
+            Ok(c) => c,
+            Err(e) => return Err(pipe::telling(e, hashed)),
         };
-        let (sha256, size) = hashed.finish().ctx(|| format!("reading {shown}"))?;
+        let (sha256, size) = hashed?;
         Ok((container, sha256, size))
     })
 }
