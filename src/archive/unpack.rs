@@ -536,7 +536,7 @@ fn write_file(mut file: File, data: &mut dyn Read, size: u64, sparse: bool, buf:
             Err(e) => return Err(Copy::Read(e)),
         };
         if n == 0 {
-            return Err(Copy::Read(io::Error::new(io::ErrorKind::UnexpectedEof, "the archive ends inside this file")));
+            return Err(ended_inside());
         }
         write_chunk(&mut file, &buf[..n], sparse, &mut holes).map_err(Copy::Write)?;
         remaining -= n as u64;
@@ -555,12 +555,9 @@ fn write_direct(file: &mut File, data: &mut dyn Read, size: u64, buf: &mut [u8])
     let mut direct = true;
     while remaining > 0 {
         let want = remaining.min(buf.len() as u64) as usize;
-        data.read_exact(&mut buf[..want]).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                Copy::Read(io::Error::new(io::ErrorKind::UnexpectedEof, "the archive ends inside this file"))
-            } else {
-                Copy::Read(e)
-            }
+        data.read_exact(&mut buf[..want]).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => ended_inside(),
+            _ => Copy::Read(e),
         })?;
         let mut done = 0;
         while done < want {
@@ -591,6 +588,10 @@ fn write_direct(file: &mut File, data: &mut dyn Read, size: u64, buf: &mut [u8])
         remaining -= want as u64;
     }
     Ok(())
+}
+
+fn ended_inside() -> Copy {
+    Copy::Read(io::Error::new(io::ErrorKind::UnexpectedEof, "the archive ends inside this file"))
 }
 
 /// Set or clear O_DIRECT on an open file; false when the file system refuses it.
