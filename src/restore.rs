@@ -4,7 +4,7 @@
 //! It must never change the existing tree before the whole archive has been read and its
 //! SHA-256 checked against the manifest, and never leave its staging behind.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::Path;
 
 use serde::Serialize;
@@ -252,7 +252,7 @@ fn decode_in_background(
     let shown = src.shown.clone();
     let (mut stored, hashing) = pipe::produce_in_background("hash", move |out| {
         let mut hashed = HashReader::new(reader, counter);
-        io::copy(&mut hashed, out).map_err(|e| {
+        out.fill_from(&mut hashed).map_err(|e| {
             error::carried(e).unwrap_or_else(|e| Error::Io { context: format!("reading {shown}"), source: e })
         })?;
         hashed.finish().ctx(|| format!("reading {shown}"))
@@ -279,20 +279,10 @@ fn decode_in_background(
 }
 
 fn copy_decoded(from: &mut dyn Read, to: &mut PipeWriter) -> Result<()> {
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(
-                    error::carried(e).unwrap_or_else(|e| Error::archive("stream", format!("cannot be decoded: {e}")))
-                )
-            }
-        };
-        to.write_all(&buf[..n]).map_err(|e| Error::Io { context: "unpacking".into(), source: e })?;
-    }
+    to.fill_from(from).map(drop).map_err(|e| match e.kind() {
+        io::ErrorKind::BrokenPipe => Error::Io { context: "unpacking".into(), source: e },
+        _ => error::carried(e).unwrap_or_else(|e| Error::archive("stream", format!("cannot be decoded: {e}"))),
+    })
 }
 
 /// Settle what killed imports and app recoveries left under `root`: each ends as the old data
