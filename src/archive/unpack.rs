@@ -548,8 +548,9 @@ fn write_file(mut file: File, data: &mut dyn Read, size: u64, sparse: bool, buf:
 }
 
 /// Write `size` bytes of `data` with O_DIRECT set on `file` (`buf` aligned, a multiple of
-/// `ALIGN` long): whole buffers straight to the disk, the last partial block through the page
-/// cache. A write the device refuses for its alignment is done through the page cache instead.
+/// `ALIGN` long): whole blocks straight to the disk, the last partial block through the page
+/// cache. From a write the device refuses or cuts short on, the rest of the file goes through
+/// the page cache instead.
 fn write_direct(file: &mut File, data: &mut dyn Read, size: u64, buf: &mut [u8]) -> Result<(), Copy> {
     let mut remaining = size;
     let mut direct = true;
@@ -560,31 +561,23 @@ fn write_direct(file: &mut File, data: &mut dyn Read, size: u64, buf: &mut [u8])
             _ => Copy::Read(e),
         })?;
         let mut done = 0;
-        while done < want {
-            let end = if direct { want / ALIGN * ALIGN } else { want };
-            if done == end {
-                // The last partial block: O_DIRECT cannot write it.
+        if direct {
+            let blocks = want / ALIGN * ALIGN;
+            while done < blocks && done % ALIGN == 0 {
+                match file.write(&buf[done..blocks]) {
+                    Ok(0) => return Err(Copy::Write(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+                    Err(e) => return Err(Copy::Write(e)),
+                }
+            }
+            if done < want {
                 set_direct(file, false);
                 direct = false;
-                continue;
-            }
-            match file.write(&buf[done..end]) {
-                Ok(0) => return Err(Copy::Write(io::ErrorKind::WriteZero.into())),
-                Ok(n) => {
-                    done += n;
-                    if direct && done % ALIGN != 0 {
-                        set_direct(file, false);
-                        direct = false;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                    set_direct(file, false);
-                    direct = false;
-                }
-                Err(e) => return Err(Copy::Write(e)),
             }
         }
+        file.write_all(&buf[done..want]).map_err(Copy::Write)?;
         remaining -= want as u64;
     }
     Ok(())
