@@ -49,9 +49,10 @@ pub const DEFAULT_PART_SIZE: u64 = MIN_PART_SIZE;
 pub const MAX_PART_SIZE: u64 = 5 << 30;
 /// Part numbers run from 1 to 10,000 on every vendor.
 pub const MAX_PARTS: u64 = 10_000;
-/// Downloads hand the unpacker blocks of this size, `READ_AHEAD_BLOCKS` of them at most.
-const READ_BLOCK: usize = 1 << 20;
-const READ_AHEAD_BLOCKS: usize = 8;
+/// Downloads fetch ranges of this size, `RANGES_IN_FLIGHT` at once. Memory is
+/// `RANGE × (RANGES_IN_FLIGHT + 2)` at most: those in flight, one handed over and one read.
+const RANGE: u64 = 2 << 20;
+const RANGES_IN_FLIGHT: usize = 2;
 /// Manifests fetched at once by `list`.
 pub const LIST_CONCURRENCY: usize = 16;
 
@@ -719,7 +720,7 @@ impl Store for S3Store {
             Some(h) => h,
             None => return Err(Error::usage(format!("{} does not exist", self.url(key)))),
         };
-        let (tx, rx) = mpsc::channel(READ_AHEAD_BLOCKS);
+        let (tx, rx) = mpsc::channel(1);
         let task = self.rt.spawn(fetch(sh, key.to_string(), size, etag, tx));
         Ok(Box::new(S3Reader { rx, cur: Bytes::new(), task, _rt: self.rt.clone() }))
     }
@@ -1284,20 +1285,49 @@ impl Drop for S3Reader {
     }
 }
 
-/// Stream `key` into `tx`. A dropped connection or a stalled body resumes from the last byte
-/// received (`Range: bytes=N-`, `If-Match` on the ETag, so a replaced object is noticed rather
-/// than spliced); the retry budget counts failures in a row, so a long download on a flaky
-/// link is not cut short by faults spread over hours.
+/// Stream `key` into `tx`: ranges of `RANGE` bytes, `RANGES_IN_FLIGHT` of them fetched at
+/// once (one stream leaves the store's side idle between its blocks), handed on in order.
 async fn fetch(sh: Arc<Shared>, key: String, size: u64, etag: String, tx: mpsc::Sender<Result<Bytes>>) {
-    let what = format!("GetObject {}", sh.url(&key));
-    let mut offset = 0u64;
-    let mut failures = 0u32;
-    let mut block = BytesMut::with_capacity(READ_BLOCK);
-    while offset < size {
-        let mut req = sh.client.get_object().bucket(&sh.bucket).key(&key);
-        if offset > 0 {
-            req = req.range(format!("bytes={offset}-"));
+    let key = Arc::new(key);
+    let mut starts = (0..size).step_by(RANGE as usize);
+    let mut pending = std::collections::VecDeque::new();
+    loop {
+        while pending.len() < RANGES_IN_FLIGHT {
+            let Some(start) = starts.next() else { break };
+            let end = (start + RANGE).min(size);
+            pending.push_back(tokio::spawn(fetch_range(sh.clone(), key.clone(), start, end, etag.clone())));
         }
+        let Some(next) = pending.pop_front() else { return };
+        let got = match next.await {
+            Ok(got) => got,
+            Err(e) => Err(Error::Store {
+                what: format!("GetObject {}", sh.url(&key)),
+                reason: e.to_string(),
+                retryable: false,
+            }),
+        };
+        let failed = got.is_err();
+        if tx.send(got).await.is_err() || failed {
+            for p in pending {
+                p.abort();
+            }
+            return; // the reader is gone, or told why the download stopped
+        }
+    }
+}
+
+/// Bytes `start..end` of `key`. A dropped connection or a stalled body resumes from the last
+/// byte received (`If-Match` on the ETag, so a replaced object is noticed rather than
+/// spliced); the retry budget counts failures in a row, so a long download on a flaky link is
+/// not cut short by faults spread over hours.
+async fn fetch_range(sh: Arc<Shared>, key: Arc<String>, start: u64, end: u64, etag: String) -> Result<Bytes> {
+    let what = format!("GetObject {}", sh.url(&key));
+    let mut block = BytesMut::with_capacity((end - start) as usize);
+    let mut failures = 0u32;
+    loop {
+        let offset = start + block.len() as u64;
+        let mut req =
+            sh.client.get_object().bucket(&sh.bucket).key(key.as_str()).range(format!("bytes={offset}-{}", end - 1));
         if !etag.is_empty() {
             req = req.if_match(&etag);
         }
@@ -1312,52 +1342,53 @@ async fn fetch(sh: Arc<Shared>, key: String, size: u64, etag: String, tx: mpsc::
                 }
                 err
             }
+            Ok(o) if !o.content_range().is_some_and(|r| r.starts_with(&format!("bytes {offset}-"))) => Error::Store {
+                what: what.clone(),
+                reason: format!(
+                    "asked for bytes {offset}-{} and got {:?}: the store does not honour Range requests",
+                    end - 1,
+                    o.content_range().unwrap_or("the whole object")
+                ),
+                retryable: false,
+            },
             Ok(o) => {
                 let mut body = o.body;
                 loop {
                     match body.try_next().await {
                         Ok(Some(chunk)) => {
-                            offset += chunk.len() as u64;
+                            let room = (end - start) as usize - block.len();
+                            block.extend_from_slice(&chunk[..chunk.len().min(room)]);
                             failures = 0;
-                            if !block.is_empty() && block.len() + chunk.len() > READ_BLOCK {
-                                let full = std::mem::replace(&mut block, BytesMut::with_capacity(READ_BLOCK));
-                                if tx.send(Ok(full.freeze())).await.is_err() {
-                                    return; // the reader is gone
-                                }
-                            }
-                            block.extend_from_slice(&chunk);
                         }
-                        Ok(None) if offset >= size => break,
-                        Ok(None) => {
-                            break;
-                        }
+                        Ok(None) => break,
                         Err(e) => {
-                            tracing::debug!("{what}: the body broke at byte {offset}: {}", causes(&e));
+                            tracing::debug!(
+                                "{what}: the body broke at byte {}: {}",
+                                start + block.len() as u64,
+                                causes(&e)
+                            );
                             break;
                         }
                     }
                 }
-                if offset >= size {
-                    break;
+                let offset = start + block.len() as u64;
+                if offset >= end {
+                    return Ok(block.freeze());
                 }
                 Error::Store {
                     what: what.clone(),
-                    reason: format!("the connection ended at byte {offset} of {size}"),
+                    reason: format!("the connection ended at byte {offset} of {end}"),
                     retryable: true,
                 }
             }
         };
         failures += 1;
         if !err.is_retryable() || failures >= sh.policy.max_attempts {
-            let _ = tx.send(Err(err)).await;
-            return;
+            return Err(err);
         }
         let wait = sh.policy.delay(failures);
-        tracing::warn!("{what}: {err}; resuming at byte {offset} in {wait:?}");
+        tracing::warn!("{what}: {err}; resuming at byte {} in {wait:?}", start + block.len() as u64);
         tokio::time::sleep(wait).await;
-    }
-    if !block.is_empty() {
-        let _ = tx.send(Ok(block.freeze())).await;
     }
 }
 
