@@ -47,9 +47,23 @@ fn zstd_cli_and_gnu_tar_extract_cpbackup_tar_zst() {
     require(&["zstd"]);
     let src = tempfile::tempdir().unwrap();
     tree::full_case_tree(src.path());
+    // A photo's worth of incompressible bytes: cpbackup stores them in frames of raw blocks.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let photo: Vec<u8> = (0..2 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 56) as u8
+        })
+        .collect();
+    fs::write(src.path().join(APP).join("files/photo.jpg"), &photo).unwrap();
     let out = tempfile::tempdir().unwrap();
     let archive = out.path().join("x.tar.zst");
     export(src.path(), &archive);
+    let bytes = fs::read(&archive).unwrap();
+    let stored_frame = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38];
+    assert!(bytes[4..].windows(6).any(|w| w == stored_frame), "no frame of stored blocks in the archive");
     let dst = tempfile::tempdir().unwrap();
     sh(&format!(
         "zstd -d -c < '{}' | tar --numeric-owner --same-owner -xpf - -C '{}'",
