@@ -158,17 +158,25 @@ impl<W: Write> Zstd<W> {
 
     /// End the compressed frame (waiting for every worker) and make ready for the next.
     fn end_compressed(&mut self) -> io::Result<()> {
-        loop {
-            self.out.clear();
-            let left = self.cctx.finish(&mut OutBuffer::around(&mut self.out), false)?;
-            self.inner.write_all(&self.out)?;
-            if left == 0 {
-                break;
-            }
-        }
+        self.drain(|cctx, out| cctx.finish(out, false))?;
         self.cctx.reinit()?;
         self.fed = false;
         Ok(())
+    }
+
+    /// Call `step` (an end or a flush) until it says nothing is left, writing what it produces.
+    fn drain(
+        &mut self,
+        mut step: impl FnMut(&mut Cctx<'static>, &mut OutBuffer<'_, Vec<u8>>) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        loop {
+            self.out.clear();
+            let left = step(&mut self.cctx, &mut OutBuffer::around(&mut self.out))?;
+            self.inner.write_all(&self.out)?;
+            if left == 0 {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -186,14 +194,7 @@ impl<W: Write> Write for Zstd<W> {
     /// Flushes what the compressor has produced so far (a compressed frame stays open).
     fn flush(&mut self) -> io::Result<()> {
         if !self.storing {
-            loop {
-                self.out.clear();
-                let left = self.cctx.flush(&mut OutBuffer::around(&mut self.out))?;
-                self.inner.write_all(&self.out)?;
-                if left == 0 {
-                    break;
-                }
-            }
+            self.drain(|cctx, out| cctx.flush(out))?;
         }
         self.inner.flush()
     }
@@ -219,21 +220,8 @@ fn looks_uniform(seg: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::demo::noise as random;
     use std::io::Read;
-
-    /// Bytes no coder shrinks (xorshift64).
-    fn random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        let mut v = Vec::with_capacity(len + 8);
-        while v.len() < len {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            v.extend_from_slice(&x.to_le_bytes());
-        }
-        v.truncate(len);
-        v
-    }
 
     fn text(len: usize) -> Vec<u8> {
         let words = ["alpha ", "beta ", "gamma ", "delta\n", "epsilon ", "zeta ", "eta, ", "theta; "];

@@ -48,16 +48,7 @@ fn zstd_cli_and_gnu_tar_extract_cpbackup_tar_zst() {
     let src = tempfile::tempdir().unwrap();
     tree::full_case_tree(src.path());
     // A photo's worth of incompressible bytes: cpbackup stores them in frames of raw blocks.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let photo: Vec<u8> = (0..2 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 56) as u8
-        })
-        .collect();
-    fs::write(src.path().join(APP).join("files/photo.jpg"), &photo).unwrap();
+    fs::write(src.path().join(APP).join("files/photo.jpg"), cpbackup::demo::noise(2 << 20, 11)).unwrap();
     let out = tempfile::tempdir().unwrap();
     let archive = out.path().join("x.tar.zst");
     export(src.path(), &archive);
