@@ -51,6 +51,11 @@ pub enum Error {
 
     #[error("cancelled")]
     Cancelled,
+
+    /// Something in the agent itself went wrong (a stage that panicked, a state file it cannot
+    /// write): neither the user's input nor the remote side. Exit 1, `InternalError`.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -60,6 +65,10 @@ impl Error {
 
     pub fn path_rule(path: impl Into<String>, rule: impl Into<String>) -> Self {
         Error::PathRule { path: path.into(), rule: rule.into() }
+    }
+
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Error::Internal(msg.into())
     }
 
     pub fn archive(what: impl Into<String>, reason: impl Into<String>) -> Self {
@@ -108,6 +117,7 @@ impl Error {
             Error::Store { .. } => "StoreError",
             Error::Device { .. } => "DeviceCommandFailed",
             Error::Cancelled => "Cancelled",
+            Error::Internal(_) => "InternalError",
         }
     }
 }

@@ -22,6 +22,7 @@
 //! - [`apps`]: per-package plans of app backups and recoveries (`.ab`, BackupApp / RecoverApp).
 //! - [`daemon`]: the agent as an HTTP service: vendor APIs, task queue, journal, callbacks.
 //! - [`demo`]: the built-in demo phone root behind `cpbackup demo`.
+//! - [`secret`]: secret bytes that never show themselves, and the files they are read from.
 //! - [`spec`], [`progress`], [`version`], [`error`]: what is asked, how far it got, what built it, what went wrong.
 
 pub mod android;
@@ -39,6 +40,7 @@ pub mod net;
 pub mod pipe;
 pub mod progress;
 pub mod restore;
+pub mod secret;
 pub mod select;
 pub mod spec;
 pub mod store;

@@ -85,7 +85,7 @@ impl Config {
                 let table: toml::Table =
                     text.parse().map_err(|e| Error::usage(format!("config {}: {e}", p.display())))?;
                 if table.contains_key("token") || table.contains_key("callback_secret") {
-                    warn_if_exposed(p);
+                    crate::secret::warn_if_exposed(p);
                 }
                 table
             }
@@ -134,7 +134,7 @@ impl Config {
             .map_err(|e: toml::de::Error| Error::usage(format!("config: {}", e.message())))?;
         if let Some(p) = &cfg.token_file {
             let t = std::fs::read_to_string(p).map_err(|e| Error::usage(format!("token_file {}: {e}", p.display())))?;
-            warn_if_exposed(p);
+            crate::secret::warn_if_exposed(p);
             cfg.token = Some(t.trim().to_string());
         }
         if cfg.token.as_deref().is_some_and(str::is_empty) {
@@ -162,26 +162,6 @@ impl Config {
 
     pub fn addr(&self) -> Result<SocketAddr> {
         self.listen.parse().map_err(|_| Error::usage(format!("listen = {:?} is not an address", self.listen)))
-    }
-}
-
-/// A file holding a secret that others on the phone may read: the warning that says so and
-/// what to do, or None when it is private (or cannot be examined).
-pub fn exposure(path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    (mode & 0o077 != 0).then(|| {
-        format!(
-            "{} holds a secret and is open to other users (mode {mode:04o}): chmod 600 {}",
-            path.display(),
-            path.display()
-        )
-    })
-}
-
-fn warn_if_exposed(path: &Path) {
-    if let Some(w) = exposure(path) {
-        tracing::warn!("{w}");
     }
 }
 
@@ -216,7 +196,7 @@ mod tests {
         std::fs::write(&f, "t\n").unwrap();
         for (mode, exposed) in [(0o600, false), (0o400, false), (0o640, true), (0o604, true), (0o666, true)] {
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
-            let w = exposure(&f);
+            let w = crate::secret::exposure(&f);
             assert_eq!(w.is_some(), exposed, "{mode:o}: {w:?}");
             if let Some(w) = w {
                 assert!(w.contains(&format!("{mode:04o}")) && w.contains("chmod 600"), "{w}");
