@@ -9,6 +9,8 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+use super::details::Step;
+use super::perms::{self, OpLine, OpsListing};
 use super::{pm, shell};
 use crate::error::{Error, Result};
 
@@ -162,6 +164,45 @@ impl<'a> Device<'a> {
     pub fn chcon(&self, context: &str, dir: &str) -> Result<()> {
         self.cli.run("chcon", &["-R", "-h", context, dir], None).map(|_| ())
     }
+
+    /// `dumpsys package PKG`: the text `perms::parse_runtime_permissions` reads.
+    pub fn dumpsys_package(&self, package: &str) -> Result<String> {
+        pm::check_package_name(package)?;
+        self.cli.run("dumpsys", &["package", package], None)
+    }
+
+    /// The app ops set for the package in `user`, split into (uid modes, package modes):
+    /// `appops get --user N PKG`, and when that lists uid modes, `appops get UID` to tell where
+    /// they end (see `perms::split_uid_ops`).
+    pub fn app_ops(&self, package: &str, user: u32, uid: u32) -> Result<(Vec<OpLine>, Vec<OpLine>)> {
+        pm::check_package_name(package)?;
+        let user = user.to_string();
+        let listing = perms::parse_appops(&self.cli.run("appops", &["get", "--user", &user, package], None)?);
+        let uid_listing = if listing.uid_first {
+            perms::parse_appops(&self.cli.run("appops", &["get", &uid.to_string()], None)?)
+        } else {
+            OpsListing::default()
+        };
+        Ok(perms::split_uid_ops(&listing, &uid_listing))
+    }
+
+    /// Run one restore step (a grant, flags, an app op) for `package` in `user`. pm and appops
+    /// say nothing when they succeed; a non-zero exit, or output that names an error or an
+    /// exception, is a failure quoting it.
+    pub fn apply(&self, step: &Step, package: &str, user: u32) -> Result<()> {
+        pm::check_package_name(package)?;
+        let (program, args) = step.argv(package, user);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.cli.run(program, &args, None)?;
+        let failed = out.lines().any(|l| {
+            let l = l.trim_start();
+            ["Error", "Exception", "Failure", "Unknown command", "java.lang."].iter().any(|w| l.starts_with(w))
+        });
+        if failed {
+            return Err(Error::Device { command: shell::shown(program, &args), output: out });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +279,47 @@ mod tests {
         assert!(d.force_stop("x;reboot").is_err());
         assert!(d.uninstall("../x").is_err());
         assert!(cli.calls.borrow().is_empty());
+    }
+
+    #[test]
+    fn app_ops_ask_for_the_uid_only_when_it_has_modes() {
+        let cli = Scripted {
+            answers: vec![(
+                "appops get",
+                Ok("Uid mode: RUN_ANY_IN_BACKGROUND: ignore\nSYSTEM_ALERT_WINDOW: allow".into()),
+            )],
+            calls: RefCell::new(Vec::new()),
+        };
+        let (uid, pkg) = Device::new(&cli).app_ops("a.b", 10, 1010123).unwrap();
+        assert_eq!(*cli.calls.borrow(), vec!["appops get --user 10 a.b", "appops get 1010123"]);
+        // The canned answer repeats both lines for the uid: the split takes what matches.
+        assert_eq!(uid.len() + pkg.len(), 2);
+        assert_eq!(uid[0].name, "RUN_ANY_IN_BACKGROUND");
+
+        let cli =
+            Scripted { answers: vec![("appops get", Ok("No operations.".into()))], calls: RefCell::new(Vec::new()) };
+        let (uid, pkg) = Device::new(&cli).app_ops("a.b", 0, 10123).unwrap();
+        assert!(uid.is_empty() && pkg.is_empty());
+        assert_eq!(*cli.calls.borrow(), vec!["appops get --user 0 a.b"]);
+        assert!(Device::new(&cli).app_ops("-a", 0, 1).is_err());
+    }
+
+    #[test]
+    fn steps_fail_on_what_pm_and_appops_print() {
+        let step = Step::Grant { permission: "android.permission.CAMERA".into() };
+        let quiet = Scripted { answers: vec![], calls: RefCell::new(Vec::new()) };
+        Device::new(&quiet).apply(&step, "a.b", 0).unwrap();
+        assert_eq!(*quiet.calls.borrow(), vec!["pm grant --user 0 a.b android.permission.CAMERA"]);
+        for said in [
+            "Exception occurred while executing 'grant':\njava.lang.SecurityException: Package a.b has not requested permission X",
+            "Error: Unknown operation string: X",
+            "Unknown command: set-permission-flags",
+        ] {
+            let cli = Scripted { answers: vec![("pm grant", Ok(said.into()))], calls: RefCell::new(Vec::new()) };
+            let e = Device::new(&cli).apply(&step, "a.b", 0).unwrap_err().to_string();
+            assert!(e.contains("pm grant --user 0 a.b android.permission.CAMERA") && e.contains(said.lines().last().unwrap()), "{e}");
+        }
+        assert!(Device::new(&quiet).apply(&step, "a.b;x", 0).is_err());
     }
 
     #[test]
