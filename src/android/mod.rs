@@ -5,11 +5,13 @@
 //! install's owner and label. What the install does not carry: `perms` parses the phone's
 //! runtime permissions and app ops (pure), `splits` says what each APK needs from a phone
 //! (pure), `keystore` tells whether an app holds Keystore keys, `details` is the record of all
-//! that (`AppDetails`) and the steps that bring it back.
+//! that (`AppDetails`) and the steps that bring it back, `fidelity` collects it at backup and
+//! applies it at restore.
 
 pub mod apk;
 pub mod details;
 pub mod device;
+pub mod fidelity;
 pub mod keystore;
 pub mod owner;
 pub mod perms;
