@@ -32,11 +32,33 @@ impl CommandLine for Shell {
 
 pub struct Device<'a> {
     cli: &'a dyn CommandLine,
+    /// The Android user whose apps this acts on: every pm and am command that takes
+    /// `--user N` gets it (0, the owner, unless `for_user` says otherwise).
+    user: u32,
 }
 
 impl<'a> Device<'a> {
     pub fn new(cli: &'a dyn CommandLine) -> Device<'a> {
-        Device { cli }
+        Device { cli, user: 0 }
+    }
+
+    /// The device, acting on the apps of Android user `user`.
+    pub fn for_user(cli: &'a dyn CommandLine, user: u32) -> Device<'a> {
+        Device { cli, user }
+    }
+
+    pub fn user(&self) -> u32 {
+        self.user
+    }
+
+    /// `pm COMMAND… --user N REST…` (`command` is `path`, or `list packages`: the options of
+    /// `pm list packages` follow both words).
+    fn pm_user(&self, command: &[&str], rest: &[&str]) -> Result<String> {
+        let user = self.user.to_string();
+        let mut args = command.to_vec();
+        args.extend(["--user", user.as_str()]);
+        args.extend_from_slice(rest);
+        self.pm(&args)
     }
 
     fn pm(&self, args: &[&str]) -> Result<String> {
@@ -64,18 +86,18 @@ impl<'a> Device<'a> {
     /// The installed package, or `None` when pm does not know it.
     pub fn package(&self, package: &str) -> Result<Option<pm::Listed>> {
         pm::check_package_name(package)?;
-        let out = self.pm(&["list", "packages", "-U", "--show-versioncode", package])?;
+        let out = self.pm_user(&["list", "packages"], &["-U", "--show-versioncode", package])?;
         Ok(pm::parse_list_packages(&out, package))
     }
 
     /// The APK paths (device paths), base first.
     pub fn apk_paths(&self, package: &str) -> Result<Vec<String>> {
         pm::check_package_name(package)?;
-        let out = self.pm(&["path", package])?;
+        let out = self.pm_user(&["path"], &[package])?;
         let paths = pm::parse_path(&out);
         if paths.is_empty() {
             return Err(Error::Device {
-                command: shell::shown("pm", &["path", package]),
+                command: shell::shown("pm", &["path", "--user", &self.user.to_string(), package]),
                 output: format!("no APK path in {out:?}"),
             });
         }
@@ -84,7 +106,7 @@ impl<'a> Device<'a> {
 
     /// Who installed the package; empty when unknown (an old pm without `-i` is not an error).
     pub fn installer(&self, package: &str) -> String {
-        match self.pm(&["list", "packages", "-i", package]) {
+        match self.pm_user(&["list", "packages"], &["-i", package]) {
             Ok(out) => pm::parse_installer(&out, package),
             Err(e) => {
                 tracing::debug!("no installer for {package}: {e}");
@@ -95,13 +117,15 @@ impl<'a> Device<'a> {
 
     pub fn force_stop(&self, package: &str) -> Result<()> {
         pm::check_package_name(package)?;
-        self.cli.run("am", &["force-stop", package], None).map(|_| ())
+        self.cli.run("am", &["force-stop", "--user", &self.user.to_string(), package], None).map(|_| ())
     }
 
     pub fn uninstall(&self, package: &str) -> Result<()> {
         pm::check_package_name(package)?;
-        let out = self.pm(&["uninstall", package])?;
-        pm::check_success(&shell::shown("pm", &["uninstall", package]), &out)
+        let user = self.user.to_string();
+        let args = ["uninstall", "--user", user.as_str(), package];
+        let out = self.pm(&args)?;
+        pm::check_success(&shell::shown("pm", &args), &out)
     }
 
     /// Install `apks` (name, size, content) in one session: create, write each, commit. The
@@ -109,7 +133,8 @@ impl<'a> Device<'a> {
     pub fn install(&self, apks: &mut [(String, u64, &mut dyn Read)]) -> Result<()> {
         let total: u64 = apks.iter().map(|a| a.1).sum();
         let total_s = total.to_string();
-        let create = ["install-create", "-r", "-t", "-S", total_s.as_str()];
+        let user = self.user.to_string();
+        let create = ["install-create", "--user", user.as_str(), "-r", "-t", "-S", total_s.as_str()];
         let out = self.pm(&create)?;
         let session = pm::parse_session(&shell::shown("pm", &create), &out)?;
         let sid = session.to_string();
@@ -144,7 +169,10 @@ impl<'a> Device<'a> {
             }
             if start.elapsed() > timeout {
                 return Err(Error::Device {
-                    command: shell::shown("pm", &["list", "packages", "-U", "--show-versioncode", package]),
+                    command: shell::shown(
+                        "pm",
+                        &["list", "packages", "--user", &self.user.to_string(), "-U", "--show-versioncode", package],
+                    ),
                     output: format!(
                         "the package or its data directory did not appear within {} s of the install",
                         timeout.as_secs()
@@ -263,7 +291,7 @@ mod tests {
         assert_eq!(
             *calls,
             vec![
-                "pm install-create -r -t -S 5",
+                "pm install-create --user 0 -r -t -S 5",
                 "pm install-write -S 3 77 base.apk - <3",
                 "pm install-write -S 2 77 split_x.apk - <2",
                 "pm install-commit 77",
@@ -329,6 +357,6 @@ mod tests {
             calls: RefCell::new(Vec::new()),
         };
         let e = Device::new(&cli).uninstall("a.b").unwrap_err().to_string();
-        assert!(e.contains("`pm uninstall a.b` failed: Failure [DELETE_FAILED_DEVICE_POLICY_MANAGER]"), "{e}");
+        assert!(e.contains("`pm uninstall --user 0 a.b` failed: Failure [DELETE_FAILED_DEVICE_POLICY_MANAGER]"), "{e}");
     }
 }

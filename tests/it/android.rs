@@ -293,7 +293,7 @@ fn android_app_backup_recovers_onto_another_phone() {
     assert_eq!(m["SourceAppInfoList"], serde_json::json!([NOTES]));
     assert_eq!(m["Format"], "ab");
     // The app was stopped before its data was read.
-    assert!(a.log().contains(&format!("am force-stop {NOTES}")), "{}", a.log());
+    assert!(a.log().contains(&format!("am force-stop --user 0 {NOTES}")), "{}", a.log());
     // The manifest beside the archive records the archive's SHA-256.
     let side: serde_json::Value =
         serde_json::from_slice(&fs::read(tmp.path().join("notes.ab.manifest.json")).unwrap()).unwrap();
@@ -342,7 +342,7 @@ fn android_app_backup_recovers_onto_another_phone() {
     assert_eq!(app["Uid"], 10250);
     assert_eq!(app["VersionCode"], 42);
     let log = b.log();
-    assert!(log.contains("pm install-create -r -t -S "), "{log}");
+    assert!(log.contains("pm install-create --user 0 -r -t -S "), "{log}");
     assert!(log.contains("base.apk -") && log.contains("split_config.xxhdpi.apk -"), "{log}");
     assert!(!log.contains("pm uninstall"), "nothing to uninstall on a fresh phone: {log}");
     // What pm received is byte for byte what phone A had installed.
@@ -504,9 +504,9 @@ fn android_recover_replaces_an_installed_copy() {
     let log = b.log();
     let pos = |s: &str| log.find(s).unwrap_or_else(|| panic!("{s} not in {log}"));
     // pm refuses the update (another signing key), so the installed copy goes first.
-    assert!(pos("am force-stop com.example.notes") < pos("pm install-create"));
-    assert!(pos("pm install-create") < pos("pm uninstall com.example.notes"));
-    assert!(pos("pm uninstall com.example.notes") < log.rfind("pm install-create").unwrap());
+    assert!(pos("am force-stop --user 0 com.example.notes") < pos("pm install-create"));
+    assert!(pos("pm install-create") < pos("pm uninstall --user 0 com.example.notes"));
+    assert!(pos("pm uninstall --user 0 com.example.notes") < log.rfind("pm install-create").unwrap());
     assert!(!ce.join("files/stale.txt").exists(), "the old data is gone, not mixed in");
     assert_eq!(fs::read_to_string(ce.join("files/sub/note.txt")).unwrap(), "remember the milk\n");
     // A reinstall after uninstall gets a new uid; the files follow it.

@@ -20,13 +20,14 @@
 #   $FAKEROID_ROOT/.fakeroid/log              every call with its arguments, one per line
 #
 # After sourcing, `--user N` has been taken out of the arguments: USER_ID holds N (0 when not
-# given) and USER_GIVEN is 1 when it was given.
+# given), USER_GIVEN is 1 when it was given, ORIG_ARGS holds the arguments as given.
 set -u
 : "${FAKEROID_ROOT:?FAKEROID_ROOT must name the fake phone root}"
 R=$FAKEROID_ROOT
 S=$R/.fakeroid
 mkdir -p "$S/packages" "$S/sessions" "$S/received" "$S/fail" "$S/perms" "$S/appops/uid"
 printf '%s\n' "$FAKEROID_TOOL $*" >> "$S/log"
+ORIG_ARGS="$*"
 
 USER_ID=0
 USER_GIVEN=0
