@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use cpbackup::archive::Format;
 use cpbackup::manifest::Identity;
 use cpbackup::progress::Progress;
-use cpbackup::spec::{BackupAppSpec, ExportSpec, ImportSpec, RecoverAppSpec, StoreOptions, VerifySpec};
+use cpbackup::spec::{BackupAppSpec, Destination, ExportSpec, ImportSpec, RecoverAppSpec, StoreOptions, VerifySpec};
 use cpbackup::{backup, restore, version};
 
 #[derive(Parser)]
@@ -345,23 +345,11 @@ fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Export(a) => {
             let format = a.format.as_deref().map(Format::parse).transpose()?;
-            let d = a.dest;
-            let spec = ExportSpec {
-                backup_file_id: None,
-                includes: a.includes,
-                excludes: a.excludes,
-                all: a.all,
-                to: d.to,
-                format,
-                root: d.root,
-                name: d.name,
-                description: d.description,
-                identity: identity(d.identity),
-                store: d.store.options(),
-            };
+            let json = a.dest.json;
+            let spec = ExportSpec { format, ..ExportSpec::new(a.dest.destination(), a.includes, a.excludes, a.all) };
             let m = backup::export(&spec, &Progress::new(true))?;
             let what = format!("{} entries", m.entry_count);
-            print_manifest(&m, &spec.to, d.json, &what)?;
+            print_manifest(&m, &spec.to, json, &what)?;
         }
         Command::Import(a) => {
             let spec =
@@ -375,22 +363,15 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             print_report(&report, a.json, "verified")?;
         }
         Command::BackupApp(a) => {
-            let d = a.dest;
+            let json = a.dest.json;
             let spec = BackupAppSpec {
-                backup_file_id: None,
-                apps: a.apps,
-                to: d.to,
-                root: d.root,
-                name: d.name,
-                description: d.description,
                 no_stop: a.no_stop,
                 no_cache: a.no_cache,
-                identity: identity(d.identity),
-                store: d.store.options(),
+                ..BackupAppSpec::new(a.dest.destination(), a.apps)
             };
             let m = backup::backup_app(&spec, &Progress::new(true))?;
             let what = format!("apps {}", m.source_app_info_list.join(" "));
-            print_manifest(&m, &spec.to, d.json, &what)?;
+            print_manifest(&m, &spec.to, json, &what)?;
         }
         Command::RecoverApp(a) => {
             let spec =
@@ -474,8 +455,7 @@ fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     cpbackup::demo::make_root(&phone)?;
     let pkg = cpbackup::demo::PACKAGE;
-    let spec = ExportSpec {
-        includes: vec![format!("/data/user/0/{pkg}"), format!("/data/user_de/0/{pkg}"), "/data/media/0".into()],
+    let dest = Destination {
         to: format!("{}/", store.display()),
         root: phone.clone(),
         name: Some("demo.tar.zst".into()),
@@ -483,6 +463,8 @@ fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
         identity: Identity { android_instance_id: "acp-demo".into(), ..Default::default() },
         ..Default::default()
     };
+    let includes = vec![format!("/data/user/0/{pkg}"), format!("/data/user_de/0/{pkg}"), "/data/media/0".into()];
+    let spec = ExportSpec::new(dest, includes, Vec::new(), false);
     let m = backup::export(&spec, &Progress::new(true))?;
     println!("exported  {} -> {}", spec.includes.join(" "), m.backup_file_path);
     println!(
@@ -506,14 +488,30 @@ fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn identity(a: IdentityArgs) -> Identity {
-    Identity {
-        android_instance_id: a.instance_id,
-        android_instance_name: a.instance_name,
-        instance_group_id: a.instance_group_id,
-        end_user_id: a.end_user_id,
-        region_id: a.region_id,
-        task_id: a.task_id,
+impl IdentityArgs {
+    fn identity(self) -> Identity {
+        Identity {
+            android_instance_id: self.instance_id,
+            android_instance_name: self.instance_name,
+            instance_group_id: self.instance_group_id,
+            end_user_id: self.end_user_id,
+            region_id: self.region_id,
+            task_id: self.task_id,
+        }
+    }
+}
+
+impl DestArgs {
+    fn destination(self) -> Destination {
+        Destination {
+            store: self.store.options(),
+            to: self.to,
+            name: self.name,
+            description: self.description,
+            root: self.root,
+            identity: self.identity.identity(),
+            backup_file_id: None,
+        }
     }
 }
 

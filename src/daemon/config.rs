@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::manifest::Identity;
+use crate::spec::StoreOptions;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -158,6 +160,30 @@ impl Config {
             return Err(Error::usage("max_concurrent must be at least 1"));
         }
         Ok(())
+    }
+
+    /// How a task reaches object storage: the request's endpoint (ECP UploadEndpoint) when it
+    /// names one, else the configured one. The one place a task's store options are built.
+    pub fn store_options(&self, endpoint: Option<&str>) -> StoreOptions {
+        StoreOptions {
+            endpoint: endpoint.filter(|e| !e.is_empty()).map(str::to_string).or_else(|| self.endpoint.clone()),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            parts_in_flight: self.parts_in_flight,
+            state_dir: Some(self.state_dir.join("uploads")),
+        }
+    }
+
+    /// This phone, as a manifest of task `task_id` records it.
+    pub fn identity(&self, task_id: &str) -> Identity {
+        Identity {
+            android_instance_id: self.instance_id.clone(),
+            android_instance_name: self.instance_name.clone(),
+            instance_group_id: self.instance_group_id.clone(),
+            region_id: self.region_id.clone(),
+            task_id: task_id.to_string(),
+            ..Default::default()
+        }
     }
 
     pub fn addr(&self) -> Result<SocketAddr> {

@@ -66,14 +66,7 @@ impl Runner {
     pub fn recover(&self) -> Result<()> {
         let mut loaded = self.journal.load_tasks()?;
         loaded.sort_by(|a, b| a.created_time.cmp(&b.created_time).then(a.task_id.cmp(&b.task_id)));
-        let opts = crate::spec::StoreOptions {
-            endpoint: self.cfg.endpoint.clone(),
-            region: self.cfg.region.clone(),
-            path_style: self.cfg.path_style,
-            state_dir: Some(self.cfg.state_dir.join("uploads")),
-            ..Default::default()
-        };
-        match store::s3::cleanup(&opts) {
+        match store::s3::cleanup(&self.cfg.store_options(None)) {
             Ok(c) if !c.aborted.is_empty() => {
                 tracing::info!("aborted multipart uploads left by an earlier run: {}", c.aborted.join(", "))
             }

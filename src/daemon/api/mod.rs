@@ -1,0 +1,288 @@
+//! The HTTP API: the routes, bearer-token authentication, size limits, errors in each vendor's
+//! shape naming the parameter at fault, and the routes every vendor shares (one task, cancel,
+//! metrics). The vendors' own request and response shapes live in `ecp` (Alibaba ECP's JSON
+//! actions) and `cph` (Huawei CPH's batch-storage / batch-restore / jobs).
+//!
+//! It never runs an operation itself (the runner does) and never echoes a token or secret.
+
+pub mod cph;
+pub mod ecp;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use super::runner::Runner;
+use super::task::Task;
+use crate::catalog::request_id;
+
+pub fn router(runner: Arc<Runner>) -> Router {
+    let limit = runner.cfg.body_limit;
+    let protected = Router::new()
+        .route("/ecp/{action}", post(ecp::action))
+        .route("/cph/batch-storage", post(cph::storage))
+        .route("/cph/batch-restore", post(cph::restore))
+        .route("/cph/jobs/{job_id}", get(cph::job))
+        .route("/cph/jobs", get(cph::jobs))
+        .route("/tasks/{id}", delete(cancel_task).get(get_task))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(runner.clone(), auth));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(protected)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(runner)
+}
+
+/// An error in the shape of the API it answers: ECP `{RequestId, Code, Message}`, CPH
+/// `{request_id, error_code, error_msg}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    cph: bool,
+    code: String,
+    message: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct EcpErrorBody {
+    request_id: String,
+    code: String,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct CphErrorBody {
+    request_id: String,
+    error_code: String,
+    error_msg: String,
+}
+
+impl ApiError {
+    fn ecp(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError { status, cph: false, code: code.into(), message: message.into() }
+    }
+    fn cph(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError { status, cph: true, code: code.into(), message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.cph {
+            let body = CphErrorBody { request_id: request_id(), error_code: self.code, error_msg: self.message };
+            (self.status, Json(body)).into_response()
+        } else {
+            let body = EcpErrorBody { request_id: request_id(), code: self.code, message: self.message };
+            (self.status, Json(body)).into_response()
+        }
+    }
+}
+
+async fn auth(State(r): State<Arc<Runner>>, req: Request, next: Next) -> Response {
+    let Some(token) = r.cfg.token.as_deref() else { return next.run(req).await };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Constant time: the comparison must not tell how much of a guess was right.
+    let ok = given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()));
+    if !ok {
+        let cph = req.uri().path().starts_with("/cph");
+        let e = if cph {
+            ApiError::cph(StatusCode::UNAUTHORIZED, "CPS.0001", "missing or wrong Authorization: Bearer token")
+        } else {
+            ApiError::ecp(StatusCode::UNAUTHORIZED, "InvalidToken", "missing or wrong Authorization: Bearer token")
+        };
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+/// Parse a JSON body, naming the field at fault.
+fn parse<T: DeserializeOwned>(body: &[u8], cph: bool) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad(cph, format!("malformed request body: {e}")))
+}
+
+/// 400 in the vendor's shape: `InvalidParameter` (ECP) or `CPS.0002` (CPH).
+fn bad(cph: bool, msg: String) -> ApiError {
+    if cph {
+        ApiError::cph(StatusCode::BAD_REQUEST, "CPS.0002", msg)
+    } else {
+        ApiError::ecp(StatusCode::BAD_REQUEST, "InvalidParameter", msg)
+    }
+}
+
+/// Hand a checked task to the runner. Refused while shutting down (503), or when the journal
+/// cannot hold it (503: the agent's own failure, never the request's).
+fn submit(r: &Runner, cph: bool, t: Task) -> Result<Task, ApiError> {
+    r.submit(t).map_err(|e| {
+        let (status, code) = if !r.accepting() {
+            (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+        } else if e.is_input() {
+            (StatusCode::BAD_REQUEST, e.code())
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, e.code())
+        };
+        if cph {
+            ApiError::cph(status, "CPS.0005", e.to_string())
+        } else {
+            ApiError::ecp(status, code, e.to_string())
+        }
+    })
+}
+
+/// Parse and check a request body as the handler of the POST `route` (`/ecp/ACTION`,
+/// `/cph/batch-storage`, `/cph/batch-restore`) does: the step each handler starts with,
+/// stopped before anything is submitted or a store is touched. `instance_id` is this phone's.
+/// The error is the answer's status, code and message. For the fuzz targets (`fuzz/`) and tests.
+pub fn check_request(instance_id: &str, route: &str, body: &[u8]) -> Result<(), (u16, String, String)> {
+    let checked = match (route, route.strip_prefix("/ecp/")) {
+        (_, Some(action)) => ecp::check(instance_id, action, body).map(drop),
+        ("/cph/batch-storage", _) => cph::storage_infos(instance_id, body).map(drop),
+        ("/cph/batch-restore", _) => cph::restore_infos(instance_id, body).map(drop),
+        (other, _) => Err(ApiError::cph(StatusCode::NOT_FOUND, "CPS.0404", format!("no POST route {other:?}"))),
+    };
+    checked.map_err(|e| (e.status.as_u16(), e.code, e.message))
+}
+
+// ---------------------------------------------------------------- one task, metrics
+
+fn task_not_found(id: &str) -> ApiError {
+    ApiError::ecp(StatusCode::NOT_FOUND, "InvalidTaskId.NotFound", format!("task {id} not found"))
+}
+
+async fn cancel_task(State(r): State<Arc<Runner>>, Path(id): Path<String>) -> Result<Json<ecp::Tasks>, ApiError> {
+    let t = r.cancel(&id).ok_or_else(|| task_not_found(&id))?;
+    Ok(Json(ecp::Tasks::one(&t)))
+}
+
+async fn get_task(State(r): State<Arc<Runner>>, Path(id): Path<String>) -> Result<Json<ecp::Tasks>, ApiError> {
+    let t = r.get(&id).ok_or_else(|| task_not_found(&id))?;
+    Ok(Json(ecp::Tasks::one(&t)))
+}
+
+async fn metrics(State(r): State<Arc<Runner>>) -> impl IntoResponse {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering;
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP cpbackup_tasks Tasks by state.\n# TYPE cpbackup_tasks gauge");
+    for (state, n) in r.counts() {
+        let _ = writeln!(out, "cpbackup_tasks{{state=\"{state}\"}} {n}");
+    }
+    let (up_live, down_live) = r.live_transfer();
+    let up = r.metrics.bytes_uploaded.load(Ordering::Relaxed) + up_live;
+    let down = r.metrics.bytes_downloaded.load(Ordering::Relaxed) + down_live;
+    let _ = writeln!(out, "# HELP cpbackup_bytes_uploaded_total Archive bytes sent to storage.\n# TYPE cpbackup_bytes_uploaded_total counter\ncpbackup_bytes_uploaded_total {up}");
+    let _ = writeln!(out, "# HELP cpbackup_bytes_downloaded_total Archive bytes read from storage.\n# TYPE cpbackup_bytes_downloaded_total counter\ncpbackup_bytes_downloaded_total {down}");
+    let _ = writeln!(
+        out,
+        "# HELP cpbackup_part_retries_total Upload and download requests retried.\n# TYPE cpbackup_part_retries_total counter\ncpbackup_part_retries_total {}",
+        crate::store::retry::RETRIES.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP cpbackup_callback_backlog Status events not yet delivered.\n# TYPE cpbackup_callback_backlog gauge\ncpbackup_callback_backlog {}",
+        r.reporter_backlog()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP cpbackup_callback_failures_total Callback deliveries that failed and will be retried.\n# TYPE cpbackup_callback_failures_total counter\ncpbackup_callback_failures_total {}",
+        r.reporter.failures.load(Ordering::Relaxed)
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    pub(super) const ME: &str = "acp-test0001";
+
+    fn check(route: &str, body: Value) -> Result<(), (u16, String, String)> {
+        check_request(ME, route, body.to_string().as_bytes())
+    }
+
+    #[test]
+    fn request_bodies_are_checked_as_the_handlers_do() {
+        let backup = json!({"AndroidInstanceIdList": [ME], "BackupFilePath": "oss://bkt/x/", "SourceFilePathList": ["/data/data"]});
+        assert_eq!(check("/ecp/BackupFile", backup), Ok(()));
+        let (status, code, msg) = check("/ecp/BackupFile", json!({"AndroidInstanceIdList": [ME]})).unwrap_err();
+        assert_eq!((status, code.as_str()), (400, "InvalidParameter"));
+        assert!(msg.contains("BackupFilePath is required"), "{msg}");
+        // Another phone's request needs no source list: that phone answers for it.
+        assert_eq!(
+            check("/ecp/BackupApp", json!({"AndroidInstanceIdList": ["other"], "BackupFilePath": "oss://bkt/"})),
+            Ok(())
+        );
+        let e = check("/ecp/BackupApp", json!({"AndroidInstanceIdList": [ME], "BackupFilePath": "oss://bkt/"}))
+            .unwrap_err();
+        assert!(e.2.contains("SourceAppList is empty"), "{e:?}");
+        let e = check("/ecp/RecoveryFile", json!({"AndroidInstanceIdList": [ME], "BackupFilePath": "oss://bkt/f/"}));
+        assert!(e.unwrap_err().2.contains("give BackupFileId too"));
+        let e = check("/ecp/DescribeTasks", json!({"MaxResults": 101})).unwrap_err();
+        assert_eq!(e.0, 400);
+        assert_eq!(check_request(ME, "/ecp/DescribeTasks", b""), Ok(()));
+        let e = check("/ecp/DescribeBackupFiles", json!({"StatusList": ["GONE"]})).unwrap_err();
+        assert!(e.2.starts_with("StatusList: unknown status"), "{e:?}");
+        assert!(check("/ecp/DeleteBackupFile", json!({"BackupFileIdList": []})).is_err());
+        assert_eq!(check("/ecp/BackupEverything", json!({})).unwrap_err().0, 404);
+        let e = check_request(ME, "/ecp/BackupFile", b"{\"AndroidInstanceIdList\": \"acp\"}").unwrap_err();
+        assert!(e.2.starts_with("malformed request body"), "{e:?}");
+
+        let info =
+            json!({"phone_id": ME, "include_files": ["/data/data"], "bucket_name": "bkt", "object_path": "p.tar"});
+        assert_eq!(check("/cph/batch-storage", json!({"storage_infos": [info]})), Ok(()));
+        // Every info of this phone is checked before any job starts: a bad second one fails
+        // the request, another phone's is not this phone's to check.
+        let no_bucket =
+            json!({"phone_id": ME, "include_files": ["/data/data"], "bucket_name": "", "object_path": "p.tar"});
+        let e = check("/cph/batch-storage", json!({"storage_infos": [info, no_bucket]})).unwrap_err();
+        assert_eq!((e.0, e.1.as_str()), (400, "CPS.0002"));
+        assert!(e.2.starts_with("storage_infos[1]: "), "{e:?}");
+        let elsewhere = json!({"phone_id": "other", "include_files": [], "bucket_name": "", "object_path": ""});
+        assert_eq!(check("/cph/batch-storage", json!({"storage_infos": [info, elsewhere]})), Ok(()));
+        let e = check("/cph/batch-restore", json!({"restore_infos": []})).unwrap_err();
+        assert_eq!((e.0, e.1.as_str()), (400, "CPS.0009"));
+        let e = check_request(ME, "/cph/batch-restore", b"[]").unwrap_err();
+        assert_eq!((e.0, e.1.as_str()), (400, "CPS.0002"));
+    }
+
+    /// The error bodies, as the `json!` literals of the first version wrote them.
+    #[test]
+    fn error_bodies_keep_their_shapes() {
+        let body = |e: ApiError| {
+            let status = e.status;
+            let r = e.into_response();
+            assert_eq!(r.status(), status);
+            let b = futures_body(r);
+            let mut v: Value = serde_json::from_slice(&b).unwrap();
+            let key = if v.get("RequestId").is_some() { "RequestId" } else { "request_id" };
+            let id = v.as_object_mut().unwrap().remove(key);
+            assert_eq!(id.unwrap().as_str().unwrap().len(), 36);
+            v
+        };
+        assert_eq!(body(ApiError::ecp(StatusCode::BAD_REQUEST, "C", "M")), json!({"Code": "C", "Message": "M"}));
+        assert_eq!(
+            body(ApiError::cph(StatusCode::NOT_FOUND, "CPS.0010", "m")),
+            json!({"error_code": "CPS.0010", "error_msg": "m"})
+        );
+    }
+
+    fn futures_body(r: Response) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async { axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap().to_vec() })
+    }
+}
