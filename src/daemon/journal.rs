@@ -71,7 +71,8 @@ impl Journal {
     }
 
     pub fn save_task(&self, t: &Task) -> Result<()> {
-        let body = serde_json::to_vec_pretty(t).map_err(|e| Error::usage(format!("task {}: {e}", t.task_id)))?;
+        let body =
+            serde_json::to_vec_pretty(t).map_err(|e| Error::internal(format!("journaling task {}: {e}", t.task_id)))?;
         write_atomic(&self.tasks.join(format!("{}.json", t.task_id)), &body)
     }
 
@@ -95,7 +96,8 @@ impl Journal {
 
     pub fn push_event(&self, ev: &Event) -> Result<()> {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
-        let body = serde_json::to_vec(ev).map_err(|e| Error::usage(format!("event {}: {e}", ev.event_id)))?;
+        let body =
+            serde_json::to_vec(ev).map_err(|e| Error::internal(format!("journaling event {}: {e}", ev.event_id)))?;
         write_atomic(&self.outbox.join(format!("{n:020}-{}.json", ev.event_id)), &body)
     }
 
@@ -158,7 +160,7 @@ pub fn write_atomic(path: &Path, body: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::task::{TaskStatus, Work};
+    use crate::daemon::task::{Api, TaskStatus, TaskType, Work};
 
     /// A journal written by version 1 of the agent, checked in: every later version must load it.
     #[test]
@@ -178,6 +180,8 @@ mod tests {
         assert_eq!(tasks.len(), 2);
         assert_eq!(tasks[0].status, TaskStatus::Finished);
         assert_eq!(tasks[0].backup_file_id, "bf-fixture000000001");
+        assert_eq!((tasks[0].api, tasks[0].task_type), (Api::Ecp, TaskType::BackupFile));
+        assert_eq!((tasks[1].api, tasks[1].task_type), (Api::Cph, TaskType::RecoverFile));
         assert!(matches!(&tasks[0].work, Some(Work::Export { spec }) if spec.includes == ["/data/data/com.example"]));
         assert_eq!(tasks[1].status, TaskStatus::Processing);
         assert!(
@@ -190,6 +194,19 @@ mod tests {
         j.push_event(&Event { event_id: "t-x-1".into(), ..Default::default() }).unwrap();
         let pending = j.pending().unwrap();
         assert_eq!(pending.last().unwrap().1.event_id, "t-x-1");
+    }
+
+    /// The enums are written as the strings version 1 wrote.
+    #[test]
+    fn task_records_keep_their_strings() {
+        let t = Task { api: Api::Cph, task_type: TaskType::RecoverApp, ..Default::default() };
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!((v["Api"].as_str(), v["TaskType"].as_str()), (Some("cph"), Some("RecoverApp")));
+        let v = serde_json::to_value(Task::default()).unwrap();
+        assert_eq!((v["Api"].as_str(), v["TaskType"].as_str()), (Some("ecp"), Some("BackupFile")));
+        for ty in [TaskType::BackupFile, TaskType::RecoverFile, TaskType::BackupApp, TaskType::RecoverApp] {
+            assert_eq!(serde_json::to_value(ty).unwrap(), ty.as_str());
+        }
     }
 
     #[test]

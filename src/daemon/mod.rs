@@ -70,7 +70,7 @@ pub async fn serve(
         let r = runner.clone();
         tokio::task::spawn_blocking(move || r.recover())
             .await
-            .map_err(|e| Error::usage(format!("recovering the journal: {e}")))??;
+            .map_err(|e| Error::internal(format!("recovering the journal: {e}")))??;
     }
     {
         let reporter = reporter.clone();
@@ -101,6 +101,6 @@ pub async fn serve(
     match server.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Error::Io { context: "serving HTTP".into(), source: e }),
-        Err(e) => Err(Error::usage(format!("server task: {e}"))),
+        Err(e) => Err(Error::internal(format!("the HTTP server stopped unexpectedly: {e}"))),
     }
 }

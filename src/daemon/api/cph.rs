@@ -18,7 +18,7 @@ use crate::archive::Format;
 use crate::catalog::request_id;
 use crate::daemon::config::Config;
 use crate::daemon::runner::Runner;
-use crate::daemon::task::{new_task_id, Task, TaskStatus, Work};
+use crate::daemon::task::{new_task_id, Api, Task, TaskStatus, TaskType, Work};
 use crate::manifest;
 use crate::spec::{Destination, ExportSpec, ImportSpec};
 use crate::store::Location;
@@ -144,7 +144,7 @@ fn check_infos<I>(
         let (phone, bucket, object_path) = fields(&info);
         let object = if phone == instance_id {
             let object = format!("obs://{bucket}/{object_path}");
-            Location::parse(&object).map_err(|e| bad(true, format!("{what}[{i}]: {e}")))?;
+            Location::parse(&object).map_err(|e| bad(Api::Cph, format!("{what}[{i}]: {e}")))?;
             Some(object)
         } else {
             None
@@ -155,12 +155,12 @@ fn check_infos<I>(
 }
 
 pub(super) fn storage_infos(instance_id: &str, body: &[u8]) -> Result<Vec<(StorageInfo, Option<String>)>, ApiError> {
-    let req: CphStorage = parse(body, true)?;
+    let req: CphStorage = parse(body, Api::Cph)?;
     check_infos(instance_id, "storage_infos", req.storage_infos, |i| (&i.phone_id, &i.bucket_name, &i.object_path))
 }
 
 pub(super) fn restore_infos(instance_id: &str, body: &[u8]) -> Result<Vec<(RestoreInfo, Option<String>)>, ApiError> {
-    let req: CphRestore = parse(body, true)?;
+    let req: CphRestore = parse(body, Api::Cph)?;
     check_infos(instance_id, "restore_infos", req.restore_infos, |i| (&i.phone_id, &i.bucket_name, &i.object_path))
 }
 
@@ -183,7 +183,7 @@ fn storage_task(cfg: &Config, info: StorageInfo, to: String) -> Task {
     spec.format = Format::from_name(&info.object_path).or(Some(Format::Tar));
     Task {
         task_id,
-        task_type: "BackupFile".into(),
+        task_type: TaskType::BackupFile,
         backup_file_id: bf,
         backup_file_path: to,
         work: Some(Work::Export { spec }),
@@ -197,7 +197,7 @@ fn restore_task(cfg: &Config, from: String) -> Task {
         ImportSpec { from: from.clone(), root: cfg.root.clone(), store: cfg.store_options(None), ..Default::default() };
     Task {
         task_id: new_task_id(),
-        task_type: "RecoverFile".into(),
+        task_type: TaskType::RecoverFile,
         backup_file_path: from,
         work: Some(Work::Import { spec, backup_file_id: None }),
         ..Default::default()
@@ -233,9 +233,9 @@ fn batch<I>(
         let mut t = task(info, object);
         t.request_id = request_id.clone();
         t.client_token = token.as_ref().map(|t| format!("{t}-{i}")).unwrap_or_default();
-        t.api = "cph".into();
+        t.api = Api::Cph;
         t.instance_id = r.cfg.instance_id.clone();
-        let t = submit(r, true, t)?;
+        let t = submit(r, t)?;
         jobs.push(JobEntry { phone_id, job_id: Some(t.task_id), error_code: None, error_msg: None });
     }
     Ok(Json(Batch { request_id, jobs }))
@@ -275,7 +275,7 @@ pub(super) async fn job(State(r): State<Arc<Runner>>, Path(job_id): Path<String>
 }
 
 pub(super) async fn jobs(State(r): State<Arc<Runner>>, Query(q): Query<JobsQuery>) -> Result<Json<Jobs>, ApiError> {
-    let rid = q.request_id.filter(|s| !s.is_empty()).ok_or_else(|| bad(true, "request_id is required".into()))?;
+    let rid = q.request_id.filter(|s| !s.is_empty()).ok_or_else(|| bad(Api::Cph, "request_id is required".into()))?;
     let jobs = r.all().iter().filter(|t| t.request_id == rid).map(Job::from).collect();
     Ok(Json(Jobs { request_id: rid, jobs }))
 }

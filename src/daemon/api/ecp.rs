@@ -19,7 +19,7 @@ use super::{bad, parse, submit, ApiError};
 use crate::catalog::{self, request_id};
 use crate::daemon::config::Config;
 use crate::daemon::runner::Runner;
-use crate::daemon::task::{new_task_id, Task, TaskProgress, Work};
+use crate::daemon::task::{new_task_id, Api, Task, TaskProgress, Work};
 use crate::manifest::{self, Status};
 use crate::spec::{BackupAppSpec, Destination, ExportSpec, ImportSpec, RecoverAppSpec, StoreOptions};
 use crate::store::{self, Location};
@@ -159,7 +159,7 @@ pub struct EcpTask {
     task_id: String,
     parent_task_id: String,
     level: u32,
-    task_type: String,
+    task_type: &'static str,
     task_status: &'static str,
     instance_id: String,
     resource_id: String,
@@ -179,7 +179,7 @@ impl From<&Task> for EcpTask {
             task_id: t.task_id.clone(),
             parent_task_id: t.parent_task_id.clone(),
             level: 2,
-            task_type: t.task_type.clone(),
+            task_type: t.task_type.as_str(),
             task_status: t.status.as_str(),
             instance_id: t.instance_id.clone(),
             resource_id: t.instance_id.clone(),
@@ -245,13 +245,13 @@ pub(super) enum Ecp {
 pub(super) fn check(instance_id: &str, action: &str, body: &[u8]) -> Result<Ecp, ApiError> {
     Ok(match action {
         "BackupFile" | "BackupApp" => {
-            let req: EcpBackup = parse(body, false)?;
+            let req: EcpBackup = parse(body, Api::Ecp)?;
             let app = action == "BackupApp";
             let (mine, others) = check_backup(instance_id, app, &req)?;
             Ecp::Backup { app, req, mine, others }
         }
         "RecoveryFile" | "RecoverApp" => {
-            let req: EcpRecover = parse(body, false)?;
+            let req: EcpRecover = parse(body, Api::Ecp)?;
             let (mine, others) = check_recover(instance_id, &req)?;
             Ecp::Recover { app: action == "RecoverApp", req, mine, others }
         }
@@ -276,7 +276,7 @@ fn unknown_action(action: &str) -> ApiError {
 /// Whether AndroidInstanceIdList names this phone, and an entry for each other phone it names.
 fn split_instances(instance_id: &str, list: &[String]) -> Result<(bool, Vec<InstanceEntry>), ApiError> {
     if list.is_empty() {
-        return Err(bad(false, "AndroidInstanceIdList is empty: name this phone's instance id".into()));
+        return Err(bad(Api::Ecp, "AndroidInstanceIdList is empty: name this phone's instance id".into()));
     }
     let mine = list.iter().any(|i| *i == instance_id);
     let others = list.iter().filter(|i| **i != instance_id).map(|i| InstanceEntry::not_here(i, instance_id)).collect();
@@ -286,7 +286,7 @@ fn split_instances(instance_id: &str, list: &[String]) -> Result<(bool, Vec<Inst
 fn check_upload_type(t: &Option<String>) -> Result<(), ApiError> {
     match t.as_deref() {
         None | Some("") | Some("OSS") | Some("OBS") | Some("S3") | Some("FILE") => Ok(()),
-        Some(other) => Err(bad(false, format!("UploadType {other:?} is not supported: use OSS"))),
+        Some(other) => Err(bad(Api::Ecp, format!("UploadType {other:?} is not supported: use OSS"))),
     }
 }
 
@@ -295,16 +295,16 @@ fn check_upload_type(t: &Option<String>) -> Result<(), ApiError> {
 fn check_backup(instance_id: &str, app: bool, req: &EcpBackup) -> Result<(bool, Vec<InstanceEntry>), ApiError> {
     let (mine, others) = split_instances(instance_id, &req.android_instance_id_list)?;
     if req.backup_file_path.is_empty() {
-        return Err(bad(false, "BackupFilePath is required (oss://BUCKET/FOLDER/ or oss://BUCKET/NAME.ab)".into()));
+        return Err(bad(Api::Ecp, "BackupFilePath is required (oss://BUCKET/FOLDER/ or oss://BUCKET/NAME.ab)".into()));
     }
     check_upload_type(&req.upload_type)?;
-    Location::parse(&req.backup_file_path).map_err(|e| bad(false, format!("BackupFilePath: {e}")))?;
+    Location::parse(&req.backup_file_path).map_err(|e| bad(Api::Ecp, format!("BackupFilePath: {e}")))?;
     if mine {
         if app && req.source_app_list.is_empty() {
-            return Err(bad(false, "SourceAppList is empty: name at least one package".into()));
+            return Err(bad(Api::Ecp, "SourceAppList is empty: name at least one package".into()));
         }
         if !app && !req.backup_all && req.source_file_path_list.is_empty() {
-            return Err(bad(false, "SourceFilePathList is empty and BackupAll is false: nothing to back up".into()));
+            return Err(bad(Api::Ecp, "SourceFilePathList is empty and BackupAll is false: nothing to back up".into()));
         }
     }
     Ok((mine, others))
@@ -314,25 +314,25 @@ fn check_backup(instance_id: &str, app: bool, req: &EcpBackup) -> Result<(bool, 
 fn check_recover(instance_id: &str, req: &EcpRecover) -> Result<(bool, Vec<InstanceEntry>), ApiError> {
     let (mine, others) = split_instances(instance_id, &req.android_instance_id_list)?;
     if req.backup_file_path.is_empty() {
-        return Err(bad(false, "BackupFilePath is required".into()));
+        return Err(bad(Api::Ecp, "BackupFilePath is required".into()));
     }
     check_upload_type(&req.upload_type)?;
-    Location::parse(&req.backup_file_path).map_err(|e| bad(false, format!("BackupFilePath: {e}")))?;
+    Location::parse(&req.backup_file_path).map_err(|e| bad(Api::Ecp, format!("BackupFilePath: {e}")))?;
     if req.backup_file_path.ends_with('/') && req.backup_file_id.as_deref().unwrap_or("").is_empty() {
-        return Err(bad(false, "BackupFilePath is a folder: give BackupFileId too".into()));
+        return Err(bad(Api::Ecp, "BackupFilePath is a folder: give BackupFileId too".into()));
     }
     Ok((mine, others))
 }
 
 /// DescribeBackupFiles' body as a checked catalogue query.
 fn describe_backup_files_query(body: &[u8]) -> Result<catalog::Checked, ApiError> {
-    let req: DescribeBackupFilesReq = if body.is_empty() { Default::default() } else { parse(body, false)? };
+    let req: DescribeBackupFilesReq = if body.is_empty() { Default::default() } else { parse(body, Api::Ecp)? };
     let statuses = req
         .status_list
         .iter()
         .map(|s| Status::parse(s))
         .collect::<crate::Result<Vec<_>>>()
-        .map_err(|e| bad(false, format!("StatusList: {e}")))?;
+        .map_err(|e| bad(Api::Ecp, format!("StatusList: {e}")))?;
     let q = catalog::Query {
         backup_file_id: req.backup_file_id,
         backup_file_name: req.backup_file_name,
@@ -348,25 +348,25 @@ fn describe_backup_files_query(body: &[u8]) -> Result<catalog::Checked, ApiError
         max_results: req.max_results,
         next_token: req.next_token,
     };
-    q.check().map_err(|e| bad(false, e.to_string()))
+    q.check().map_err(|e| bad(Api::Ecp, e.to_string()))
 }
 
 /// DeleteBackupFile's body: the ids to delete, at least one.
 fn delete_ids(body: &[u8]) -> Result<Vec<String>, ApiError> {
-    let req: DeleteReq = parse(body, false)?;
+    let req: DeleteReq = parse(body, Api::Ecp)?;
     if req.backup_file_id_list.is_empty() {
-        return Err(bad(false, "BackupFileIdList is empty".into()));
+        return Err(bad(Api::Ecp, "BackupFileIdList is empty".into()));
     }
     Ok(req.backup_file_id_list)
 }
 
 /// DescribeTasks' body and its page size.
 fn describe_tasks_req(body: &[u8]) -> Result<(DescribeTasksReq, usize), ApiError> {
-    let req: DescribeTasksReq = if body.is_empty() { Default::default() } else { parse(body, false)? };
+    let req: DescribeTasksReq = if body.is_empty() { Default::default() } else { parse(body, Api::Ecp)? };
     let max = match req.max_results {
         None => 10,
         Some(n) if (1..=100).contains(&n) => n as usize,
-        Some(n) => return Err(bad(false, format!("MaxResults {n} is out of range: use 1 to 100"))),
+        Some(n) => return Err(bad(Api::Ecp, format!("MaxResults {n} is out of range: use 1 to 100"))),
     };
     Ok((req, max))
 }
@@ -412,7 +412,7 @@ pub(crate) fn backup_task(cfg: &Config, app: bool, req: &EcpBackup, parent: &str
         task_id,
         parent_task_id: parent.to_string(),
         client_token: req.client_token.clone(),
-        task_type: work.task_type().into(),
+        task_type: work.task_type(),
         backup_file_id: bf,
         backup_file_path: to,
         instance_id: cfg.instance_id.clone(),
@@ -444,7 +444,7 @@ fn recover_task(cfg: &Config, app: bool, req: &EcpRecover, parent: &str) -> Task
         task_id: new_task_id(),
         parent_task_id: parent.to_string(),
         client_token: req.client_token.clone(),
-        task_type: work.task_type().into(),
+        task_type: work.task_type(),
         backup_file_id: req.backup_file_id.clone().unwrap_or_default(),
         backup_file_path: req.backup_file_path.clone(),
         instance_id: cfg.instance_id.clone(),
@@ -466,7 +466,7 @@ pub(super) async fn action(
             let batch = new_task_id();
             if mine {
                 let (t, name) = backup_task(&r.cfg, app, &req, &batch);
-                let t = submit(&r, false, t)?;
+                let t = submit(&r, t)?;
                 others.insert(0, InstanceEntry::task(&r.cfg.instance_id, &t, Some(name)));
             }
             batch_answer(batch, others)
@@ -474,7 +474,7 @@ pub(super) async fn action(
         Ecp::Recover { app, req, mine, mut others } => {
             let batch = new_task_id();
             if mine {
-                let t = submit(&r, false, recover_task(&r.cfg, app, &req, &batch))?;
+                let t = submit(&r, recover_task(&r.cfg, app, &req, &batch))?;
                 others.insert(0, InstanceEntry::task(&r.cfg.instance_id, &t, None));
             }
             batch_answer(batch, others)
@@ -578,7 +578,7 @@ fn describe_tasks(r: &Runner, req: DescribeTasksReq, max: usize) -> Result<TaskP
             req.task_ids.is_empty() || req.task_ids.contains(&t.task_id) || req.task_ids.contains(&t.parent_task_id)
         })
         .filter(|t| statuses.is_empty() || statuses.iter().any(|s| s == t.status.as_str()))
-        .filter(|t| types.is_empty() || types.contains(&t.task_type))
+        .filter(|t| types.is_empty() || types.iter().any(|s| s == t.task_type.as_str()))
         .filter(|t| req.invoke_id.as_ref().is_none_or(|i| *i == t.request_id))
         .filter(|t| req.parent_task_id.as_ref().is_none_or(|p| *p == t.parent_task_id))
         .collect();
@@ -586,7 +586,7 @@ fn describe_tasks(r: &Runner, req: DescribeTasksReq, max: usize) -> Result<TaskP
         Some(tok) => all
             .iter()
             .position(|t| t.task_id == tok)
-            .ok_or_else(|| bad(false, format!("NextToken {tok:?} is not valid")))?,
+            .ok_or_else(|| bad(Api::Ecp, format!("NextToken {tok:?} is not valid")))?,
         None => 0,
     };
     Ok(TaskPage {
@@ -601,7 +601,7 @@ fn describe_tasks(r: &Runner, req: DescribeTasksReq, max: usize) -> Result<TaskP
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::daemon::task::TaskStatus;
+    use crate::daemon::task::{TaskStatus, TaskType};
     use serde_json::{json, Value};
 
     /// A task with every field the answers show set.
@@ -611,7 +611,7 @@ pub(crate) mod tests {
             parent_task_id: "t-0".into(),
             request_id: "r-1".into(),
             client_token: "c".into(),
-            task_type: "BackupFile".into(),
+            task_type: TaskType::BackupFile,
             status: TaskStatus::Failed,
             error_code: "E".into(),
             error_msg: "boom".into(),

@@ -21,7 +21,7 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use super::runner::Runner;
-use super::task::Task;
+use super::task::{Api, Task};
 use crate::catalog::request_id;
 
 pub fn router(runner: Arc<Runner>) -> Router {
@@ -47,7 +47,7 @@ pub fn router(runner: Arc<Runner>) -> Router {
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
-    cph: bool,
+    api: Api,
     code: String,
     message: String,
 }
@@ -69,16 +69,16 @@ struct CphErrorBody {
 
 impl ApiError {
     fn ecp(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
-        ApiError { status, cph: false, code: code.into(), message: message.into() }
+        ApiError { status, api: Api::Ecp, code: code.into(), message: message.into() }
     }
     fn cph(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
-        ApiError { status, cph: true, code: code.into(), message: message.into() }
+        ApiError { status, api: Api::Cph, code: code.into(), message: message.into() }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.cph {
+        if self.api == Api::Cph {
             let body = CphErrorBody { request_id: request_id(), error_code: self.code, error_msg: self.message };
             (self.status, Json(body)).into_response()
         } else {
@@ -99,8 +99,7 @@ async fn auth(State(r): State<Arc<Runner>>, req: Request, next: Next) -> Respons
     // Constant time: the comparison must not tell how much of a guess was right.
     let ok = given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()));
     if !ok {
-        let cph = req.uri().path().starts_with("/cph");
-        let e = if cph {
+        let e = if req.uri().path().starts_with("/cph") {
             ApiError::cph(StatusCode::UNAUTHORIZED, "CPS.0001", "missing or wrong Authorization: Bearer token")
         } else {
             ApiError::ecp(StatusCode::UNAUTHORIZED, "InvalidToken", "missing or wrong Authorization: Bearer token")
@@ -111,22 +110,23 @@ async fn auth(State(r): State<Arc<Runner>>, req: Request, next: Next) -> Respons
 }
 
 /// Parse a JSON body, naming the field at fault.
-fn parse<T: DeserializeOwned>(body: &[u8], cph: bool) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| bad(cph, format!("malformed request body: {e}")))
+fn parse<T: DeserializeOwned>(body: &[u8], api: Api) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad(api, format!("malformed request body: {e}")))
 }
 
 /// 400 in the vendor's shape: `InvalidParameter` (ECP) or `CPS.0002` (CPH).
-fn bad(cph: bool, msg: String) -> ApiError {
-    if cph {
-        ApiError::cph(StatusCode::BAD_REQUEST, "CPS.0002", msg)
-    } else {
-        ApiError::ecp(StatusCode::BAD_REQUEST, "InvalidParameter", msg)
+fn bad(api: Api, msg: String) -> ApiError {
+    match api {
+        Api::Cph => ApiError::cph(StatusCode::BAD_REQUEST, "CPS.0002", msg),
+        Api::Ecp => ApiError::ecp(StatusCode::BAD_REQUEST, "InvalidParameter", msg),
     }
 }
 
-/// Hand a checked task to the runner. Refused while shutting down (503), or when the journal
-/// cannot hold it (503: the agent's own failure, never the request's).
-fn submit(r: &Runner, cph: bool, t: Task) -> Result<Task, ApiError> {
+/// Hand a checked task to the runner; an error in the shape of the task's API. Refused while
+/// shutting down (503), or when the journal cannot hold it (503: the agent's own failure,
+/// never the request's).
+fn submit(r: &Runner, t: Task) -> Result<Task, ApiError> {
+    let api = t.api;
     r.submit(t).map_err(|e| {
         let (status, code) = if !r.accepting() {
             (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
@@ -135,10 +135,9 @@ fn submit(r: &Runner, cph: bool, t: Task) -> Result<Task, ApiError> {
         } else {
             (StatusCode::SERVICE_UNAVAILABLE, e.code())
         };
-        if cph {
-            ApiError::cph(status, "CPS.0005", e.to_string())
-        } else {
-            ApiError::ecp(status, code, e.to_string())
+        match api {
+            Api::Cph => ApiError::cph(status, "CPS.0005", e.to_string()),
+            Api::Ecp => ApiError::ecp(status, code, e.to_string()),
         }
     })
 }
