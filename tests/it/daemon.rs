@@ -261,14 +261,52 @@ fn authentication_limits_and_errors_in_the_vendors_shapes() {
     let (code, v) = d.post("/ecp/BackupFile", json!({"AndroidInstanceIdList": [INSTANCE]}));
     assert_eq!(code, 400);
     assert!(v["Message"].as_str().unwrap().contains("BackupFilePath"), "{v}");
+    // The command line's rules are checked on the request: 400 naming the field and the
+    // rule, and no task made.
+    let (_, v) = d.post("/ecp/DescribeTasks", json!({}));
+    let tasks_before = v["TotalCount"].clone();
+    for (body, field, rule) in [
+        (
+            json!({"SourceFilePathList": ["/data/data", "/etc/passwd"]}),
+            "SourceFilePathList[1]",
+            "only paths under /data",
+        ),
+        (
+            json!({"SourceFilePathList": ["/data"], "ExcludeSourceFilePathList": ["cache"]}),
+            "ExcludeSourceFilePathList[0]",
+            "absolute",
+        ),
+        (
+            json!({"SourceFilePathList": ["/data"], "BackupFileName": "my backup"}),
+            "BackupFileName",
+            "not a valid object path",
+        ),
+    ] {
+        let mut body = body;
+        body["AndroidInstanceIdList"] = json!([INSTANCE]);
+        body["BackupFilePath"] = json!("oss://bkt/x/");
+        let (code, v) = d.post("/ecp/BackupFile", body);
+        assert_eq!((code, &v["Code"]), (400, &json!("InvalidParameter")), "{v}");
+        let msg = v["Message"].as_str().unwrap();
+        assert!(msg.starts_with(field) && msg.contains(rule), "{field}, {rule}: {v}");
+    }
+    let (code, v) = d.post(
+        "/cph/batch-storage",
+        json!({"storage_infos": [{"phone_id": INSTANCE, "include_files": ["/system/app"], "bucket_name": "bkt", "object_path": "x.tar"}]}),
+    );
+    assert_eq!((code, &v["error_code"]), (400, &json!("CPS.0002")), "{v}");
+    assert!(v["error_msg"].as_str().unwrap().starts_with("storage_infos[0].include_files[0]: "), "{v}");
+    let (_, v) = d.post("/ecp/DescribeTasks", json!({}));
+    assert_eq!(v["TotalCount"], tasks_before, "a refused request made a task: {v}");
+    // Whether a path exists is the task's to find out when it runs.
     let (code, v) = d.post(
         "/ecp/BackupFile",
-        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": "oss://bkt/x/", "SourceFilePathList": ["/system"]}),
+        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": "oss://bkt/x/", "SourceFilePathList": ["/data/not-here"]}),
     );
-    assert_eq!(code, 200, "accepted; the task itself fails on the path rule: {v}");
+    assert_eq!(code, 200, "accepted; the task itself fails on the missing path: {v}");
     let t = d.wait(v["Data"][0]["TaskId"].as_str().unwrap(), &["Failed"]);
     assert_eq!(t["ErrorCode"], "InvalidParameter");
-    assert!(t["ErrorMsg"].as_str().unwrap().contains("/system"), "{t}");
+    assert!(t["ErrorMsg"].as_str().unwrap().contains("/data/not-here"), "{t}");
     // That task's status callbacks, signed with the wrong secret, were refused by the control
     // plane's own check: it does check.
     let deadline = Instant::now() + Duration::from_secs(30);

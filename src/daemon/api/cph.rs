@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{bad, parse, submit, ApiError};
+use super::{bad, check_location, check_paths, check_reachable, parse, submit, ApiError};
 use crate::archive::Format;
 use crate::catalog::request_id;
 use crate::daemon::config::Config;
@@ -21,7 +21,6 @@ use crate::daemon::runner::Runner;
 use crate::daemon::task::{new_task_id, Api, Task, TaskStatus, TaskType, Work};
 use crate::manifest;
 use crate::spec::{Destination, ExportSpec, ImportSpec};
-use crate::store::Location;
 
 // ---------------------------------------------------------------- requests
 
@@ -127,24 +126,63 @@ pub(super) struct Jobs {
 
 // ---------------------------------------------------------------- checks
 
+/// What batch-storage's and batch-restore's infos have in common: the phone and the object,
+/// and the checks of their own fields.
+pub(super) trait Info {
+    /// The request's list of them.
+    const WHAT: &'static str;
+    fn phone_id(&self) -> &str;
+    /// `obs://BUCKET/OBJECT_PATH`
+    fn object(&self) -> String;
+    /// The command line's rules over the info's other fields; `field` names the info in the
+    /// request (`storage_infos[1]`).
+    fn check(&self, field: &str) -> Result<(), ApiError>;
+}
+
+impl Info for StorageInfo {
+    const WHAT: &'static str = "storage_infos";
+    fn phone_id(&self) -> &str {
+        &self.phone_id
+    }
+    fn object(&self) -> String {
+        format!("obs://{}/{}", self.bucket_name, self.object_path)
+    }
+    fn check(&self, field: &str) -> Result<(), ApiError> {
+        if self.include_files.is_empty() {
+            return Err(bad(Api::Cph, format!("{field}.include_files is empty: name at least one path")));
+        }
+        check_paths(Api::Cph, &format!("{field}.include_files"), &self.include_files)?;
+        check_paths(Api::Cph, &format!("{field}.exclude_files"), &self.exclude_files)
+    }
+}
+
+impl Info for RestoreInfo {
+    const WHAT: &'static str = "restore_infos";
+    fn phone_id(&self) -> &str {
+        &self.phone_id
+    }
+    fn object(&self) -> String {
+        format!("obs://{}/{}", self.bucket_name, self.object_path)
+    }
+    fn check(&self, _field: &str) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
 /// A batch's infos, all checked before any job is submitted: each of this phone's with the
-/// object it names (`obs://BUCKET/OBJECT_PATH`), any other phone's with `None` (answered with
-/// `CPS.0004` in its entry).
-fn check_infos<I>(
-    instance_id: &str,
-    what: &str,
-    infos: Vec<I>,
-    fields: impl Fn(&I) -> (&str, &str, &str),
-) -> Result<Vec<(I, Option<String>)>, ApiError> {
+/// object it names, any other phone's with `None` (answered with `CPS.0004` in its entry).
+fn check_infos<I: Info>(instance_id: &str, infos: Vec<I>) -> Result<Vec<(I, Option<String>)>, ApiError> {
+    let what = I::WHAT;
     if infos.is_empty() {
         return Err(ApiError::cph(StatusCode::BAD_REQUEST, "CPS.0009", format!("{what} is empty")));
     }
     let mut checked = Vec::with_capacity(infos.len());
     for (i, info) in infos.into_iter().enumerate() {
-        let (phone, bucket, object_path) = fields(&info);
-        let object = if phone == instance_id {
-            let object = format!("obs://{bucket}/{object_path}");
-            Location::parse(&object).map_err(|e| bad(Api::Cph, format!("{what}[{i}]: {e}")))?;
+        let object = if info.phone_id() == instance_id {
+            let field = format!("{what}[{i}]");
+            let object = info.object();
+            check_location(Api::Cph, &field, &object, None)?;
+            info.check(&field)?;
             Some(object)
         } else {
             None
@@ -156,12 +194,12 @@ fn check_infos<I>(
 
 pub(super) fn storage_infos(instance_id: &str, body: &[u8]) -> Result<Vec<(StorageInfo, Option<String>)>, ApiError> {
     let req: CphStorage = parse(body, Api::Cph)?;
-    check_infos(instance_id, "storage_infos", req.storage_infos, |i| (&i.phone_id, &i.bucket_name, &i.object_path))
+    check_infos(instance_id, req.storage_infos)
 }
 
 pub(super) fn restore_infos(instance_id: &str, body: &[u8]) -> Result<Vec<(RestoreInfo, Option<String>)>, ApiError> {
     let req: CphRestore = parse(body, Api::Cph)?;
-    check_infos(instance_id, "restore_infos", req.restore_infos, |i| (&i.phone_id, &i.bucket_name, &i.object_path))
+    check_infos(instance_id, req.restore_infos)
 }
 
 // ---------------------------------------------------------------- the tasks a request makes
@@ -208,18 +246,22 @@ fn restore_task(cfg: &Config, from: String) -> Task {
 
 /// One job per info: this phone's become tasks (`task` gets the info and its checked object),
 /// any other phone gets `CPS.0004` in its entry.
-fn batch<I>(
+fn batch<I: Info>(
     r: &Runner,
     headers: &HeaderMap,
     infos: Vec<(I, Option<String>)>,
-    phone: impl Fn(&I) -> &str,
     task: impl Fn(I, String) -> Task,
 ) -> Result<Json<Batch>, ApiError> {
+    for (i, (_, object)) in infos.iter().enumerate() {
+        if let Some(object) = object {
+            check_reachable(Api::Cph, &format!("{}[{i}]", I::WHAT), &r.cfg, object, None)?;
+        }
+    }
     let request_id = request_id();
     let token = client_token(headers);
     let mut jobs = Vec::new();
     for (i, (info, object)) in infos.into_iter().enumerate() {
-        let phone_id = phone(&info).to_string();
+        let phone_id = info.phone_id().to_string();
         let Some(object) = object else {
             let error_msg = format!("Invalid phone id: {phone_id} is not this phone");
             jobs.push(JobEntry {
@@ -247,7 +289,7 @@ pub(super) async fn storage(
     body: Bytes,
 ) -> Result<Json<Batch>, ApiError> {
     let infos = storage_infos(&r.cfg.instance_id, &body)?;
-    batch(&r, &headers, infos, |i| &i.phone_id, |info, to| storage_task(&r.cfg, info, to))
+    batch(&r, &headers, infos, |info, to| storage_task(&r.cfg, info, to))
 }
 
 pub(super) async fn restore(
@@ -256,7 +298,7 @@ pub(super) async fn restore(
     body: Bytes,
 ) -> Result<Json<Batch>, ApiError> {
     let infos = restore_infos(&r.cfg.instance_id, &body)?;
-    batch(&r, &headers, infos, |i| &i.phone_id, |_, from| restore_task(&r.cfg, from))
+    batch(&r, &headers, infos, |_, from| restore_task(&r.cfg, from))
 }
 
 /// An idempotency key from the request headers (`X-Client-Token`, or `X-Request-Id`).

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{bad, parse, submit, ApiError};
+use super::{bad, check_location, check_packages, check_paths, check_reachable, parse, submit, ApiError};
 use crate::catalog::{self, request_id};
 use crate::daemon::config::Config;
 use crate::daemon::runner::Runner;
@@ -290,22 +290,43 @@ fn check_upload_type(t: &Option<String>) -> Result<(), ApiError> {
     }
 }
 
-/// BackupFile / BackupApp: the checks that need nothing but this phone's id. Whether the
-/// request names this phone, and the entries for the other phones it names.
+/// BackupFile / BackupApp: the checks that need nothing but this phone's id, the command
+/// line's rules among them. Whether the request names this phone, and the entries for the
+/// other phones it names.
 fn check_backup(instance_id: &str, app: bool, req: &EcpBackup) -> Result<(bool, Vec<InstanceEntry>), ApiError> {
     let (mine, others) = split_instances(instance_id, &req.android_instance_id_list)?;
     if req.backup_file_path.is_empty() {
         return Err(bad(Api::Ecp, "BackupFilePath is required (oss://BUCKET/FOLDER/ or oss://BUCKET/NAME.ab)".into()));
     }
     check_upload_type(&req.upload_type)?;
-    Location::parse(&req.backup_file_path).map_err(|e| bad(Api::Ecp, format!("BackupFilePath: {e}")))?;
-    if mine {
-        if app && req.source_app_list.is_empty() {
+    let endpoint = req.upload_endpoint.as_deref();
+    check_location(Api::Ecp, "BackupFilePath", &req.backup_file_path, endpoint)?;
+    if !mine {
+        return Ok((mine, others));
+    }
+    if let Some(name) = req.backup_file_name.as_deref().filter(|_| req.backup_file_path.ends_with('/')) {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(bad(Api::Ecp, format!("BackupFileName {name:?}: give a file name, without '/'")));
+        }
+        check_location(Api::Ecp, "BackupFileName", &format!("{}{name}", req.backup_file_path), None)?;
+    }
+    if app {
+        if req.source_app_list.is_empty() {
             return Err(bad(Api::Ecp, "SourceAppList is empty: name at least one package".into()));
         }
-        if !app && !req.backup_all && req.source_file_path_list.is_empty() {
+        check_packages(Api::Ecp, "SourceAppList", &req.source_app_list)?;
+    } else {
+        if !req.backup_all && req.source_file_path_list.is_empty() {
             return Err(bad(Api::Ecp, "SourceFilePathList is empty and BackupAll is false: nothing to back up".into()));
         }
+        if req.backup_all && !req.source_file_path_list.is_empty() {
+            return Err(bad(
+                Api::Ecp,
+                "SourceFilePathList names paths and BackupAll is true: give one or the other (BackupAll takes the whole of /data)".into(),
+            ));
+        }
+        check_paths(Api::Ecp, "SourceFilePathList", &req.source_file_path_list)?;
+        check_paths(Api::Ecp, "ExcludeSourceFilePathList", &req.exclude_source_file_path_list)?;
     }
     Ok((mine, others))
 }
@@ -317,9 +338,12 @@ fn check_recover(instance_id: &str, req: &EcpRecover) -> Result<(bool, Vec<Insta
         return Err(bad(Api::Ecp, "BackupFilePath is required".into()));
     }
     check_upload_type(&req.upload_type)?;
-    Location::parse(&req.backup_file_path).map_err(|e| bad(Api::Ecp, format!("BackupFilePath: {e}")))?;
+    check_location(Api::Ecp, "BackupFilePath", &req.backup_file_path, req.upload_endpoint.as_deref())?;
     if req.backup_file_path.ends_with('/') && req.backup_file_id.as_deref().unwrap_or("").is_empty() {
         return Err(bad(Api::Ecp, "BackupFilePath is a folder: give BackupFileId too".into()));
+    }
+    if mine {
+        check_packages(Api::Ecp, "SourceAppList", &req.source_app_list)?;
     }
     Ok((mine, others))
 }
@@ -465,6 +489,8 @@ pub(super) async fn action(
         Ecp::Backup { app, req, mine, mut others } => {
             let batch = new_task_id();
             if mine {
+                let endpoint = req.upload_endpoint.as_deref();
+                check_reachable(Api::Ecp, "BackupFilePath", &r.cfg, &req.backup_file_path, endpoint)?;
                 let (t, name) = backup_task(&r.cfg, app, &req, &batch);
                 let t = submit(&r, t)?;
                 others.insert(0, InstanceEntry::task(&r.cfg.instance_id, &t, Some(name)));
@@ -474,6 +500,8 @@ pub(super) async fn action(
         Ecp::Recover { app, req, mine, mut others } => {
             let batch = new_task_id();
             if mine {
+                let endpoint = req.upload_endpoint.as_deref();
+                check_reachable(Api::Ecp, "BackupFilePath", &r.cfg, &req.backup_file_path, endpoint)?;
                 let t = submit(&r, recover_task(&r.cfg, app, &req, &batch))?;
                 others.insert(0, InstanceEntry::task(&r.cfg.instance_id, &t, None));
             }

@@ -20,9 +20,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
+use super::config::Config;
 use super::runner::Runner;
 use super::task::{Api, Task};
+use crate::android::pm;
 use crate::catalog::request_id;
+use crate::select;
+use crate::store::Location;
 
 pub fn router(runner: Arc<Runner>) -> Router {
     let limit = runner.cfg.body_limit;
@@ -120,6 +124,69 @@ fn bad(api: Api, msg: String) -> ApiError {
         Api::Cph => ApiError::cph(StatusCode::BAD_REQUEST, "CPS.0002", msg),
         Api::Ecp => ApiError::ecp(StatusCode::BAD_REQUEST, "InvalidParameter", msg),
     }
+}
+
+// ---------------------------------------------------------------- the command line's rules
+
+/// Each path by the CPH path rules, the command line's own check (`select::check_path_rule`):
+/// the first that breaks one is a 400 naming the field, the entry and the rule.
+fn check_paths(api: Api, field: &str, paths: &[String]) -> Result<(), ApiError> {
+    for (i, p) in paths.iter().enumerate() {
+        select::check_path_rule(p).map_err(|e| bad(api, format!("{field}[{i}]: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Each name by Android's package-name rule, the command line's own check.
+fn check_packages(api: Api, field: &str, names: &[String]) -> Result<(), ApiError> {
+    for (i, n) in names.iter().enumerate() {
+        pm::check_package_name(n).map_err(|e| bad(api, format!("{field}[{i}]: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Where a task writes or reads, as `field` of the request gives it: a location by the
+/// command line's rules (bucket and object names), never the daemon's own stdin or stdout
+/// (`-`). `endpoint`, when the request names one, must be one the store can be reached at.
+fn check_location(api: Api, field: &str, at: &str, endpoint: Option<&str>) -> Result<Location, ApiError> {
+    let loc = Location::parse(at).map_err(|e| bad(api, format!("{field}: {e}")))?;
+    match &loc {
+        Location::Stdio => {
+            return Err(bad(
+                api,
+                format!("{field}: \"-\" (standard input or output) is for the command line; name a bucket or folder"),
+            ))
+        }
+        Location::Object { scheme, bucket, .. } => {
+            if let Some(ep) = endpoint.filter(|e| !e.is_empty()) {
+                crate::store::s3::address(*scheme, bucket, Some(ep), None, None, false)
+                    .map_err(|e| bad(api, format!("UploadEndpoint: {e}")))?;
+            }
+        }
+        Location::File { .. } => {}
+    }
+    Ok(loc)
+}
+
+/// Whether the store a checked location names can be addressed with the options this daemon
+/// gives its task (the request's endpoint, else the configured endpoint and region): what
+/// the command line finds out when it opens the store, before anything starts.
+fn check_reachable(api: Api, field: &str, cfg: &Config, at: &str, endpoint: Option<&str>) -> Result<(), ApiError> {
+    let Ok(Location::Object { scheme, bucket, .. }) = Location::parse(at) else { return Ok(()) };
+    let opts = cfg.store_options(endpoint);
+    let env_region = std::env::var("AWS_REGION").ok();
+    crate::store::s3::address(
+        scheme,
+        &bucket,
+        opts.endpoint.as_deref(),
+        opts.region.as_deref(),
+        env_region.as_deref(),
+        opts.path_style,
+    )
+    .map(drop)
+    .map_err(|e| {
+        bad(api, format!("{field}: {e} (UploadEndpoint in the request, or endpoint or region in the agent's config)"))
+    })
 }
 
 /// Hand a checked task to the runner; an error in the shape of the task's API. Refused while
@@ -257,6 +324,94 @@ mod tests {
         assert_eq!((e.0, e.1.as_str()), (400, "CPS.0009"));
         let e = check_request(ME, "/cph/batch-restore", b"[]").unwrap_err();
         assert_eq!((e.0, e.1.as_str()), (400, "CPS.0002"));
+    }
+
+    /// Every rule the command line checks before it starts is checked on the request: 400,
+    /// naming the field, the entry and the rule.
+    #[test]
+    fn the_command_lines_rules_are_checked_on_the_request() {
+        let ecp = |action: &str, extra: Value| {
+            let mut body = json!({"AndroidInstanceIdList": [ME], "BackupFilePath": "oss://bkt/x/"});
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            check(&format!("/ecp/{action}"), body)
+        };
+        let refused = |r: Result<(), (u16, String, String)>, field: &str, rule: &str| {
+            let (status, code, msg) = r.expect_err(field);
+            assert_eq!(status, 400, "{msg}");
+            assert!(code == "InvalidParameter" || code == "CPS.0002", "{code}");
+            assert!(msg.starts_with(field), "{field}: {msg}");
+            assert!(msg.contains(rule), "{rule}: {msg}");
+        };
+        let files = |paths: Value| json!({"SourceFilePathList": paths});
+        refused(
+            ecp("BackupFile", files(json!(["/data/data", "/etc/passwd"]))),
+            "SourceFilePathList[1]",
+            "only paths under /data",
+        );
+        refused(ecp("BackupFile", files(json!(["data/data"]))), "SourceFilePathList[0]", "must be absolute");
+        refused(ecp("BackupFile", files(json!(["/data/**/x"]))), "SourceFilePathList[0]", "** is not supported");
+        refused(ecp("BackupFile", files(json!(["/data/a b"]))), "SourceFilePathList[0]", "not allowed");
+        refused(ecp("BackupFile", files(json!(["/data/../etc"]))), "SourceFilePathList[0]", ".. components");
+        refused(
+            ecp(
+                "BackupFile",
+                json!({"SourceFilePathList": ["/data"], "ExcludeSourceFilePathList": ["/data/x", "/system/x"]}),
+            ),
+            "ExcludeSourceFilePathList[1]",
+            "only paths under /data",
+        );
+        refused(
+            ecp("BackupFile", json!({"SourceFilePathList": ["/data/media"], "BackupAll": true})),
+            "SourceFilePathList names paths and BackupAll is true",
+            "one or the other",
+        );
+        assert_eq!(ecp("BackupFile", json!({"BackupAll": true, "ExcludeSourceFilePathList": ["/data/media"]})), Ok(()));
+        refused(
+            ecp("BackupFile", json!({"SourceFilePathList": ["/data"], "BackupFileName": "a b.tar"})),
+            "BackupFileName",
+            "not a valid object path",
+        );
+        refused(
+            ecp("BackupFile", json!({"SourceFilePathList": ["/data"], "BackupFileName": "../x.tar"})),
+            "BackupFileName",
+            "without '/'",
+        );
+        refused(
+            ecp("BackupFile", json!({"SourceFilePathList": ["/data"], "BackupFilePath": "-"})),
+            "BackupFilePath",
+            "for the command line",
+        );
+        refused(
+            ecp("BackupFile", json!({"SourceFilePathList": ["/data"], "UploadEndpoint": "ftp://oss.example"})),
+            "UploadEndpoint",
+            "only http:// and https://",
+        );
+        refused(ecp("BackupApp", json!({"SourceAppList": ["com.ok", "1bad"]})), "SourceAppList[1]", "package name");
+        refused(
+            ecp("RecoverApp", json!({"BackupFilePath": "oss://bkt/a.ab", "SourceAppList": ["com.ok", "a..b"]})),
+            "SourceAppList[1]",
+            "package name",
+        );
+        refused(ecp("RecoveryFile", json!({"BackupFilePath": "-"})), "BackupFilePath", "for the command line");
+        // Another phone's request is that phone's to check.
+        assert_eq!(
+            check(
+                "/ecp/BackupFile",
+                json!({"AndroidInstanceIdList": ["other"], "BackupFilePath": "oss://bkt/x/", "SourceFilePathList": ["/etc"]})
+            ),
+            Ok(())
+        );
+
+        let storage = |info: Value| check("/cph/batch-storage", json!({"storage_infos": [info]}));
+        let info = |include: Value, exclude: Value| json!({"phone_id": ME, "include_files": include, "exclude_files": exclude, "bucket_name": "bkt", "object_path": "p.tar"});
+        refused(
+            storage(info(json!(["/data", "/system"]), json!([]))),
+            "storage_infos[0].include_files[1]",
+            "only paths under /data",
+        );
+        refused(storage(info(json!(["/data"]), json!(["x"]))), "storage_infos[0].exclude_files[0]", "absolute");
+        refused(storage(info(json!([]), json!([]))), "storage_infos[0].include_files is empty", "at least one path");
+        assert_eq!(storage(info(json!(["/data/app", "/data/media"]), json!(["/data/app/com.xx.xx-*"]))), Ok(()));
     }
 
     /// The error bodies, as the `json!` literals of the first version wrote them.
