@@ -44,6 +44,11 @@ pub struct Config {
     pub shutdown_deadline_secs: u64,
     /// Seconds between progress events of a running task.
     pub progress_interval_secs: u64,
+    /// Days an ended task (Finished, PartFinished, Failed) stays in the journal and in
+    /// DescribeTasks.
+    pub task_retention_days: u64,
+    /// Ended tasks kept at most (the newest); waiting and running ones are always kept.
+    pub task_retention_count: usize,
     /// Object storage defaults for requests that give only a bucket path.
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -69,6 +74,8 @@ impl Default for Config {
             body_limit: 1 << 20,
             shutdown_deadline_secs: 30,
             progress_interval_secs: 5,
+            task_retention_days: 30,
+            task_retention_count: 10_000,
             endpoint: None,
             region: None,
             path_style: false,
@@ -76,6 +83,38 @@ impl Default for Config {
         }
     }
 }
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Number,
+    Flag,
+}
+
+/// Every key a `CPBACKUP_<KEY>` variable can set, and how its value reads.
+const ENV_KEYS: &[(&str, Kind)] = &[
+    ("listen", Kind::Text),
+    ("token", Kind::Text),
+    ("token_file", Kind::Text),
+    ("state_dir", Kind::Text),
+    ("root", Kind::Text),
+    ("instance_id", Kind::Text),
+    ("instance_name", Kind::Text),
+    ("instance_group_id", Kind::Text),
+    ("region_id", Kind::Text),
+    ("callback_url", Kind::Text),
+    ("callback_secret", Kind::Text),
+    ("max_concurrent", Kind::Number),
+    ("body_limit", Kind::Number),
+    ("shutdown_deadline_secs", Kind::Number),
+    ("progress_interval_secs", Kind::Number),
+    ("task_retention_days", Kind::Number),
+    ("task_retention_count", Kind::Number),
+    ("endpoint", Kind::Text),
+    ("region", Kind::Text),
+    ("path_style", Kind::Flag),
+    ("parts_in_flight", Kind::Number),
+];
 
 impl Config {
     /// Load the file (if given), then apply `CPBACKUP_*` variables from `env`.
@@ -93,40 +132,15 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        let keys = [
-            "listen",
-            "token",
-            "token_file",
-            "state_dir",
-            "root",
-            "instance_id",
-            "instance_name",
-            "instance_group_id",
-            "region_id",
-            "callback_url",
-            "callback_secret",
-            "max_concurrent",
-            "body_limit",
-            "shutdown_deadline_secs",
-            "progress_interval_secs",
-            "endpoint",
-            "region",
-            "path_style",
-            "parts_in_flight",
-        ];
-        for key in keys {
+        for (key, kind) in ENV_KEYS {
             let var = format!("CPBACKUP_{}", key.to_ascii_uppercase());
             if let Some((_, v)) = env.iter().find(|(k, _)| *k == var) {
-                let value = match key {
-                    "max_concurrent"
-                    | "body_limit"
-                    | "shutdown_deadline_secs"
-                    | "progress_interval_secs"
-                    | "parts_in_flight" => toml::Value::Integer(
+                let value = match kind {
+                    Kind::Number => toml::Value::Integer(
                         v.parse().map_err(|_| Error::usage(format!("{var}={v:?} is not a number")))?,
                     ),
-                    "path_style" => toml::Value::Boolean(matches!(v.as_str(), "1" | "true" | "yes")),
-                    _ => toml::Value::String(v.clone()),
+                    Kind::Flag => toml::Value::Boolean(matches!(v.as_str(), "1" | "true" | "yes")),
+                    Kind::Text => toml::Value::String(v.clone()),
                 };
                 table.insert(key.to_string(), value);
             }
@@ -203,6 +217,9 @@ mod tests {
         let c = Config::load(Some(&f), &[("CPBACKUP_INSTANCE_ID".into(), "acp-2".into())]).unwrap();
         assert_eq!(c.instance_id, "acp-2");
         assert_eq!(c.max_concurrent, 2);
+        assert_eq!((c.task_retention_days, c.task_retention_count), (30, 10_000));
+        let c = Config::load(Some(&f), &[("CPBACKUP_TASK_RETENTION_DAYS".into(), "7".into())]).unwrap();
+        assert_eq!(c.task_retention_days, 7);
         let e = Config::load(Some(&f), &[("CPBACKUP_LISTEN".into(), "0.0.0.0:1".into())]).unwrap_err();
         assert!(e.to_string().contains("no token"), "{e}");
         assert!(Config::load(

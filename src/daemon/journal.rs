@@ -2,7 +2,9 @@
 //! undelivered status event, each written to a temporary name, fsynced and renamed into
 //! place, so a reader finds the old version or the new, never half of one. Files are 0600.
 //!
-//! It never deletes a task record, and deletes an event only once it was delivered.
+//! It deletes a task record only when retention says so (an ended task older than
+//! `task_retention_days`, or beyond the newest `task_retention_count`; never one waiting or
+//! running), and an event only once it was delivered.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -94,6 +96,17 @@ impl Journal {
         Ok(out)
     }
 
+    /// Forget a task's record (retention).
+    pub fn remove_task(&self, task_id: &str) -> Result<()> {
+        let p = self.tasks.join(format!("{task_id}.json"));
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::Io { context: format!("removing {}", p.display()), source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn push_event(&self, ev: &Event) -> Result<()> {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         let body =
@@ -123,6 +136,33 @@ impl Journal {
     pub fn ack(&self, path: &Path) -> Result<()> {
         fs::remove_file(path).ctx(|| format!("removing delivered event {}", path.display()))
     }
+}
+
+/// The tasks retention forgets: ended ones that ended more than `days` before `now`, and the
+/// ended ones beyond the newest `count`. A task that is waiting or running is never among them.
+pub fn expired<'a>(
+    tasks: impl Iterator<Item = &'a Task>,
+    now: time::OffsetDateTime,
+    days: u64,
+    count: usize,
+) -> Vec<String> {
+    let oldest = now - time::Duration::days(days.min(1 << 20) as i64);
+    let mut ended: Vec<(Option<time::OffsetDateTime>, &Task)> =
+        tasks.filter(|t| t.status.is_final()).map(|t| (ended_at(t), t)).collect();
+    // Newest first; a task whose end cannot be read counts as the oldest.
+    ended.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.task_id.cmp(&a.1.task_id)));
+    ended
+        .into_iter()
+        .enumerate()
+        .filter(|(i, (at, _))| *i >= count || at.is_some_and(|at| at < oldest))
+        .map(|(_, (_, t))| t.task_id.clone())
+        .collect()
+}
+
+/// When a task ended: its finish time, else its creation (a task cancelled while waiting).
+fn ended_at(t: &Task) -> Option<time::OffsetDateTime> {
+    let parse = |s: &str| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok();
+    parse(&t.finish_time).or_else(|| parse(&t.created_time))
 }
 
 /// Sorted entries of a directory, temporary files left out.
@@ -207,6 +247,37 @@ mod tests {
         for ty in [TaskType::BackupFile, TaskType::RecoverFile, TaskType::BackupApp, TaskType::RecoverApp] {
             assert_eq!(serde_json::to_value(ty).unwrap(), ty.as_str());
         }
+    }
+
+    #[test]
+    fn retention_forgets_old_and_surplus_ended_tasks_only() {
+        let now = time::OffsetDateTime::now_utc();
+        let at = |hours_ago: i64| {
+            let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+            (now - time::Duration::hours(hours_ago)).format(&f).unwrap()
+        };
+        let task = |id: &str, status, hours_ago| Task {
+            task_id: id.into(),
+            status,
+            created_time: at(hours_ago + 1),
+            finish_time: if status == TaskStatus::Waiting { String::new() } else { at(hours_ago) },
+            ..Default::default()
+        };
+        let tasks = [
+            task("t-new", TaskStatus::Finished, 1),
+            task("t-mid", TaskStatus::Failed, 2),
+            task("t-old", TaskStatus::PartFinished, 31 * 24),
+            task("t-waiting", TaskStatus::Waiting, 40 * 24),
+            task("t-running", TaskStatus::Processing, 40 * 24),
+        ];
+        let mut cancelled = task("t-cancelled", TaskStatus::Failed, 32 * 24);
+        cancelled.finish_time.clear();
+        let all = || tasks.iter().chain(std::iter::once(&cancelled));
+        let mut gone = expired(all(), now, 30, 10);
+        gone.sort();
+        assert_eq!(gone, ["t-cancelled", "t-old"]);
+        assert_eq!(expired(all(), now, 30, 1), ["t-mid", "t-old", "t-cancelled"]);
+        assert!(expired(all(), now, 365, 0).len() == 4, "the count bound alone");
     }
 
     #[test]
