@@ -16,6 +16,7 @@
 //! - [`pipe`]: bounded bridges between stages on different threads.
 //! - [`manifest`]: the backup-file record beside each archive.
 //! - [`catalog`]: `list` and `delete` over the manifests in a bucket or folder (DescribeBackupFiles).
+//! - [`keep`]: which backups a retention policy keeps (restic's `forget` semantics).
 //! - [`backup`] / [`restore`]: the two data paths.
 //! - [`net`]: DNS and TLS roots for a static binary on a phone; the one HTTP client.
 //! - [`android`]: the device's command line (getprop, pm, am, restorecon).
@@ -35,6 +36,7 @@ pub mod daemon;
 pub mod demo;
 pub mod digest;
 pub mod error;
+pub mod keep;
 pub mod manifest;
 pub mod net;
 pub mod pipe;

@@ -497,6 +497,7 @@ impl IdentityArgs {
             end_user_id: self.end_user_id,
             region_id: self.region_id,
             task_id: self.task_id,
+            schedule_id: String::new(),
         }
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::schedule::ScheduleSpec;
 use crate::error::{Error, Result};
 use crate::manifest::Identity;
 use crate::spec::StoreOptions;
@@ -54,6 +55,8 @@ pub struct Config {
     pub region: Option<String>,
     pub path_style: bool,
     pub parts_in_flight: usize,
+    /// Backups the agent starts by itself (`[[schedule]]` tables).
+    pub schedule: Vec<ScheduleSpec>,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             region: None,
             path_style: false,
             parts_in_flight: 4,
+            schedule: Vec::new(),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The daemon's memory across crashes and reboots: one JSON file per task and one per
-//! undelivered status event, each written to a temporary name, fsynced and renamed into
+//! The daemon's memory across crashes and reboots: one JSON file per task, per schedule and
+//! per undelivered status event, each written to a temporary name, fsynced and renamed into
 //! place, so a reader finds the old version or the new, never half of one. Files are 0600.
 //!
 //! It deletes a task record only when retention says so (an ended task older than
@@ -12,8 +12,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::schedule::ScheduleRecord;
 use super::task::Task;
 use crate::error::{Error, IoContext, Result};
 
@@ -49,6 +51,7 @@ impl Default for Event {
 
 pub struct Journal {
     tasks: PathBuf,
+    schedules: PathBuf,
     outbox: PathBuf,
     next: AtomicU64,
 }
@@ -57,7 +60,8 @@ impl Journal {
     pub fn open(dir: &Path) -> Result<Journal> {
         let tasks = dir.join("tasks");
         let outbox = dir.join("outbox");
-        for d in [dir, &tasks, &outbox] {
+        let schedules = dir.join("schedules");
+        for d in [dir, &tasks, &outbox, &schedules] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -69,7 +73,7 @@ impl Journal {
             .filter_map(|p| p.file_name()?.to_str()?.split('-').next()?.parse::<u64>().ok())
             .max()
             .unwrap_or(0);
-        Ok(Journal { tasks, outbox, next: AtomicU64::new(last + 1) })
+        Ok(Journal { tasks, schedules, outbox, next: AtomicU64::new(last + 1) })
     }
 
     pub fn save_task(&self, t: &Task) -> Result<()> {
@@ -80,20 +84,7 @@ impl Journal {
 
     /// Every task on disk. A file that does not parse is reported and skipped, never deleted.
     pub fn load_tasks(&self) -> Result<Vec<Task>> {
-        let mut out = Vec::new();
-        for p in list(&self.tasks)? {
-            if p.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            match fs::read(&p)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Task>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(t) => out.push(t),
-                Err(e) => tracing::error!("journal: cannot read {}: {e}; left in place", p.display()),
-            }
-        }
-        Ok(out)
+        Ok(read_records(&self.tasks)?.into_iter().map(|(_, t)| t).collect())
     }
 
     /// Forget a task's record (retention).
@@ -116,17 +107,7 @@ impl Journal {
 
     /// Undelivered events, oldest first.
     pub fn pending(&self) -> Result<Vec<(PathBuf, Event)>> {
-        let mut out = Vec::new();
-        for p in list(&self.outbox)? {
-            if p.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            match fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Event>(&b).ok()) {
-                Some(ev) => out.push((p, ev)),
-                None => tracing::error!("journal: cannot read event {}; left in place", p.display()),
-            }
-        }
-        Ok(out)
+        read_records(&self.outbox)
     }
 
     pub fn pending_count(&self) -> usize {
@@ -136,6 +117,41 @@ impl Journal {
     pub fn ack(&self, path: &Path) -> Result<()> {
         fs::remove_file(path).ctx(|| format!("removing delivered event {}", path.display()))
     }
+
+    pub fn save_schedule(&self, s: &ScheduleRecord) -> Result<()> {
+        let body = serde_json::to_vec_pretty(s)
+            .map_err(|e| Error::internal(format!("journaling schedule {}: {e}", s.spec.id)))?;
+        write_atomic(&self.schedules.join(format!("{}.json", s.spec.id)), &body)
+    }
+
+    /// Every schedule on disk; one that does not parse is reported and skipped.
+    pub fn load_schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        Ok(read_records(&self.schedules)?.into_iter().map(|(_, s)| s).collect())
+    }
+
+    pub fn remove_schedule(&self, id: &str) -> Result<()> {
+        let p = self.schedules.join(format!("{id}.json"));
+        fs::remove_file(&p).ctx(|| format!("removing {}", p.display()))
+    }
+}
+
+/// The records of a journal directory, in name order. A file that does not parse is reported
+/// and skipped, never deleted.
+fn read_records<T: DeserializeOwned>(dir: &Path) -> Result<Vec<(PathBuf, T)>> {
+    let mut out = Vec::new();
+    for p in list(dir)? {
+        if p.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        match fs::read(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<T>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(t) => out.push((p, t)),
+            Err(e) => tracing::error!("journal: cannot read {}: {e}; left in place", p.display()),
+        }
+    }
+    Ok(out)
 }
 
 /// The tasks retention forgets: ended ones that ended more than `days` before `now`, and the

@@ -1,16 +1,19 @@
 //! `cpbackup daemon`: the agent as a service. The control plane pushes tasks over HTTP in the
 //! vendors' own shapes (`api`), a queue runs them with the command line's own functions
 //! (`runner`), every state change is journaled (`journal`) and reported back through a durable
-//! outbox (`report`), and a restart settles whatever a crash left (`Runner::recover`).
+//! outbox (`report`), schedules start backups by themselves (`schedule`, `cron`), and a
+//! restart settles whatever a crash left (`Runner::recover`).
 //!
 //! It must never lose a task or an event across a crash, and never leave a manifest saying
 //! AVAILABLE for an archive that is not complete.
 
 pub mod api;
 pub mod config;
+pub mod cron;
 pub mod journal;
 pub mod report;
 pub mod runner;
+pub mod schedule;
 pub mod task;
 
 use std::future::Future;
@@ -64,7 +67,7 @@ pub async fn serve(
     let secret = cfg.callback_secret.clone().unwrap_or_default().into_bytes();
     let reporter = Reporter::new(journal.clone(), secret, report::http_agent());
     let deadline = Duration::from_secs(cfg.shutdown_deadline_secs);
-    let runner = Runner::new(cfg, journal, reporter.clone());
+    let runner = Runner::new(cfg, journal.clone(), reporter.clone());
     {
         // Recovery talks to the store with blocking calls of its own.
         let r = runner.clone();
@@ -79,7 +82,9 @@ pub async fn serve(
             .spawn(move || reporter.run())
             .ctx(|| "starting the outbox thread".into())?;
     }
+    let schedules = schedule::Scheduler::load(runner.clone(), journal.clone())?;
     runner.start();
+    tokio::spawn(schedules.clone().run());
     let local = listener.local_addr().ctx(|| "reading the listening address".into())?;
     tracing::info!("listening on {local}");
     // The one line on stdout: supervisors and tests learn the port (listen = "…:0") from it.
@@ -89,7 +94,7 @@ pub async fn serve(
         let _ = std::io::stdout().flush();
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(runner.clone());
+    let app = api::router(api::AppState { runner: runner.clone(), schedules });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop_rx.await;
     });

@@ -151,6 +151,9 @@ pub struct Task {
     /// Where the archive is (for deletes by id and for crash recovery).
     pub backup_file_path: String,
     pub instance_id: String,
+    /// The schedule that started it, when one did.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub schedule_id: String,
     pub callback_url: String,
     /// Sequence of the last event queued for this task.
     pub event_seq: u64,
@@ -179,6 +182,7 @@ impl Default for Task {
             backup_file_id: String::new(),
             backup_file_path: String::new(),
             instance_id: String::new(),
+            schedule_id: String::new(),
             callback_url: String::new(),
             event_seq: 0,
             cancel_requested: false,

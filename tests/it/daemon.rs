@@ -596,3 +596,179 @@ fn backup_app_and_recover_app_onto_another_phone() {
         assert_eq!(std::fs::metadata(&note).unwrap().uid(), 10250, "owner from the fresh install");
     }
 }
+
+/// A record and an archive in the bucket, as an earlier run would have left them.
+fn seed(store: &dyn cpbackup::store::Store, key: &str, instance: &str, schedule: &str, created: &str, status: &str) {
+    let m = json!({
+        "BackupFileId": format!("bf-{}", key.replace(['/', '.', '_'], "-")),
+        "BackupFileName": key.rsplit('/').next().unwrap(),
+        "AndroidInstanceId": instance,
+        "ScheduleId": schedule,
+        "Status": status,
+        "GmtCreated": created,
+        "GmtModified": created,
+        "BackupFilePath": key,
+    });
+    store.put(key, b"an archive").unwrap();
+    store.put(&format!("{key}.manifest.json"), m.to_string().as_bytes()).unwrap();
+}
+
+fn schedule(d: &Daemon, id: &str) -> Value {
+    let (code, v) = d.get("/schedules");
+    assert_eq!(code, 200, "{v}");
+    v["Schedules"].as_array().unwrap().iter().find(|s| s["id"] == id).cloned().unwrap_or(Value::Null)
+}
+
+/// Wait until the schedule's last run is another than `not`; that run's task id.
+fn next_run(d: &Daemon, id: &str, not: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = schedule(d, id);
+        let t = s["last_task_id"].as_str().unwrap_or("").to_string();
+        if !t.is_empty() && t != not {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "schedule {id} did not run within {within:?}: {s}; log:\n{}",
+            std::fs::read_to_string(&d.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn schedules_run_on_time_forget_after_success_only_and_survive_a_restart() {
+    use cpbackup::store::Store;
+    let g = garage::shared();
+    let bucket = g.bucket("daemon-sched");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    app_tree(&root, 0);
+    let store = g.store(&bucket);
+    // Earlier backups of the schedule (the two oldest go with keep.last = 2), and records
+    // retention must leave alone: another schedule's, a failed one, another phone's.
+    for day in 1..=3 {
+        let key = format!("sched/{INSTANCE}_2026010{day}030000.tar.zst");
+        seed(&store, &key, INSTANCE, "every-minute", &format!("2026-01-0{day} 03:00:00"), "AVAILABLE");
+    }
+    seed(
+        &store,
+        &format!("sched/{INSTANCE}_20251201030000.tar.zst"),
+        INSTANCE,
+        "other",
+        "2025-12-01 03:00:00",
+        "AVAILABLE",
+    );
+    seed(
+        &store,
+        &format!("sched/{INSTANCE}_20251202030000.tar.zst"),
+        INSTANCE,
+        "every-minute",
+        "2025-12-02 03:00:00",
+        "BACKUP_FAILED",
+    );
+    seed(
+        &store,
+        "sched/acp-other_20251203030000.tar.zst",
+        "acp-other",
+        "every-minute",
+        "2025-12-03 03:00:00",
+        "AVAILABLE",
+    );
+    for day in 1..=2 {
+        let key = format!("failing/{INSTANCE}_2026010{day}030000.tar.zst");
+        seed(&store, &key, INSTANCE, "failing", &format!("2026-01-0{day} 03:00:00"), "AVAILABLE");
+    }
+    let extra = format!(
+        "endpoint = \"{}\"\nregion = \"garage\"\n\n\
+         [[schedule]]\nid = \"every-minute\"\ncron = \"* * * * *\"\njitter_secs = 0\n\
+         body = {{ BackupFilePath = \"oss://{bucket}/sched/\", SourceFilePathList = [\"/data/data/com.example.app\"] }}\n\
+         keep = {{ last = 2 }}\n\n\
+         [[schedule]]\nid = \"failing\"\ncron = \"* * * * *\"\n\
+         body = {{ BackupFilePath = \"oss://{bucket}/failing/\", SourceFilePathList = [\"/data/not-here\"] }}\n\
+         keep = {{ last = 1 }}\n",
+        g.endpoint()
+    );
+    let started = Instant::now();
+    let d = Daemon::start(g, dir.path(), &root, "", &extra);
+    let s = schedule(&d, "every-minute");
+    assert_eq!(s["from_config"], true, "{s}");
+    assert!(!s["next_run"].as_str().unwrap().is_empty(), "{s}");
+
+    // It fires within a minute of its time, as an ordinary task.
+    let first = next_run(&d, "every-minute", "", Duration::from_secs(75));
+    assert!(started.elapsed() < Duration::from_secs(75));
+    let t = d.wait(&first, &["Finished", "Failed"]);
+    assert_eq!(t["TaskStatus"], "Finished", "{t}");
+    let m: Value = serde_json::from_str(t["Result"].as_str().unwrap()).unwrap();
+    assert_eq!(m["ScheduleId"], "every-minute", "{m}");
+    let failed = next_run(&d, "failing", "", Duration::from_secs(30));
+    let t = d.wait(&failed, &["Finished", "Failed"]);
+    assert_eq!(t["TaskStatus"], "Failed", "{t}");
+
+    // After the run succeeded, retention: the two oldest of this schedule's backups go.
+    let gone =
+        |key: &str| store.get(&format!("{key}.manifest.json")).unwrap().is_none() && store.get(key).unwrap().is_none();
+    let deadline = Instant::now() + Duration::from_secs(75);
+    while !(gone(&format!("sched/{INSTANCE}_20260101030000.tar.zst"))
+        && gone(&format!("sched/{INSTANCE}_20260102030000.tar.zst")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no retention after the run; log:\n{}",
+            std::fs::read_to_string(&d.log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for key in [
+        format!("sched/{INSTANCE}_20251201030000.tar.zst"),
+        format!("sched/{INSTANCE}_20251202030000.tar.zst"),
+        "sched/acp-other_20251203030000.tar.zst".to_string(),
+    ] {
+        assert!(!gone(&key), "retention deleted {key}, which is not this schedule's to forget");
+    }
+    // The failing schedule's retention never ran: a later run of it has started, so its
+    // first run's end was seen, and its older backups are all there.
+    next_run(&d, "failing", &failed, Duration::from_secs(75));
+    for day in 1..=2 {
+        assert!(!gone(&format!("failing/{INSTANCE}_2026010{day}030000.tar.zst")), "retention after a failed run");
+    }
+
+    // The API: bad requests name the field, config schedules are the config's.
+    let body = json!({"BackupFilePath": format!("oss://{bucket}/api/"), "SourceFilePathList": ["/data/data"]});
+    let (code, v) = d.post("/schedules", json!({"id": "api-nightly", "cron": "0 3 * *", "body": body}));
+    assert_eq!((code, v["Code"].as_str()), (400, Some("InvalidParameter")), "{v}");
+    assert!(v["Message"].as_str().unwrap().starts_with("cron: "), "{v}");
+    let (code, v) = d.post("/schedules", json!({"id": "api-nightly", "cron": "0 3 * * *", "body": {"BackupFilePath": format!("oss://{bucket}/api/"), "SourceFilePathList": ["/system"]}}));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["Message"].as_str().unwrap().starts_with("body.SourceFilePathList[0]: "), "{v}");
+    let (code, v) = d.post(
+        "/schedules",
+        json!({"id": "api-nightly", "cron": "0 3 * * *", "jitter_secs": 3600, "body": body, "keep": {"daily": 7}}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["Schedules"][0]["id"], "api-nightly");
+    let del = |d: &Daemon, id: &str| {
+        answer(
+            ureq::delete(&format!("{}/schedules/{id}", d.base)).set("Authorization", &format!("Bearer {TOKEN}")).call(),
+        )
+    };
+    assert_eq!(del(&d, "every-minute").0, 409);
+    assert_eq!(del(&d, "no-such").0, 404);
+
+    // Stopped across a minute's time: at the next start the missed run runs at once, once;
+    // the schedules made over the API are still there.
+    let before = schedule(&d, "every-minute")["last_task_id"].as_str().unwrap().to_string();
+    let api = schedule(&d, "api-nightly");
+    let (config, _) = d.kill();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    std::thread::sleep(Duration::from_secs(60 - now % 60 + 1));
+    let d = Daemon::spawn(g, config, dir.path());
+    let missed = next_run(&d, "every-minute", &before, Duration::from_secs(15));
+    assert_ne!(missed, before);
+    let again = schedule(&d, "api-nightly");
+    assert_eq!((&again["cron"], &again["keep"], &again["next_run"]), (&api["cron"], &api["keep"], &api["next_run"]));
+    assert_eq!(del(&d, "api-nightly").0, 200);
+    assert!(schedule(&d, "api-nightly").is_null());
+}

@@ -395,6 +395,25 @@ fn describe_tasks_req(body: &[u8]) -> Result<(DescribeTasksReq, usize), ApiError
     Ok((req, max))
 }
 
+/// A schedule's body: a BackupFile / BackupApp request for this phone, checked as one (the
+/// error names the field, `body.SourceFilePathList[1]: …`). `AndroidInstanceIdList` may be
+/// left out; it names this phone.
+pub(crate) fn schedule_body(cfg: &Config, app: bool, body: &serde_json::Value) -> Result<EcpBackup, String> {
+    let mut req: EcpBackup = serde_json::from_value(body.clone()).map_err(|e| format!("body: {e}"))?;
+    if req.android_instance_id_list.is_empty() {
+        req.android_instance_id_list = vec![cfg.instance_id.clone()];
+    } else if req.android_instance_id_list != [cfg.instance_id.as_str()] {
+        return Err(format!(
+            "body.AndroidInstanceIdList: a schedule runs on this phone ({}) alone; leave it out",
+            cfg.instance_id
+        ));
+    }
+    check_backup(&cfg.instance_id, app, &req).map_err(|e| format!("body.{}", e.message))?;
+    check_reachable(Api::Ecp, "BackupFilePath", cfg, &req.backup_file_path, req.upload_endpoint.as_deref())
+        .map_err(|e| format!("body.{}", e.message))?;
+    Ok(req)
+}
+
 // ---------------------------------------------------------------- the tasks a request makes
 
 /// The task a checked BackupFile / BackupApp request makes on this phone (`parent` is the

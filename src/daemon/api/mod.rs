@@ -7,10 +7,11 @@
 
 pub mod cph;
 pub mod ecp;
+mod schedules;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -22,14 +23,34 @@ use subtle::ConstantTimeEq;
 
 use super::config::Config;
 use super::runner::Runner;
+use super::schedule::Scheduler;
 use super::task::{Api, Task};
 use crate::android::pm;
 use crate::catalog::request_id;
 use crate::select;
 use crate::store::Location;
 
-pub fn router(runner: Arc<Runner>) -> Router {
-    let limit = runner.cfg.body_limit;
+/// What the handlers reach: the runner (tasks) and the scheduler.
+#[derive(Clone)]
+pub struct AppState {
+    pub runner: Arc<Runner>,
+    pub schedules: Arc<Scheduler>,
+}
+
+impl FromRef<AppState> for Arc<Runner> {
+    fn from_ref(s: &AppState) -> Arc<Runner> {
+        s.runner.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Scheduler> {
+    fn from_ref(s: &AppState) -> Arc<Scheduler> {
+        s.schedules.clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.runner.cfg.body_limit;
     let protected = Router::new()
         .route("/ecp/{action}", post(ecp::action))
         .route("/cph/batch-storage", post(cph::storage))
@@ -37,13 +58,15 @@ pub fn router(runner: Arc<Runner>) -> Router {
         .route("/cph/jobs/{job_id}", get(cph::job))
         .route("/cph/jobs", get(cph::jobs))
         .route("/tasks/{id}", delete(cancel_task).get(get_task))
+        .route("/schedules", post(schedules::put).get(schedules::list))
+        .route("/schedules/{id}", delete(schedules::delete))
         .route("/metrics", get(metrics))
-        .layer(middleware::from_fn_with_state(runner.clone(), auth));
+        .layer(middleware::from_fn_with_state(state.runner.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(protected)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(runner)
+        .with_state(state)
 }
 
 /// An error in the shape of the API it answers: ECP `{RequestId, Code, Message}`, CPH
