@@ -20,6 +20,13 @@ use crate::spec::StoreOptions;
 pub struct Config {
     /// Address to listen on.
     pub listen: String,
+    /// Serve HTTPS with this certificate chain (PEM) and key (PEM, 0600).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Ask clients for certificates from these CAs (PEM): mutual TLS.
+    pub client_ca_file: Option<PathBuf>,
+    /// What a request must show: the bearer token, a client certificate, or both.
+    pub auth: Auth,
     /// Bearer token every request but /healthz must carry.
     pub token: Option<String>,
     /// Read the token from this file instead (0600).
@@ -63,6 +70,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:8640".into(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            client_ca_file: None,
+            auth: Auth::Token,
             token: None,
             token_file: None,
             state_dir: PathBuf::from("/data/cpbackup"),
@@ -88,6 +99,29 @@ impl Default for Config {
     }
 }
 
+/// What a request must show (`auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// `Authorization: Bearer TOKEN` (when a token is configured).
+    #[default]
+    Token,
+    /// A client certificate from `client_ca_file`.
+    Mtls,
+    /// Both.
+    Both,
+}
+
+impl Auth {
+    pub fn needs_token(self) -> bool {
+        matches!(self, Auth::Token | Auth::Both)
+    }
+
+    pub fn needs_certificate(self) -> bool {
+        matches!(self, Auth::Mtls | Auth::Both)
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Kind {
     Text,
@@ -98,6 +132,10 @@ enum Kind {
 /// Every key a `CPBACKUP_<KEY>` variable can set, and how its value reads.
 const ENV_KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::Text),
+    ("tls_cert_file", Kind::Text),
+    ("tls_key_file", Kind::Text),
+    ("client_ca_file", Kind::Text),
+    ("auth", Kind::Text),
     ("token", Kind::Text),
     ("token_file", Kind::Text),
     ("state_dir", Kind::Text),
@@ -168,7 +206,34 @@ impl Config {
         let addr: SocketAddr = self.listen.parse().map_err(|_| {
             Error::usage(format!("listen = {:?} is not an address such as 127.0.0.1:8640", self.listen))
         })?;
-        if self.token.is_none() && !addr.ip().is_loopback() {
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(Error::usage(
+                "tls_cert_file and tls_key_file go together: give both, or neither for plain HTTP",
+            ));
+        }
+        if self.client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return Err(Error::usage("client_ca_file needs TLS: give tls_cert_file and tls_key_file too"));
+        }
+        match (self.auth, self.client_ca_file.is_some()) {
+            (Auth::Token, true) => {
+                return Err(Error::usage(
+                    "client_ca_file is set but auth = \"token\": set auth = \"mtls\" (a client certificate instead of the token) or \"both\"",
+                ))
+            }
+            (Auth::Mtls | Auth::Both, false) => {
+                return Err(Error::usage(format!(
+                    "auth = {:?} needs client certificates: set client_ca_file (and tls_cert_file, tls_key_file)",
+                    self.auth
+                )))
+            }
+            _ => {}
+        }
+        if self.auth == Auth::Both && self.token.is_none() {
+            return Err(Error::usage(
+                "auth = \"both\" needs a token too: set token (or token_file, or CPBACKUP_TOKEN)",
+            ));
+        }
+        if self.token.is_none() && self.auth == Auth::Token && !addr.ip().is_loopback() {
             return Err(Error::usage(format!(
                 "listen = {:?} reaches beyond this phone but no token is configured: set token (or token_file, or CPBACKUP_TOKEN), or listen on 127.0.0.1",
                 self.listen
@@ -231,6 +296,49 @@ mod tests {
             &[("CPBACKUP_LISTEN".into(), "0.0.0.0:1".into()), ("CPBACKUP_TOKEN".into(), "t".into())]
         )
         .is_ok());
+        // TLS and client certificates: settings that only make sense together.
+        for (set, says) in [
+            (vec![("CPBACKUP_TLS_CERT_FILE", "/c.pem")], "go together"),
+            (vec![("CPBACKUP_CLIENT_CA_FILE", "/ca.pem")], "needs TLS"),
+            (
+                vec![("CPBACKUP_TLS_CERT_FILE", "/c"), ("CPBACKUP_TLS_KEY_FILE", "/k"), ("CPBACKUP_AUTH", "mtls")],
+                "client_ca_file",
+            ),
+            (
+                vec![
+                    ("CPBACKUP_TLS_CERT_FILE", "/c"),
+                    ("CPBACKUP_TLS_KEY_FILE", "/k"),
+                    ("CPBACKUP_CLIENT_CA_FILE", "/ca"),
+                ],
+                "auth = \"token\"",
+            ),
+            (
+                vec![
+                    ("CPBACKUP_TLS_CERT_FILE", "/c"),
+                    ("CPBACKUP_TLS_KEY_FILE", "/k"),
+                    ("CPBACKUP_CLIENT_CA_FILE", "/ca"),
+                    ("CPBACKUP_AUTH", "both"),
+                ],
+                "needs a token",
+            ),
+            (vec![("CPBACKUP_AUTH", "password")], "unknown variant"),
+        ] {
+            let env: Vec<(String, String)> = set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let e = Config::load(Some(&f), &env).unwrap_err().to_string();
+            assert!(e.contains(says), "{set:?}: {e}");
+        }
+        // Client certificates instead of a token may listen beyond loopback.
+        let mtls: Vec<(String, String)> = [
+            ("CPBACKUP_LISTEN", "0.0.0.0:1"),
+            ("CPBACKUP_TLS_CERT_FILE", "/c"),
+            ("CPBACKUP_TLS_KEY_FILE", "/k"),
+            ("CPBACKUP_CLIENT_CA_FILE", "/ca"),
+            ("CPBACKUP_AUTH", "mtls"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(Config::load(Some(&f), &mtls).unwrap().auth, Auth::Mtls);
         std::fs::write(&f, "bogus = 1\n").unwrap();
         assert!(Config::load(Some(&f), &[]).unwrap_err().to_string().contains("bogus"));
     }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod cron;
 pub mod journal;
+pub mod listen;
 pub mod report;
 pub mod runner;
 pub mod schedule;
@@ -63,6 +64,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let tls = listen::Tls::from_config(&cfg)?;
+    let local = listener.local_addr().ctx(|| "reading the listening address".into())?;
+    if tls.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {local}, beyond this phone, without TLS: tokens and data cross the network in clear; set tls_cert_file and tls_key_file"
+        );
+    }
     let journal = Arc::new(Journal::open(&cfg.state_dir.join("journal"))?);
     let secret = cfg.callback_secret.clone().unwrap_or_default().into_bytes();
     let reporter = Reporter::new(journal.clone(), secret, report::http_agent());
@@ -85,8 +93,7 @@ pub async fn serve(
     let schedules = schedule::Scheduler::load(runner.clone(), journal.clone())?;
     runner.start();
     tokio::spawn(schedules.clone().run());
-    let local = listener.local_addr().ctx(|| "reading the listening address".into())?;
-    tracing::info!("listening on {local}");
+    tracing::info!("listening on {local}{}", if tls.is_some() { " (TLS)" } else { "" });
     // The one line on stdout: supervisors and tests learn the port (listen = "…:0") from it.
     println!("cpbackup daemon listening on {local}");
     {
@@ -95,17 +102,36 @@ pub async fn serve(
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = api::router(api::AppState { runner: runner.clone(), schedules });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = tokio::spawn(listen::serve(listener, app, tls.clone(), async move {
         let _ = stop_rx.await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    }));
+    tokio::spawn(reload_on_sighup(tls));
     shutdown.await;
     // Refuse new tasks, let running ones end, then stop the listener.
     runner.shutdown(deadline).await;
     let _ = stop_tx.send(());
     match server.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Error::Io { context: "serving HTTP".into(), source: e }),
+        Ok(r) => r,
         Err(e) => Err(Error::internal(format!("the HTTP server stopped unexpectedly: {e}"))),
+    }
+}
+
+/// SIGHUP: read the TLS certificates again (a failed reload keeps the ones in use). Running
+/// tasks and open connections are not touched; without TLS there is nothing to reload, and
+/// the signal does not stop the agent.
+async fn reload_on_sighup(tls: Option<Arc<listen::Tls>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => return tracing::error!("cannot watch SIGHUP: {e}"),
+    };
+    while hup.recv().await.is_some() {
+        match &tls {
+            None => tracing::info!("SIGHUP: no TLS certificates to reload"),
+            Some(t) => match t.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                Err(e) => tracing::error!("SIGHUP: {e}; still serving the certificates read before"),
+            },
+        }
     }
 }

@@ -772,3 +772,243 @@ fn schedules_run_on_time_forget_after_success_only_and_survive_a_restart() {
     assert_eq!(del(&d, "api-nightly").0, 200);
     assert!(schedule(&d, "api-nightly").is_null());
 }
+
+/// A test CA and the PEM files of certificates it signs.
+struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        TestCa { issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap() }
+    }
+
+    fn write(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.issuer.pem()).unwrap();
+        path.to_path_buf()
+    }
+
+    /// A certificate for `name` (a server's when `server`, else a client's), valid from
+    /// `from` to `to` (years), as (cert.pem, key.pem) under `dir`.
+    fn issue(&self, dir: &Path, file: &str, name: &str, server: bool, years: (i32, i32)) -> (PathBuf, PathBuf) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.extended_key_usages =
+            vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+        p.not_before = rcgen::date_time_ymd(years.0, 1, 1);
+        p.not_after = rcgen::date_time_ymd(years.1, 1, 1);
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        (c, k)
+    }
+}
+
+/// curl, as an operator would use it: the HTTP status, or None when no answer came (the TLS
+/// handshake failed), and the body.
+fn curl(args: &[&str]) -> (Option<u16>, String) {
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
+        .args(args)
+        .env_remove("AWS_CA_BUNDLE")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+    (o.status.success().then(|| code.trim().parse().unwrap()), body.to_string())
+}
+
+#[test]
+fn api_over_tls_with_client_certificates_and_a_reload() {
+    let g = garage::shared();
+    let bucket = g.bucket("daemon-tls");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    app_tree(&root, 200);
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let server_ca = TestCa::new("cpbackup test server CA");
+    let server_ca_pem = server_ca.write(&pki.join("server-ca.pem"));
+    let (server_cert, server_key) = server_ca.issue(&pki, "server", "127.0.0.1", true, (2020, 2099));
+    let client_ca = TestCa::new("cpbackup test client CA");
+    let client_ca_pem = client_ca.write(&pki.join("client-ca.pem"));
+    let (client, client_key) = client_ca.issue(&pki, "client", "control-plane", false, (2020, 2099));
+    let (expired, expired_key) = client_ca.issue(&pki, "expired", "control-plane", false, (2020, 2021));
+    let (stranger, stranger_key) =
+        TestCa::new("another CA").issue(&pki, "stranger", "control-plane", false, (2020, 2099));
+    let p = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let extra = format!(
+        "endpoint = \"{}\"\nregion = \"garage\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\nclient_ca_file = \"{}\"\nauth = \"mtls\"\n",
+        g.endpoint(),
+        p(&server_cert),
+        p(&server_key),
+        p(&client_ca_pem)
+    );
+    let d = Daemon::start(g, dir.path(), &root, "", &extra);
+    let base = d.base.replace("http://", "https://");
+    let url = |path: &str| format!("{base}{path}");
+    let tasks = url("/ecp/DescribeTasks");
+    let with = |cert: &PathBuf, key: &PathBuf, ca: &PathBuf, u: &str| {
+        curl(&["--cacert", &p(ca), "--cert", &p(cert), "--key", &p(key), "-d", "{}", u])
+    };
+
+    // auth = "mtls": a client certificate from the client CA is the credential.
+    let (code, body) = with(&client, &client_key, &server_ca_pem, &tasks);
+    assert_eq!(code, Some(200), "{body}");
+    assert!(body.contains("\"TotalCount\""), "{body}");
+    let (code, body) = curl(&["--cacert", &p(&server_ca_pem), "-d", "{}", &tasks]);
+    assert_eq!(code, Some(401), "without a client certificate: {body}");
+    assert!(body.contains("client certificate"), "{body}");
+    let (code, body) = curl(&["--cacert", &p(&server_ca_pem), &url("/healthz")]);
+    assert_eq!((code, body.trim()), (Some(200), "ok"), "/healthz needs no credential");
+    assert_eq!(
+        with(&expired, &expired_key, &server_ca_pem, &tasks).0,
+        None,
+        "an expired client certificate is refused"
+    );
+    assert_eq!(
+        with(&stranger, &stranger_key, &server_ca_pem, &tasks).0,
+        None,
+        "a certificate from another CA is refused"
+    );
+    assert_eq!(
+        curl(&["-d", "{}", &d.base.replace("https://", "http://")]).0.filter(|c| *c < 400),
+        None,
+        "no plain HTTP"
+    );
+
+    // A reload while a backup runs: new connections get the new certificate, the task goes on.
+    let backup = format!(
+        "{{\"AndroidInstanceIdList\": [\"{INSTANCE}\"], \"BackupFilePath\": \"oss://{bucket}/tls/\", \"SourceFilePathList\": [\"/data/media/0\"]}}"
+    );
+    let (code, v) = curl(&[
+        "--cacert",
+        &p(&server_ca_pem),
+        "--cert",
+        &p(&client),
+        "--key",
+        &p(&client_key),
+        "-d",
+        &backup,
+        &url("/ecp/BackupFile"),
+    ]);
+    assert_eq!(code, Some(200), "{v}");
+    let v: Value = serde_json::from_str(&v).unwrap();
+    let id = v["Data"][0]["TaskId"].as_str().unwrap().to_string();
+    let status = |id: &str| {
+        let (_, body) = with(&client, &client_key, &server_ca_pem, &tasks);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["Data"].as_array().unwrap().iter().find(|t| t["TaskId"] == id).map(|t| t["TaskStatus"].clone()).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&id) == "Waiting" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let new_ca = TestCa::new("cpbackup test server CA, renewed");
+    let new_ca_pem = new_ca.write(&pki.join("new-ca.pem"));
+    let (renewed, renewed_key) = new_ca.issue(&pki, "renewed", "127.0.0.1", true, (2020, 2099));
+    std::fs::copy(&renewed, &server_cert).unwrap();
+    std::fs::copy(&renewed_key, &server_key).unwrap();
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while with(&client, &client_key, &new_ca_pem, &tasks).0 != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate is not served; log:\n{}",
+            std::fs::read_to_string(&d.log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(with(&client, &client_key, &server_ca_pem, &tasks).0, None, "the old certificate is no longer served");
+    let (_, body) = with(&client, &client_key, &new_ca_pem, &tasks);
+    assert!(body.contains(&format!("\"TaskId\":\"{id}\"")), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let t = v["Data"].as_array().unwrap().iter().find(|t| t["TaskId"] == id).cloned().unwrap();
+    assert_eq!(t["TaskStatus"], "Processing", "the backup spans the reload: {t}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, body) = with(&client, &client_key, &new_ca_pem, &tasks);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let t = v["Data"].as_array().unwrap().iter().find(|t| t["TaskId"] == id).cloned().unwrap();
+        if t["TaskStatus"] != "Processing" {
+            assert_eq!(t["TaskStatus"], "Finished", "the task ran through the reload: {t}");
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A reload that fails keeps what is served.
+    std::fs::write(&server_cert, "not a certificate").unwrap();
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(with(&client, &client_key, &new_ca_pem, &tasks).0, Some(200));
+    drop(d);
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("SIGHUP: TLS certificates reloaded") && log.contains("still serving the certificates read before"),
+        "{log}"
+    );
+
+    // auth = "both": the certificate and the token.
+    std::fs::copy(&renewed, &server_cert).unwrap();
+    let cfg = dir.path().join("cpbackup.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("auth = \"mtls\"", "auth = \"both\"");
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::spawn(g, cfg.clone(), dir.path());
+    let tasks = d.base.replace("http://", "https://") + "/ecp/DescribeTasks";
+    let (code, body) = with(&client, &client_key, &new_ca_pem, &tasks);
+    assert_eq!(code, Some(401), "a certificate without the token: {body}");
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let (code, body) = curl(&["--cacert", &p(&new_ca_pem), "-H", &bearer, "-d", "{}", &tasks]);
+    assert_eq!(code, Some(401), "the token without a certificate: {body}");
+    let (code, body) = curl(&[
+        "--cacert",
+        &p(&new_ca_pem),
+        "--cert",
+        &p(&client),
+        "--key",
+        &p(&client_key),
+        "-H",
+        &bearer,
+        "-d",
+        "{}",
+        &tasks,
+    ]);
+    assert_eq!(code, Some(200), "{body}");
+    drop(d);
+
+    // Plain HTTP beyond loopback works, with a warning at start.
+    let open = dir.path().join("open.toml");
+    std::fs::write(
+        &open,
+        format!("listen = \"0.0.0.0:0\"\ntoken = \"{TOKEN}\"\nstate_dir = \"{}\"\n", dir.path().join("s2").display()),
+    )
+    .unwrap();
+    let log = dir.path().join("open.log");
+    let mut child = g
+        .cpbackup()
+        .args(["daemon", "--config", path_str(&open)])
+        .env_remove("CPBACKUP_STATE_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("listening on 0.0.0.0:"), "{line}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("without TLS"), "no warning for plain HTTP beyond loopback:\n{text}");
+}

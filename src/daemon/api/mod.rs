@@ -22,6 +22,7 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use super::config::Config;
+use super::listen::ClientCert;
 use super::runner::Runner;
 use super::schedule::Scheduler;
 use super::task::{Api, Task};
@@ -115,25 +116,39 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What `auth` asks of every request but /healthz: the bearer token (when one is configured),
+/// a client certificate from `client_ca_file` (checked in the TLS handshake), or both.
 async fn auth(State(r): State<Arc<Runner>>, req: Request, next: Next) -> Response {
-    let Some(token) = r.cfg.token.as_deref() else { return next.run(req).await };
-    let given = req
-        .headers()
+    let mode = r.cfg.auth;
+    let cert = req.extensions().get::<ClientCert>().is_some_and(|c| c.0);
+    let refusal = if mode.needs_certificate() && !cert {
+        Some("a client certificate from the agent's client_ca_file is required")
+    } else if mode.needs_token() && !token_matches(r.cfg.token.as_deref(), req.headers()) {
+        Some("missing or wrong Authorization: Bearer token")
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
+        let e = if req.uri().path().starts_with("/cph") {
+            ApiError::cph(StatusCode::UNAUTHORIZED, "CPS.0001", why)
+        } else {
+            ApiError::ecp(StatusCode::UNAUTHORIZED, "InvalidToken", why)
+        };
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+/// Whether the request carries the configured token (any request does when none is).
+fn token_matches(token: Option<&str>, headers: &axum::http::HeaderMap) -> bool {
+    let Some(token) = token else { return true };
+    let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     // Constant time: the comparison must not tell how much of a guess was right.
-    let ok = given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()));
-    if !ok {
-        let e = if req.uri().path().starts_with("/cph") {
-            ApiError::cph(StatusCode::UNAUTHORIZED, "CPS.0001", "missing or wrong Authorization: Bearer token")
-        } else {
-            ApiError::ecp(StatusCode::UNAUTHORIZED, "InvalidToken", "missing or wrong Authorization: Bearer token")
-        };
-        return e.into_response();
-    }
-    next.run(req).await
+    given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }
 
 /// Parse a JSON body, naming the field at fault.
