@@ -23,8 +23,42 @@ struct Cli {
     /// resolvers: a phone has no resolv.conf).
     #[arg(long, global = true, env = "CPBACKUP_DNS", value_name = "SERVERS")]
     dns: Option<String>,
+    #[command(flatten)]
+    priority: PriorityArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How hard the work may press on the phone (the daemon takes these from its config).
+#[derive(Args)]
+struct PriorityArgs {
+    /// CPU priority of the work's threads, -20 (first) to 19 (last).
+    #[arg(long, global = true, default_value_t = 10, allow_negative_numbers = true)]
+    nice: i32,
+    /// I/O scheduling class: idle, best-effort or realtime.
+    #[arg(long, global = true, default_value = "best-effort")]
+    io_class: String,
+    /// I/O level within the class, 0 (first) to 7 (last).
+    #[arg(long, global = true, default_value_t = 7)]
+    io_level: u32,
+    /// Run at the priority the shell gave, flat out (a manual run someone waits for).
+    #[arg(long, global = true)]
+    foreground: bool,
+}
+
+impl PriorityArgs {
+    /// Lower this thread, before any other starts, so every thread of the work inherits it.
+    fn apply(&self) -> anyhow::Result<()> {
+        let p = cpbackup::priority::Priority::new(
+            self.nice,
+            cpbackup::priority::IoClass::parse(&self.io_class)?,
+            self.io_level,
+        )?;
+        if !self.foreground {
+            p.apply_to_this_thread();
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -289,7 +323,8 @@ fn main() -> ExitCode {
     if let Err(code) = install_network(cli.dns.as_deref(), &cli.command) {
         return code;
     }
-    match run(cli.command) {
+    let work = !matches!(cli.command, Command::Daemon { .. } | Command::Version);
+    match (if work { cli.priority.apply() } else { Ok(()) }).and_then(|()| run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let input = e.downcast_ref::<cpbackup::Error>().is_some_and(|e| e.is_input());

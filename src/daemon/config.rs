@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::schedule::ScheduleSpec;
 use crate::error::{Error, Result};
 use crate::manifest::Identity;
+use crate::priority::{IoClass, Priority};
 use crate::spec::StoreOptions;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +63,10 @@ pub struct Config {
     pub region: Option<String>,
     pub path_style: bool,
     pub parts_in_flight: usize,
+    /// The CPU and I/O priority of every thread of a task (`crate::priority`).
+    pub nice: i32,
+    pub io_class: IoClass,
+    pub io_level: u32,
     /// Backups the agent starts by itself (`[[schedule]]` tables).
     pub schedule: Vec<ScheduleSpec>,
 }
@@ -94,6 +99,9 @@ impl Default for Config {
             region: None,
             path_style: false,
             parts_in_flight: 4,
+            nice: 10,
+            io_class: IoClass::BestEffort,
+            io_level: 7,
             schedule: Vec::new(),
         }
     }
@@ -156,6 +164,9 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("region", Kind::Text),
     ("path_style", Kind::Flag),
     ("parts_in_flight", Kind::Number),
+    ("nice", Kind::Number),
+    ("io_class", Kind::Text),
+    ("io_level", Kind::Number),
 ];
 
 impl Config {
@@ -239,6 +250,7 @@ impl Config {
                 self.listen
             )));
         }
+        self.priority()?;
         if self.max_concurrent == 0 {
             return Err(Error::usage("max_concurrent must be at least 1"));
         }
@@ -255,6 +267,11 @@ impl Config {
             parts_in_flight: self.parts_in_flight,
             state_dir: Some(self.state_dir.join("uploads")),
         }
+    }
+
+    /// The priority of a task's threads (`nice`, `io_class`, `io_level`).
+    pub fn priority(&self) -> Result<Priority> {
+        Priority::new(self.nice, self.io_class, self.io_level)
     }
 
     /// This phone, as a manifest of task `task_id` records it.

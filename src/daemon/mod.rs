@@ -31,6 +31,7 @@ use runner::Runner;
 pub fn run(cfg: Config) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("cpbackup-api")
         .enable_all()
         .build()
         .ctx(|| "starting the async runtime".into())?;

@@ -1,6 +1,6 @@
 //! Running tasks: the queue, the concurrency limit, progress, cancellation, and the record of
 //! every state change (journal first, then an event for the control plane). Tasks run the same
-//! functions the command line runs, on blocking threads.
+//! functions the command line runs, each on a thread of its own at the task's priority.
 //!
 //! It never starts a second task for a task id or client token it has seen, never reports a
 //! state before the journal holds it, and on start never leaves a task "Processing" that no
@@ -313,8 +313,19 @@ impl Runner {
             })
         };
 
+        // A thread of its own at the task's priority: the threads it starts inherit it, and
+        // the HTTP server's threads never take it.
         let p2 = progress.clone();
-        let outcome = tokio::task::spawn_blocking(move || execute(&work, &p2)).await;
+        let priority = self.cfg.priority().unwrap_or_default();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name(format!("task {id}")).spawn(move || {
+            priority.apply_to_this_thread();
+            let _ = tx.send(execute(&work, &p2));
+        });
+        let outcome = match spawned {
+            Ok(_) => rx.await.map_err(|_| "its thread ended without an answer".to_string()),
+            Err(e) => Err(format!("no thread for it: {e}")),
+        };
         ticker.abort();
         let transferred = progress.counters.transferred.load(Ordering::Relaxed);
         let uploads = matches!(t.work, Some(Work::Export { .. } | Work::BackupApp { .. }));
@@ -340,10 +351,11 @@ impl Runner {
                 t.error_code = e.code().to_string();
                 t.error_msg = e.to_string();
             }
-            Err(join) => {
+            Err(why) => {
+                let e = Error::internal(format!("the task stopped unexpectedly: {why}"));
                 t.status = TaskStatus::Failed;
-                t.error_code = "InternalError".into();
-                t.error_msg = format!("the task stopped unexpectedly: {join}");
+                t.error_code = e.code().to_string();
+                t.error_msg = e.to_string();
             }
         }
         if let Err(e) = self.record(&mut t, "status") {

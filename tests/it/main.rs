@@ -12,6 +12,7 @@ mod diskfull;
 mod faults;
 mod formats;
 mod malicious;
+mod neighbour;
 mod net;
 mod roundtrip;
 mod s3;
