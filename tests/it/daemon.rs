@@ -821,7 +821,7 @@ fn curl(args: &[&str]) -> (Option<u16>, String) {
         .args(args)
         .env_remove("AWS_CA_BUNDLE")
         .output()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("curl: {e}: this test needs curl (apt-get install curl)"));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
     (o.status.success().then(|| code.trim().parse().unwrap()), body.to_string())
