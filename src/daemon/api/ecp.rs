@@ -439,6 +439,8 @@ pub(crate) fn backup_task(cfg: &Config, app: bool, req: &EcpBackup, parent: &str
         identity: cfg.identity(&task_id),
         store: cfg.store_options(req.upload_endpoint.as_deref()),
         backup_file_id: Some(bf.clone()),
+        // Sealing over the API is wired in with the rest of the encryption settings.
+        sealing: Default::default(),
     };
     let work = if app {
         Work::BackupApp { spec: BackupAppSpec::new(dest, req.source_app_list.clone()) }
