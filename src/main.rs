@@ -19,8 +19,8 @@ struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    /// DNS servers, IP or IP:PORT, comma-separated (default: /etc/resolv.conf, else public
-    /// resolvers: a phone has no resolv.conf).
+    /// DNS servers, IP or IP:PORT, comma-separated (default: the phone's netd, through
+    /// /dev/socket/dnsproxyd under --root; else /etc/resolv.conf; else public resolvers).
     #[arg(long, global = true, env = "CPBACKUP_DNS", value_name = "SERVERS")]
     dns: Option<String>,
     #[command(subcommand)]
@@ -35,8 +35,12 @@ enum Command {
     Import(ImportArgs),
     /// Read an archive through and check it, writing nothing.
     Verify(VerifyArgs),
-    /// Print the version, git commit, target and build profile.
-    Version,
+    /// Print the version, git commit, target and build profile, and the network settings.
+    Version {
+        /// The phone's `/` whose resolver (netd's socket) and CA store the settings come from.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Run export → verify → import on a built-in demo phone root, with a local folder as the store.
     Demo {
         /// Where the demo root, the store and the restored copy go.
@@ -317,6 +321,7 @@ fn install_network(dns: Option<&str>, cmd: &Command) -> Result<(), ExitCode> {
         Command::Import(a) => a.root.as_path(),
         Command::BackupApp(a) => a.dest.root.as_path(),
         Command::RecoverApp(a) => a.root.as_path(),
+        Command::Version { root } => root.as_path(),
         _ => std::path::Path::new("/"),
     };
     cpbackup::net::Network::new(servers, root).install();
@@ -412,7 +417,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 anyhow::bail!("not recovered: {}", failed.join(", "));
             }
         }
-        Command::Version => println!("{}", version::long()),
+        Command::Version { .. } => println!("{}\n{}", version::long(), cpbackup::net::Network::current().describe()),
         Command::Daemon { config } => {
             let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("CPBACKUP_")).collect();
             let cfg = cpbackup::daemon::config::Config::load(config.as_deref(), &env)?;
