@@ -20,8 +20,8 @@ struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    /// DNS servers, IP or IP:PORT, comma-separated (default: /etc/resolv.conf, else public
-    /// resolvers: a phone has no resolv.conf).
+    /// DNS servers, IP or IP:PORT, comma-separated (default: the phone's netd, through
+    /// /dev/socket/dnsproxyd under --root; else /etc/resolv.conf; else public resolvers).
     #[arg(long, global = true, env = "CPBACKUP_DNS", value_name = "SERVERS")]
     dns: Option<String>,
     #[command(flatten)]
@@ -70,8 +70,12 @@ enum Command {
     Import(ImportArgs),
     /// Read an archive through and check it, writing nothing.
     Verify(VerifyArgs),
-    /// Print the version, git commit, target and build profile.
-    Version,
+    /// Print the version, git commit, target and build profile, and the network settings.
+    Version {
+        /// The phone's `/` whose resolver (netd's socket) and CA store the settings come from.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Run export → verify → import on a built-in demo phone root, with a local folder as the store.
     Demo {
         /// Where the demo root, the store and the restored copy go.
@@ -372,7 +376,7 @@ fn main() -> ExitCode {
     if let Err(code) = install_network(cli.dns.as_deref(), &cli.command) {
         return code;
     }
-    let work = !matches!(cli.command, Command::Daemon { .. } | Command::Version);
+    let work = !matches!(cli.command, Command::Daemon { .. } | Command::Version { .. });
     match (if work { cli.priority.apply() } else { Ok(()) }).and_then(|()| run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -401,6 +405,7 @@ fn install_network(dns: Option<&str>, cmd: &Command) -> Result<(), ExitCode> {
         Command::Import(a) => a.root.as_path(),
         Command::BackupApp(a) => a.dest.root.as_path(),
         Command::RecoverApp(a) => a.root.as_path(),
+        Command::Version { root } => root.as_path(),
         _ => std::path::Path::new("/"),
     };
     cpbackup::net::Network::new(servers, root).install();
@@ -488,7 +493,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 anyhow::bail!("not recovered: {}", failed.join(", "));
             }
         }
-        Command::Version => println!("{}", version::long()),
+        Command::Version { .. } => println!("{}\n{}", version::long(), cpbackup::net::Network::current().describe()),
         Command::Daemon { config } => {
             let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("CPBACKUP_")).collect();
             let cfg = cpbackup::daemon::config::Config::load(config.as_deref(), &env)?;
