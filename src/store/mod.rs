@@ -126,6 +126,29 @@ pub fn name_in_folder(name: Option<&str>, instance_id: &str, now: time::OffsetDa
     }
 }
 
+/// Open the store a location names, and the key within it (which may be a folder, ending in
+/// `/`, or empty for a local directory).
+pub fn open(loc: &Location, _opts: &crate::spec::StoreOptions) -> Result<(Box<dyn Store>, String, bool)> {
+    match loc {
+        Location::Stdio => Err(Error::usage("internal: stdin/stdout is not a store")),
+        Location::File { path, folder: true } => Ok((Box::new(file::FileStore::new(path)), String::new(), true)),
+        Location::File { path, folder: false } => {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| Error::usage(format!("{} does not name a file", path.display())))?;
+            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+            Ok((Box::new(file::FileStore::new(&dir)), name.to_string(), false))
+        }
+        Location::Object { scheme, bucket, key } => {
+            let store = s3::S3Store::new(*scheme, bucket, _opts)?;
+            // A key ending in `/` (or no key) is a folder: ECP's BackupFilePath.
+            let folder = key.is_empty() || key.ends_with('/');
+            Ok((Box::new(store), key.clone(), folder))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,28 +170,5 @@ mod tests {
         );
         assert!(Location::parse("ftp://x/y").is_err());
         assert!(Location::parse("file://relative").is_err());
-    }
-}
-
-/// Open the store a location names, and the key within it (which may be a folder, ending in
-/// `/`, or empty for a local directory).
-pub fn open(loc: &Location, _opts: &crate::spec::StoreOptions) -> Result<(Box<dyn Store>, String, bool)> {
-    match loc {
-        Location::Stdio => Err(Error::usage("internal: stdin/stdout is not a store")),
-        Location::File { path, folder: true } => Ok((Box::new(file::FileStore::new(path)), String::new(), true)),
-        Location::File { path, folder: false } => {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| Error::usage(format!("{} does not name a file", path.display())))?;
-            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
-            Ok((Box::new(file::FileStore::new(&dir)), name.to_string(), false))
-        }
-        Location::Object { scheme, bucket, key } => {
-            let store = s3::S3Store::new(*scheme, bucket, _opts)?;
-            // A key ending in `/` (or no key) is a folder: ECP's BackupFilePath.
-            let folder = key.is_empty() || key.ends_with('/');
-            Ok((Box::new(store), key.clone(), folder))
-        }
     }
 }
