@@ -15,3 +15,4 @@ mod malicious;
 mod net;
 mod roundtrip;
 mod s3;
+mod transfer;

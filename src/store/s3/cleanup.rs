@@ -6,6 +6,7 @@
 //! never touch the record of an agent that is still running (`StateDir::stale` hands over only
 //! records whose lock it could take).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -45,14 +46,24 @@ pub fn cleanup(opts: &StoreOptions) -> Result<Cleanup> {
     })
 }
 
+/// An upload, as records name it: where its store is, its bucket, key and id.
+type UploadRef = (Option<String>, String, String, String);
+
 /// Abort the uploads of stale records (their locks held by this process meanwhile): what was
-/// aborted, and what could not be (its record kept for the next try).
+/// aborted, and what could not be (its record kept for the next try), each upload once.
+///
+/// Several records may name one upload: an agent killed between its two records of an upload
+/// (the one written before CreateMultipartUpload, naming only the key, and the one written
+/// once the store answered with the id) leaves both, and the first leads to the id through
+/// ListMultipartUploads. An upload is aborted and reported at the first record that leads to
+/// it; a later record naming it shares that outcome (removed if it was aborted, kept if not).
 pub(super) fn abort_records(
     rt: &Arc<Runtime>,
     stale: Vec<(PathBuf, Record)>,
     opts: &StoreOptions,
 ) -> (Vec<Record>, Vec<Record>) {
     let (mut done, mut failed) = (Vec::new(), Vec::new());
+    let mut seen: HashMap<UploadRef, bool> = HashMap::new();
     for (path, rec) in stale {
         let o = StoreOptions {
             endpoint: rec.endpoint.clone(),
@@ -84,18 +95,26 @@ pub(super) fn abort_records(
         };
         let mut all_done = true;
         for id in ids {
+            let upload = (rec.endpoint.clone(), rec.bucket.clone(), rec.key.clone(), id.clone());
+            if let Some(&aborted) = seen.get(&upload) {
+                all_done &= aborted;
+                continue;
+            }
             let sh = store.shared();
-            match block_on(rt, async { abort_upload(&sh, &rec.key, &id).await }) {
+            let aborted = match block_on(rt, async { abort_upload(&sh, &rec.key, &id).await }) {
                 Ok(()) => {
                     tracing::info!("aborted the upload {url} left by an earlier run (pid {})", rec.pid);
                     done.push(Record { upload_id: id, ..rec.clone() });
+                    true
                 }
                 Err(e) => {
-                    all_done = false;
                     tracing::warn!("could not abort the upload {url} left by an earlier run: {e}");
                     failed.push(Record { upload_id: id, ..rec.clone() });
+                    false
                 }
-            }
+            };
+            all_done &= aborted;
+            seen.insert(upload, aborted);
         }
         if all_done {
             pending::remove(&path);
