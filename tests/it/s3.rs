@@ -413,7 +413,27 @@ fn records_in(state: &Path) -> usize {
         .count()
 }
 
+/// Stop `child` (SIGSTOP) and wait until it is stopped; false when it ended instead.
+fn pause(child: &std::process::Child) -> bool {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: signalling and waiting for a child of this test; WNOWAIT leaves it waitable.
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WSTOPPED | libc::WEXITED | libc::WNOWAIT);
+        info.si_code == libc::CLD_STOPPED
+    }
+}
+
+fn resume(child: &std::process::Child) {
+    // SAFETY: signalling a child of this test.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+}
+
 /// Start an export of `root` in the background and wait until its multipart upload is open.
+/// The export is returned stopped (SIGSTOP; `resume` it or kill it): it is looked at only
+/// while stopped, so it cannot finish its upload between the look and what the caller does
+/// next (a loaded machine once let a 128 MiB export complete before the test's abort).
 fn export_until_multipart(
     g: &Garage,
     bucket: &str,
@@ -439,12 +459,14 @@ fn export_until_multipart(
     let child = c.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        assert!(pause(&child), "the export ended before its multipart upload was seen open");
         // Open in the store, and recorded by the agent (it records right after the store answers).
         if let Some((_, id)) = store.open_uploads(key).unwrap().into_iter().next() {
             if records_in(state) > 0 {
                 return (child, id);
             }
         }
+        resume(&child);
         assert!(Instant::now() < deadline, "the export never opened a multipart upload");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -460,6 +482,7 @@ fn s3_part_refused_aborts_the_upload_and_records_the_failure() {
     let (child, id) = export_until_multipart(g, &bucket, src.path(), "r.tar", state.path());
     // The store drops the upload under the agent's feet: every later part is refused (NoSuchUpload).
     g.store(&bucket).abort_upload("r.tar", &id).unwrap();
+    resume(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("NoSuchUpload"), "{}", stderr(&out));
