@@ -79,17 +79,35 @@ struct StoreArgs {
     /// on a device, else a per-user directory).
     #[arg(long, env = "CPBACKUP_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Server-side encryption by the object store with its own keys: AES256 or KMS.
+    #[arg(long, value_name = "AES256|KMS")]
+    sse: Option<String>,
+    /// The KMS key for --sse KMS (implies it); default: the store's default KMS key.
+    #[arg(long, value_name = "ID")]
+    sse_kms_key_id: Option<String>,
+    /// SSE-C: the store encrypts with your key, 32 bytes in this file (raw or base64). The same
+    /// file is needed to import or verify the archive.
+    #[arg(long, value_name = "FILE")]
+    sse_c_key_file: Option<PathBuf>,
 }
 
 impl StoreArgs {
-    fn options(&self) -> StoreOptions {
-        StoreOptions {
+    /// The options, checked against the location they are for (`None`: no one location).
+    fn options(&self, location: Option<&str>) -> anyhow::Result<StoreOptions> {
+        use cpbackup::store::{self, sse::Sse};
+        let sse = Sse::from_flags(self.sse.as_deref(), self.sse_kms_key_id.as_deref(), self.sse_c_key_file.as_deref())?;
+        let opts = StoreOptions {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             path_style: self.path_style,
             parts_in_flight: self.parts_in_flight,
             state_dir: self.state_dir.clone(),
+            sse,
+        };
+        if let Some(loc) = location {
+            store::check_options(&store::Location::parse(loc)?, &opts)?;
         }
+        Ok(opts)
     }
 }
 
@@ -346,6 +364,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Export(a) => {
             let format = a.format.as_deref().map(Format::parse).transpose()?;
             let d = a.dest;
+            let store = d.store.options(Some(&d.to))?;
             let spec = ExportSpec {
                 backup_file_id: None,
                 includes: a.includes,
@@ -357,25 +376,26 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 name: d.name,
                 description: d.description,
                 identity: identity(d.identity),
-                store: d.store.options(),
+                store,
             };
             let m = backup::export(&spec, &Progress::new(true))?;
             let what = format!("{} entries", m.entry_count);
             print_manifest(&m, &spec.to, d.json, &what)?;
         }
         Command::Import(a) => {
-            let spec =
-                ImportSpec { from: a.from, root: a.root, restore_xattrs: a.restore_xattrs, store: a.store.options() };
+            let store = a.store.options(Some(&a.from))?;
+            let spec = ImportSpec { from: a.from, root: a.root, restore_xattrs: a.restore_xattrs, store };
             let report = restore::import(&spec, &Progress::new(true))?;
             print_report(&report, a.json, "restored")?;
         }
         Command::Verify(a) => {
-            let spec = VerifySpec { from: a.from, store: a.store.options() };
+            let spec = VerifySpec { store: a.store.options(Some(&a.from))?, from: a.from };
             let report = restore::verify(&spec, &Progress::new(true))?;
             print_report(&report, a.json, "verified")?;
         }
         Command::BackupApp(a) => {
             let d = a.dest;
+            let store = d.store.options(Some(&d.to))?;
             let spec = BackupAppSpec {
                 backup_file_id: None,
                 apps: a.apps,
@@ -386,15 +406,15 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 no_stop: a.no_stop,
                 no_cache: a.no_cache,
                 identity: identity(d.identity),
-                store: d.store.options(),
+                store,
             };
             let m = backup::backup_app(&spec, &Progress::new(true))?;
             let what = format!("apps {}", m.source_app_info_list.join(" "));
             print_manifest(&m, &spec.to, d.json, &what)?;
         }
         Command::RecoverApp(a) => {
-            let spec =
-                RecoverAppSpec { from: a.from, apps: a.apps, force: a.force, root: a.root, store: a.store.options() };
+            let store = a.store.options(Some(&a.from))?;
+            let spec = RecoverAppSpec { from: a.from, apps: a.apps, force: a.force, root: a.root, store };
             let report = restore::recover_app(&spec, &Progress::new(true))?;
             if a.json {
                 let mut out = std::io::stdout().lock();
@@ -439,17 +459,17 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             };
             // Check the query before touching the network: bad input is exit 2, quickly.
             q.check()?;
-            let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
+            let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
             let page = cpbackup::catalog::list(store.as_ref(), &prefix, &q)?;
             println!("{}", serde_json::to_string_pretty(&page)?);
         }
         Command::Delete(a) => {
-            let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
+            let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
             let done = cpbackup::catalog::delete(store.as_ref(), &prefix, &a.backup_file_id)?;
             println!("{}", serde_json::to_string_pretty(&done)?);
         }
         Command::Cleanup(a) => {
-            let done = cpbackup::store::s3::cleanup(&a.store.options())?;
+            let done = cpbackup::store::s3::cleanup(&a.store.options(None)?)?;
             let mut out = serde_json::to_value(&done)?;
             if let Some(root) = &a.root {
                 out["Settled"] = cpbackup::restore::finish_interrupted(root).into();

@@ -235,6 +235,7 @@ fn store_opts(r: &Runner, endpoint: Option<String>) -> StoreOptions {
         path_style: r.cfg.path_style,
         parts_in_flight: r.cfg.parts_in_flight,
         state_dir: Some(r.cfg.state_dir.join("uploads")),
+        ..Default::default()
     }
 }
 

@@ -1,16 +1,21 @@
 //! How archives travel to and from object storage, against a real Garage server: the records
-//! of uploads in progress and their cleanup.
+//! of uploads in progress and their cleanup, server-side encryption with a customer key
+//! (SSE-C, which Garage implements).
 
 use std::fs;
 use std::io::Write;
 use std::path::Path;
+use std::process::Command;
 
 use cpbackup::spec::StoreOptions;
 use cpbackup::store::s3::{S3Store, MIN_PART_SIZE};
 use cpbackup::store::{Scheme, Store};
 
 use crate::support::garage::{self, Garage};
-use crate::support::{json, run};
+use crate::support::tree::{self, Ignore};
+use crate::support::{json, path_str, run, stderr};
+
+const MIB: usize = 1 << 20;
 
 /// The upload records (`upload-*.json`) in a state directory, sorted by name.
 fn upload_records(state: &Path) -> Vec<std::path::PathBuf> {
@@ -25,17 +30,18 @@ fn upload_records(state: &Path) -> Vec<std::path::PathBuf> {
     v
 }
 
-/// The library's store on `bucket`, keeping its records in `state`.
-fn store_with_state(g: &Garage, bucket: &str, state: &Path) -> S3Store {
+/// The library's store on `bucket`, with `opts` on top of the test server's address.
+fn test_store(g: &Garage, bucket: &str, opts: StoreOptions) -> S3Store {
     g.store(bucket); // the test credentials, in this process's environment
-    let opts = StoreOptions {
-        endpoint: Some(g.endpoint()),
-        region: Some(garage::REGION.into()),
-        state_dir: Some(state.to_path_buf()),
-        parts_in_flight: 1,
-        ..Default::default()
-    };
+    let opts = StoreOptions { endpoint: Some(g.endpoint()), region: Some(garage::REGION.into()), ..opts };
     S3Store::new(Scheme::S3, bucket, &opts).expect("open the test store")
+}
+
+/// `cpbackup export` of `root`'s /data/media/0 to `to`, printing the manifest.
+fn export_cmd(g: &Garage, root: &Path, to: &str) -> Command {
+    let mut c = g.cpbackup();
+    c.args(["export", "--root", path_str(root), "--include", "/data/media/0", "--to", to, "--json"]);
+    c
 }
 
 /// An agent killed between its two records of one upload (the one written before
@@ -50,7 +56,9 @@ fn transfer_cleanup_aborts_and_reports_each_upload_once() {
     for (round, intent_first) in [(0, true), (1, false)] {
         let key = format!("twice-{round}.tar");
         let live = tempfile::tempdir().unwrap();
-        let store = store_with_state(g, &bucket, live.path());
+        let opts =
+            StoreOptions { state_dir: Some(live.path().to_path_buf()), parts_in_flight: 1, ..Default::default() };
+        let store = test_store(g, &bucket, opts);
         let mut up = store.upload(&key, 0).unwrap();
         // A full part and one byte more: the multipart upload opens and its first part goes.
         up.write_all(&vec![7u8; MIN_PART_SIZE as usize + 1]).unwrap();
@@ -83,4 +91,135 @@ fn transfer_cleanup_aborts_and_reports_each_upload_once() {
         assert!(probe.head(&key).unwrap().is_none());
         assert!(upload_records(live.path()).is_empty());
     }
+}
+
+/// A key file the test owns: 0600 unless `mode` says otherwise.
+fn write_key(dir: &Path, name: &str, body: &[u8], mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    fs::write(&p, body).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+/// SSE-C through Garage: an archive written with a customer key cannot be read without it (a
+/// plain GET fails; import and verify fail as bad input naming the flag), can with it, and is
+/// listed without it; the key shows in no output, manifest or upload record.
+#[test]
+fn transfer_sse_c_needs_its_key_to_read_and_never_shows_it() {
+    use base64::Engine;
+    let g = garage::shared();
+    let bucket = g.bucket("ssec");
+    let probe = g.store(&bucket);
+    let src = tempfile::tempdir().unwrap();
+    tree::random_files(&src.path().join("data/media/0/big"), 1, 7 * MIB, 21);
+    tree::Builder::new(src.path()).file("data/media/0/note.txt", b"readable only with the key\n");
+    let keys = tempfile::tempdir().unwrap();
+    let raw: &[u8; 32] = b"SSEC-recognisable-key-0123456789";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+    // The same key in both accepted forms; another key for the wrong-key case.
+    let key = write_key(keys.path(), "key.bin", raw, 0o600);
+    let key_b64 = write_key(keys.path(), "key.b64", format!("{b64}\n").as_bytes(), 0o600);
+    let wrong = write_key(keys.path(), "wrong.bin", b"SSEC-some-other-key-987654321098", 0o600);
+    let state = tempfile::tempdir().unwrap();
+    let url = format!("s3://{bucket}/enc/a.tar");
+
+    let mut c = export_cmd(g, src.path(), &url);
+    c.env("CPBACKUP_STATE_DIR", state.path()).args(["-vv", "--sse-c-key-file", path_str(&key)]);
+    let out = run(&mut c, 0);
+    let m = json(&out);
+    assert_eq!(m["Status"], "AVAILABLE");
+    assert_eq!(m["ServerSideEncryption"], serde_json::json!({"Mode": "SSE-C"}));
+    let sse = cpbackup::store::sse::Sse::from_flags(None, None, Some(&key)).unwrap();
+    let (size, _) = test_store(g, &bucket, StoreOptions { sse, ..Default::default() })
+        .head("enc/a.tar")
+        .unwrap()
+        .expect("the archive exists");
+    assert!(size > MIN_PART_SIZE, "multipart: every part carried the key");
+    let manifest = probe.get("enc/a.tar.manifest.json").unwrap().expect("the manifest is readable without the key");
+    let mut seen =
+        vec![("export stdout+stderr", [out.stdout.clone(), out.stderr.clone()].concat()), ("manifest", manifest)];
+
+    // Without the key: a plain GET is refused, and so are import and verify.
+    let e = probe.get("enc/a.tar").unwrap_err().to_string();
+    assert!(e.contains("400"), "{e}");
+    let dst = tempfile::tempdir().unwrap();
+    for cmd in [&["import", "--root", path_str(dst.path())][..], &["verify"]] {
+        let out = run(g.cpbackup().arg("-vv").args(cmd).args(["--from", &url]), 2);
+        let err = stderr(&out);
+        assert!(err.contains("--sse-c-key-file") && err.contains("SSE-C"), "{cmd:?}: {err}");
+        seen.push(("import/verify without the key", out.stderr));
+    }
+    assert_eq!(fs::read_dir(dst.path()).unwrap().count(), 0, "nothing restored");
+    // The wrong key: refused the same way.
+    let out = run(g.cpbackup().args(["verify", "--from", &url, "--sse-c-key-file", path_str(&wrong)]), 2);
+    assert!(stderr(&out).contains("may not be the one"), "{}", stderr(&out));
+
+    // With the key (either form): the archive comes back whole.
+    for k in [&key, &key_b64] {
+        let dst = tempfile::tempdir().unwrap();
+        let mut c = g.cpbackup();
+        c.args(["-vv", "import", "--root", path_str(dst.path()), "--from", &url, "--json"]);
+        let out = run(c.args(["--sse-c-key-file", path_str(k)]), 0);
+        assert_eq!(json(&out)["ChecksumVerified"], true);
+        tree::assert_same(
+            &tree::snapshot(src.path(), "data/media/0"),
+            &tree::snapshot(dst.path(), "data/media/0"),
+            Ignore { xattrs: true, ..Default::default() },
+        );
+        seen.push(("import stdout+stderr", [out.stdout, out.stderr].concat()));
+    }
+    let out = run(g.cpbackup().args(["verify", "--from", &url, "--json", "--sse-c-key-file", path_str(&key)]), 0);
+    assert_eq!(json(&out)["Sha256"], m["Sha256"]);
+
+    // `list` needs no key: manifests are written without it.
+    let l = json(&run(g.cpbackup().args(["list", "--in", &format!("s3://{bucket}/enc/")]), 0));
+    assert_eq!(l["TotalCount"], 1);
+    assert_eq!(l["Data"][0]["ServerSideEncryption"]["Mode"], "SSE-C");
+
+    for e in fs::read_dir(state.path()).into_iter().flatten().flatten() {
+        seen.push(("a file of the state directory", fs::read(e.path()).unwrap_or_default()));
+    }
+    for (what, bytes) in &seen {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(!text.contains("recognisable-key"), "the key appears in {what}");
+        assert!(!text.contains(&b64[..16]), "the key in base64 appears in {what}");
+    }
+}
+
+/// `--sse*` only where an object store can encrypt; a key file others can read is named.
+#[test]
+fn transfer_sse_flags_are_checked_where_they_apply() {
+    let g = garage::shared();
+    let bucket = g.bucket("sseflags");
+    let src = tempfile::tempdir().unwrap();
+    tree::Builder::new(src.path()).file("data/media/0/a.txt", b"x\n");
+    let keys = tempfile::tempdir().unwrap();
+    let open_key = write_key(keys.path(), "open.key", &[9u8; 32], 0o644);
+    let root = path_str(src.path());
+    let local = format!("{}/a.tar", path_str(keys.path()));
+    for to in [local.as_str(), "-"] {
+        let out = run(export_cmd(g, src.path(), to).args(["--sse", "AES256"]), 2);
+        assert!(stderr(&out).contains("apply to oss://, obs:// and s3://"), "{to}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "nothing written to stdout");
+    }
+    assert!(!Path::new(&local).exists());
+    let out =
+        run(g.cpbackup().args(["import", "--root", root, "--from", &local, "--sse-c-key-file"]).arg(&open_key), 2);
+    assert!(stderr(&out).contains("apply to oss://"), "{}", stderr(&out));
+    let out = run(g.cpbackup().args(["verify", "--from", "s3://b-b-b/x.tar", "--sse", "DES"]), 2);
+    assert!(stderr(&out).contains("--sse \"DES\"") && stderr(&out).contains("AES256"), "{}", stderr(&out));
+
+    // A key file open to others: the export goes on, and the warning says which file and what to do.
+    let url = format!("s3://{bucket}/open.tar");
+    let out = run(export_cmd(g, src.path(), &url).arg("--sse-c-key-file").arg(&open_key), 0);
+    assert!(stderr(&out).contains(&format!("chmod 600 {}", open_key.display())), "{}", stderr(&out));
+
+    // The store's own keys: Garage takes the header and ignores it; the manifest records the
+    // mode and key id (that the headers are sent is s3::sse's unit test).
+    let url = format!("s3://{bucket}/kms.tar");
+    let m = json(&run(export_cmd(g, src.path(), &url).args(["--sse-kms-key-id", "key-for-backups"]), 0));
+    assert_eq!(m["ServerSideEncryption"], serde_json::json!({"Mode": "KMS", "KmsKeyId": "key-for-backups"}));
+    let plain = json(&run(&mut export_cmd(g, src.path(), &format!("s3://{bucket}/plain.tar")), 0));
+    assert!(plain.get("ServerSideEncryption").is_none(), "absent when not asked for: {plain}");
 }

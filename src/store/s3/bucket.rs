@@ -16,12 +16,14 @@ use bytes::Bytes;
 use tokio::runtime::Runtime;
 
 use super::address::{self, address, check_bucket, Addressing};
-use super::client::{self, causes, is_not_found, sdk_error};
+use super::client::{self, causes, http_status, is_not_found, sdk_error};
+use super::sse::{self, AtRest, CustomerKeyed};
 use super::{block_on, cleanup, download, upload, Shared};
 use crate::error::{Error, Result};
 use crate::spec::StoreOptions;
 use crate::store::pending::{Record, StateDir};
 use crate::store::retry::Policy;
+use crate::store::sse::ServerSideEncryption;
 use crate::store::{ObjectInfo, Scheme, Store, Upload};
 
 pub struct S3Store {
@@ -43,6 +45,17 @@ impl S3Store {
     }
 
     pub(super) fn with_runtime(rt: Arc<Runtime>, scheme: Scheme, bucket: &str, opts: &StoreOptions) -> Result<S3Store> {
+        S3Store::wired(rt, scheme, bucket, opts, None)
+    }
+
+    /// A store whose client goes through `wiring` (the standard one when `None`).
+    pub(super) fn wired(
+        rt: Arc<Runtime>,
+        scheme: Scheme,
+        bucket: &str,
+        opts: &StoreOptions,
+        wiring: Option<client::Wiring>,
+    ) -> Result<S3Store> {
         check_bucket(bucket)?;
         let env_region = std::env::var("AWS_REGION").ok();
         let addr = address(
@@ -65,9 +78,11 @@ impl S3Store {
         let policy = Policy::from_env();
         let client = {
             let _guard = rt.enter();
-            client::client(&addr, &policy)
+            let wiring = wiring.unwrap_or_else(|| client::Wiring::standard(&addr.region));
+            client::client(&addr, &policy, wiring)
         };
-        let shared = Arc::new(Shared { client, scheme, bucket: bucket.to_string(), addr, policy });
+        let sse = opts.sse.clone();
+        let shared = Arc::new(Shared { client, scheme, bucket: bucket.to_string(), addr, policy, sse });
         Ok(S3Store { rt, shared, opts: opts.clone(), state: StateDir::resolve(opts.state_dir.as_deref()) })
     }
 
@@ -140,13 +155,19 @@ impl S3Store {
     }
 }
 
-/// HeadObject: size and ETag, `None` when there is no such object.
+/// HeadObject of an archive (with the customer key, if any): size and ETag, `None` when there
+/// is no such object.
 pub(super) async fn head(sh: &Shared, key: &str) -> Result<Option<(u64, String)>> {
+    let customer_key = sh.sse.customer_key.as_ref();
     sh.request(&sh.policy, "HeadObject", key, |what, _| async move {
-        match sh.client.head_object().bucket(&sh.bucket).key(key).send().await {
+        let req = sh.client.head_object().bucket(&sh.bucket).key(key).customer_key(customer_key);
+        match req.send().await {
             Ok(h) => Ok(Some((h.content_length().unwrap_or(0).max(0) as u64, h.e_tag().unwrap_or("").to_string()))),
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(sdk_error(&what, e)),
+            Err(e) => {
+                let status = http_status(&e);
+                Err(sse::explain_refusal(sdk_error(&what, e), status, customer_key.is_some()))
+            }
         }
     })
     .await
@@ -166,8 +187,17 @@ pub(super) async fn abort_upload(sh: &Shared, key: &str, upload_id: &str) -> Res
     .await
 }
 
+/// What a PutObject holds: an archive (encrypted as the options say) or a manifest (never
+/// with the customer key: `list` must read it without one).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Content {
+    Archive,
+    Manifest,
+}
+
 /// One PUT of a whole (small) object, in memory.
-pub(super) async fn put_object(sh: &Shared, key: &str, body: Bytes) -> Result<()> {
+pub(super) async fn put_object(sh: &Shared, key: &str, body: Bytes, content: Content) -> Result<()> {
+    let customer_key = sh.sse.customer_key.as_ref().filter(|_| content == Content::Archive);
     sh.request(&sh.policy, "PutObject", key, |what, _| {
         let body = body.clone();
         async move {
@@ -176,6 +206,8 @@ pub(super) async fn put_object(sh: &Shared, key: &str, body: Bytes) -> Result<()
                 .put_object()
                 .bucket(&sh.bucket)
                 .key(key)
+                .at_rest(&sh.sse)
+                .customer_key(customer_key)
                 .content_length(body.len() as i64)
                 .body(ByteStream::from(body))
                 .customize();
@@ -201,6 +233,10 @@ impl Store for S3Store {
         self.shared.addr.shown.clone()
     }
 
+    fn server_side_encryption(&self) -> Option<ServerSideEncryption> {
+        self.shared.sse.record()
+    }
+
     fn upload(&self, key: &str, size_hint: u64) -> Result<Box<dyn Upload>> {
         super::check_key(key)?;
         // An agent killed mid-upload left its uploads open: abort them before starting anew.
@@ -218,7 +254,7 @@ impl Store for S3Store {
 
     fn put(&self, key: &str, body: &[u8]) -> Result<()> {
         let body = Bytes::copy_from_slice(body);
-        self.run(|sh| async move { put_object(&sh, key, body).await })
+        self.run(|sh| async move { put_object(&sh, key, body, Content::Manifest).await })
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {

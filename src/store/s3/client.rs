@@ -51,12 +51,25 @@ fn credentials(region: &str) -> SharedCredentialsProvider {
     SharedCredentialsProvider::new(chain)
 }
 
-pub(super) fn client(addr: &Addressing, policy: &Policy) -> Client {
+/// What connects a client to the world: its HTTP client and its credentials.
+pub(super) struct Wiring {
+    pub http: SharedHttpClient,
+    pub credentials: SharedCredentialsProvider,
+}
+
+impl Wiring {
+    /// The agent's own: `http_client` and `credentials`.
+    pub fn standard(region: &str) -> Wiring {
+        Wiring { http: http_client(), credentials: credentials(region) }
+    }
+}
+
+pub(super) fn client(addr: &Addressing, policy: &Policy, wiring: Wiring) -> Client {
     let mut b = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(addr.region.clone()))
-        .credentials_provider(credentials(&addr.region))
-        .http_client(http_client())
+        .credentials_provider(wiring.credentials)
+        .http_client(wiring.http)
         // OSS, OBS and many others reject the SDK's default checksums and the aws-chunked
         // bodies they bring; parts go as plain in-memory bodies of known length instead.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -146,6 +159,7 @@ where
 
 fn status_name(status: u16) -> &'static str {
     match status {
+        400 => "BadRequest",
         403 => "AccessDenied",
         404 => "NotFound",
         412 => "PreconditionFailed",
@@ -153,7 +167,7 @@ fn status_name(status: u16) -> &'static str {
     }
 }
 
-fn http_status<E>(e: &Failure<E>) -> Option<u16> {
+pub(super) fn http_status<E>(e: &Failure<E>) -> Option<u16> {
     e.raw_response().map(|r| r.status().as_u16())
 }
 

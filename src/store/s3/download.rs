@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::client::{causes, sdk_error};
+use super::sse::CustomerKeyed;
 use super::Shared;
 use crate::error::{Error, Result};
 
@@ -105,8 +106,9 @@ async fn fetch_range(sh: Arc<Shared>, key: Arc<String>, start: u64, end: u64, et
     let mut failures = 0u32;
     loop {
         let offset = start + block.len() as u64;
-        let mut req =
-            sh.client.get_object().bucket(&sh.bucket).key(key.as_str()).range(format!("bytes={offset}-{}", end - 1));
+        let range = format!("bytes={offset}-{}", end - 1);
+        let mut req = sh.client.get_object().bucket(&sh.bucket).key(key.as_str()).range(range);
+        req = req.customer_key(sh.sse.customer_key.as_ref());
         if !etag.is_empty() {
             req = req.if_match(&etag);
         }

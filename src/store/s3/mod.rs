@@ -20,6 +20,9 @@ mod bucket;
 mod cleanup;
 mod client;
 mod download;
+#[cfg(test)]
+mod fake;
+mod sse;
 mod upload;
 
 use std::future::Future;
@@ -47,6 +50,8 @@ struct Shared {
     bucket: String,
     addr: Addressing,
     policy: Policy,
+    /// Server-side encryption of archives: `sse` says which request carries what.
+    sse: crate::store::sse::Sse,
 }
 
 impl Shared {

@@ -20,8 +20,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::address::scheme_kind;
-use super::bucket::{abort_upload, head, put_object};
+use super::bucket::{abort_upload, head, put_object, Content};
 use super::client::{error_code, sdk_error};
+use super::sse::{AtRest, CustomerKeyed};
 use super::{block_on, Shared};
 use crate::error::{Error, Result};
 use crate::spec::StoreOptions;
@@ -134,6 +135,8 @@ impl S3Upload {
                     .create_multipart_upload()
                     .bucket(&sh.bucket)
                     .key(key)
+                    .at_rest(&sh.sse)
+                    .customer_key(sh.sse.customer_key.as_ref())
                     .send()
                     .await
                     .map_err(|e| sdk_error(&what, e))?;
@@ -258,7 +261,7 @@ impl S3Upload {
             let body = std::mem::take(&mut self.buf).freeze();
             let sh = self.shared.clone();
             let key = self.key.clone();
-            block_on(&self.rt, async move { put_object(&sh, &key, body).await })?;
+            block_on(&self.rt, async move { put_object(&sh, &key, body, Content::Archive).await })?;
             self.over = true;
             return Ok(());
         }
@@ -431,6 +434,7 @@ async fn upload_part(sh: Arc<Shared>, key: String, upload_id: String, part: Part
                     .key(key)
                     .upload_id(upload_id)
                     .part_number(part.number)
+                    .customer_key(sh.sse.customer_key.as_ref())
                     .content_length(len)
                     .body(ByteStream::from(body))
                     .customize();
@@ -479,7 +483,7 @@ mod tests {
         assert_eq!(part_size(2 << 30), DEFAULT_PART_SIZE);
         for hint in [60u64 << 30, 100 << 30, 1 << 40, 30 << 40] {
             let p = part_size(hint);
-            assert!(p % (1 << 20) == 0 && p >= DEFAULT_PART_SIZE);
+            assert!(p.is_multiple_of(1 << 20) && p >= DEFAULT_PART_SIZE);
             assert!((hint + hint / 4) / p < MAX_PARTS, "{hint} in parts of {p}");
         }
         assert_eq!(part_size(u64::MAX), MAX_PART_SIZE);
