@@ -347,8 +347,13 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // aws-sigv4 traces every request it signs with its headers as they are (an SSE-C key, an
+    // STS session token): never below debug there, whatever RUST_LOG asks.
+    if let Ok(cap) = "aws_sigv4::http_request::sign=debug".parse() {
+        filter = filter.add_directive(cap);
+    }
     // Colours only for a person at a terminal, never into a log file.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()

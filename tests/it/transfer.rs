@@ -125,9 +125,12 @@ fn transfer_sse_c_needs_its_key_to_read_and_never_shows_it() {
     let url = format!("s3://{bucket}/enc/a.tar");
 
     let mut c = export_cmd(g, src.path(), &url);
-    c.env("CPBACKUP_STATE_DIR", state.path()).args(["-vv", "--sse-c-key-file", path_str(&key)]);
+    // Every log line there is, the SDK's traces included; the imports below run at -vv.
+    c.env("CPBACKUP_STATE_DIR", state.path()).env("RUST_LOG", "trace");
+    c.args(["-vv", "--sse-c-key-file", path_str(&key)]);
     let out = run(&mut c, 0);
     let m = json(&out);
+    assert!(stderr(&out).contains("TRACE") && stderr(&out).contains("UploadPart"), "logging is on");
     assert_eq!(m["Status"], "AVAILABLE");
     assert_eq!(m["ServerSideEncryption"], serde_json::json!({"Mode": "SSE-C"}));
     let sse = cpbackup::store::sse::Sse::from_flags(None, None, Some(&key)).unwrap();
