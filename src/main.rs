@@ -89,6 +89,10 @@ struct StoreArgs {
     /// file is needed to import or verify the archive.
     #[arg(long, value_name = "FILE")]
     sse_c_key_file: Option<PathBuf>,
+    /// Bandwidth cap of the transfer to or from object storage, bytes per second, all parts in
+    /// flight together: 20M, 500k, 1.5M (k, M, G: times 1024).
+    #[arg(long, value_name = "RATE")]
+    limit_rate: Option<String>,
 }
 
 impl StoreArgs {
@@ -103,6 +107,7 @@ impl StoreArgs {
             parts_in_flight: self.parts_in_flight,
             state_dir: self.state_dir.clone(),
             sse,
+            limit_rate: self.limit_rate.as_deref().map(store::rate::parse).transpose()?,
         };
         if let Some(loc) = location {
             store::check_options(&store::Location::parse(loc)?, &opts)?;

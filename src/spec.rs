@@ -24,6 +24,9 @@ pub struct StoreOptions {
     pub state_dir: Option<PathBuf>,
     /// Server-side encryption of the archive (`--sse`, `--sse-kms-key-id`, `--sse-c-key-file`).
     pub sse: Sse,
+    /// `--limit-rate`: bytes per second for the archive's transfer, all its parts or ranges
+    /// in flight together; `None`: as fast as it goes.
+    pub limit_rate: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -35,6 +38,7 @@ impl Default for StoreOptions {
             parts_in_flight: 4,
             state_dir: None,
             sse: Sse::default(),
+            limit_rate: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod file;
 pub mod pending;
+pub mod rate;
 pub mod retry;
 pub mod s3;
 pub mod sse;

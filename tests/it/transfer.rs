@@ -1,11 +1,15 @@
 //! How archives travel to and from object storage, against a real Garage server: the records
 //! of uploads in progress and their cleanup, server-side encryption with a customer key
-//! (SSE-C, which Garage implements).
+//! (SSE-C, which Garage implements), and bandwidth caps measured on the wire.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cpbackup::spec::StoreOptions;
 use cpbackup::store::s3::{S3Store, MIN_PART_SIZE};
@@ -225,4 +229,132 @@ fn transfer_sse_flags_are_checked_where_they_apply() {
     assert_eq!(m["ServerSideEncryption"], serde_json::json!({"Mode": "KMS", "KmsKeyId": "key-for-backups"}));
     let plain = json(&run(&mut export_cmd(g, src.path(), &format!("s3://{bucket}/plain.tar")), 0));
     assert!(plain.get("ServerSideEncryption").is_none(), "absent when not asked for: {plain}");
+}
+
+/// Bytes a `Meter` carried one way: when each write to the far side completed, and how many.
+type Carried = Arc<Mutex<Vec<(Instant, usize)>>>;
+
+/// A TCP proxy to Garage that logs, in time, the bytes it carries each way: the wire as the
+/// agent sees it. Its socket towards the agent has a small send buffer, so a download it logs
+/// is one the agent has taken (give or take that buffer and the agent's receive buffer).
+struct Meter {
+    port: u16,
+    up: Carried,
+    down: Carried,
+}
+
+impl Meter {
+    fn start(upstream: u16) -> Meter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (up, down) = (Carried::default(), Carried::default());
+        let (u, d) = (up.clone(), down.clone());
+        std::thread::spawn(move || {
+            for agent in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                let size: libc::c_int = 32 * 1024;
+                // SAFETY: setting an option of a socket this test owns, from a c_int it owns.
+                unsafe {
+                    libc::setsockopt(
+                        agent.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_SNDBUF,
+                        (&size as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    );
+                }
+                let (a2, s2) = (agent.try_clone().unwrap(), server.try_clone().unwrap());
+                let (u, d) = (u.clone(), d.clone());
+                std::thread::spawn(move || carry(agent, server, u));
+                std::thread::spawn(move || carry(s2, a2, d));
+            }
+        });
+        Meter { port, up, down }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn carry(mut from: TcpStream, mut to: TcpStream, log: Carried) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        log.lock().unwrap().push((Instant::now(), n));
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// What a log of carried bytes says: the rate (the slope of bytes carried against time, over
+/// the middle 90% of the bytes, so that the requests around the transfer are left out and a
+/// download's bursts of one range each weigh as they should), the most bytes carried in any one
+/// second, and the bytes in all.
+fn pace_of(log: &Carried) -> (f64, usize, usize) {
+    let events = log.lock().unwrap().clone();
+    let total: usize = events.iter().map(|e| e.1).sum();
+    let t0 = events[0].0;
+    let mut sum = 0usize;
+    let points: Vec<(f64, f64)> = events
+        .iter()
+        .filter_map(|(t, n)| {
+            sum += n;
+            let inside = sum as f64 >= 0.05 * total as f64 && sum as f64 <= 0.95 * total as f64;
+            inside.then(|| ((*t - t0).as_secs_f64(), sum as f64))
+        })
+        .collect();
+    let k = points.len() as f64;
+    let (mt, mb) = (points.iter().map(|p| p.0).sum::<f64>() / k, points.iter().map(|p| p.1).sum::<f64>() / k);
+    let cov: f64 = points.iter().map(|p| (p.0 - mt) * (p.1 - mb)).sum();
+    let var: f64 = points.iter().map(|p| (p.0 - mt).powi(2)).sum();
+    let mut worst = 0;
+    for (i, (t, _)) in events.iter().enumerate() {
+        let window: usize = events[i..].iter().take_while(|e| e.0 < *t + Duration::from_secs(1)).map(|e| e.1).sum();
+        worst = worst.max(window);
+    }
+    (cov / var, worst, total)
+}
+
+/// `--limit-rate` measured on the wire, through Garage: an upload and a download of 8 MiB at
+/// 2 MiB/s take as long as the cap says (average within 5%), all parts or ranges in flight
+/// sharing it, and no second carries more than the cap and one part (range).
+#[test]
+fn transfer_limit_rate_holds_on_the_wire_both_ways() {
+    let g = garage::shared();
+    let bucket = g.bucket("rate");
+    let src = tempfile::tempdir().unwrap();
+    tree::random_files(&src.path().join("data/media/0/big"), 1, 8 * MIB, 22);
+    let cap = 2 * MIB;
+    let url = format!("s3://{bucket}/rate.tar");
+
+    let up = Meter::start(g.nodes[0].s3_port);
+    let mut c = export_cmd(g, src.path(), &url);
+    let m = json(&run(c.env("CPBACKUP_ENDPOINT", up.endpoint()).args(["--limit-rate", "2M"]), 0));
+    let (average, worst, total) = pace_of(&up.up);
+    eprintln!("upload: {total} bytes at {average:.0} B/s, {worst} in the busiest second");
+    assert!(total as u64 >= m["ArchiveSize"].as_u64().unwrap());
+    assert!((average - cap as f64).abs() <= 0.05 * cap as f64, "upload at {average:.0} B/s, cap {cap}");
+    assert!(worst <= cap + MIN_PART_SIZE as usize, "upload: {worst} bytes in one second");
+
+    let down = Meter::start(g.nodes[0].s3_port);
+    let mut c = g.cpbackup();
+    c.env("CPBACKUP_ENDPOINT", down.endpoint());
+    c.args(["verify", "--from", &url, "--json", "--limit-rate", "2M"]);
+    assert_eq!(json(&run(&mut c, 0))["ChecksumVerified"], true);
+    let (average, worst, total) = pace_of(&down.down);
+    eprintln!("download: {total} bytes at {average:.0} B/s, {worst} in the busiest second");
+    assert!((average - cap as f64).abs() <= 0.05 * cap as f64, "download at {average:.0} B/s, cap {cap}");
+    assert!(worst <= cap + 2 * MIB, "download: {worst} bytes in one second (ranges are 2 MiB)");
+
+    for bad in ["fast", "0", "2 M"] {
+        let out = run(g.cpbackup().args(["verify", "--from", &url, "--limit-rate", bad]), 2);
+        assert!(stderr(&out).contains(&format!("--limit-rate {bad:?}")), "{}", stderr(&out));
+        assert!(stderr(&out).contains("20M, 500k, 1.5M"), "{}", stderr(&out));
+    }
 }

@@ -17,11 +17,13 @@ use tokio::runtime::Runtime;
 
 use super::address::{self, address, check_bucket, Addressing};
 use super::client::{self, causes, http_status, is_not_found, sdk_error};
+use super::pace::ArchiveBody;
 use super::sse::{self, AtRest, CustomerKeyed};
 use super::{block_on, cleanup, download, upload, Shared};
 use crate::error::{Error, Result};
 use crate::spec::StoreOptions;
 use crate::store::pending::{Record, StateDir};
+use crate::store::rate::Limiter;
 use crate::store::retry::Policy;
 use crate::store::sse::ServerSideEncryption;
 use crate::store::{ObjectInfo, Scheme, Store, Upload};
@@ -187,34 +189,37 @@ pub(super) async fn abort_upload(sh: &Shared, key: &str, upload_id: &str) -> Res
     .await
 }
 
-/// What a PutObject holds: an archive (encrypted as the options say) or a manifest (never
-/// with the customer key: `list` must read it without one).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Content {
-    Archive,
+/// What a PutObject holds: an archive (encrypted as the options say, at the transfer's pace)
+/// or a manifest (never with the customer key: `list` must read it without one).
+#[derive(Clone, Copy)]
+pub(super) enum Content<'a> {
+    Archive { limiter: Option<&'a Arc<Limiter>> },
     Manifest,
 }
 
 /// One PUT of a whole (small) object, in memory.
-pub(super) async fn put_object(sh: &Shared, key: &str, body: Bytes, content: Content) -> Result<()> {
-    let customer_key = sh.sse.customer_key.as_ref().filter(|_| content == Content::Archive);
+pub(super) async fn put_object(sh: &Shared, key: &str, body: Bytes, content: Content<'_>) -> Result<()> {
+    let (customer_key, limiter) = match content {
+        Content::Archive { limiter } => (sh.sse.customer_key.as_ref(), limiter),
+        Content::Manifest => (None, None),
+    };
     sh.request(&sh.policy, "PutObject", key, |what, _| {
         let body = body.clone();
         async move {
-            let mut op = sh
-                .client
+            sh.client
                 .put_object()
                 .bucket(&sh.bucket)
                 .key(key)
                 .at_rest(&sh.sse)
                 .customer_key(customer_key)
                 .content_length(body.len() as i64)
-                .body(ByteStream::from(body))
-                .customize();
-            if sh.addr.unsigned_payload {
-                op = op.disable_payload_signing();
-            }
-            op.send().await.map(|_| ()).map_err(|e| sdk_error(&what, e))
+                .body(ByteStream::from(body.clone()))
+                .customize()
+                .archive_body(sh, &body, limiter, 1)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| sdk_error(&what, e))
         }
     })
     .await
@@ -249,7 +254,8 @@ impl Store for S3Store {
         let Some((size, etag)) = self.head(key)? else {
             return Err(Error::usage(format!("{} does not exist", self.url(key))));
         };
-        Ok(Box::new(download::S3Reader::start(self.rt.clone(), self.shared.clone(), key, size, etag)))
+        let limiter = self.opts.limit_rate.map(|r| Arc::new(Limiter::new(r)));
+        Ok(Box::new(download::S3Reader::start(self.rt.clone(), self.shared.clone(), key, (size, etag), limiter)))
     }
 
     fn put(&self, key: &str, body: &[u8]) -> Result<()> {

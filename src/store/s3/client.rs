@@ -79,21 +79,26 @@ pub(super) fn client(addr: &Addressing, policy: &Policy, wiring: Wiring) -> Clie
         .stalled_stream_protection(StalledStreamProtectionConfig::enabled().grace_period(policy.stall).build())
         // Retries are ours (retry.rs): one budget per part, with jitter, and resumable downloads.
         .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(10))
-                // The first byte of an answer, counted from the start of the request (its body
-                // included): a server that takes a part and never answers costs one attempt.
-                .read_timeout(policy.stall * 6)
-                // Per attempt, generous enough for one part over a slow link.
-                .operation_attempt_timeout(Duration::from_secs(600))
-                .build(),
-        )
+        .timeout_config(timeouts(policy, Duration::ZERO))
+        // Bodies under --limit-rate go at its pace (pace.rs).
+        .interceptor(super::pace::Pacer)
         .force_path_style(addr.path_style);
     if let Some(url) = &addr.url {
         b = b.endpoint_url(url);
     }
     Client::from_conf(b.build())
+}
+
+/// The timeouts of a request, with `extra` time for a body that is paced.
+pub(super) fn timeouts(policy: &Policy, extra: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(10))
+        // The first byte of an answer, counted from the start of the request (its body
+        // included): a server that takes a part and never answers costs one attempt.
+        .read_timeout(policy.stall * 6 + extra)
+        // Per attempt, generous enough for one part over a slow link.
+        .operation_attempt_timeout(Duration::from_secs(600) + extra)
+        .build()
 }
 
 /// An error and its causes, one after another ("dispatch failure: io error: … : Connection

@@ -1,6 +1,8 @@
 //! The ranged download: a HEAD for size and ETag, then GETs of `RANGE` bytes, `RANGES_IN_FLIGHT`
 //! at once, handed on in order through a bounded channel to a synchronous reader. Each range
-//! resumes on its own from its last byte after a dropped connection or a stalled body.
+//! resumes on its own from its last byte after a dropped connection or a stalled body. Under
+//! `--limit-rate` the ranges are a quarter of a second's worth, each asked for only when the
+//! transfer's token bucket lets its bytes come.
 //!
 //! It must never splice two versions of an object (every GET carries `If-Match` on the ETag),
 //! never accept an answer for bytes other than those asked for, and never hold more than
@@ -19,6 +21,7 @@ use super::client::{causes, sdk_error};
 use super::sse::CustomerKeyed;
 use super::Shared;
 use crate::error::{Error, Result};
+use crate::store::rate::Limiter;
 
 /// Downloads fetch ranges of this size, `RANGES_IN_FLIGHT` at once. Memory is
 /// `RANGE × (RANGES_IN_FLIGHT + 2)` at most: those in flight, one handed over and one read.
@@ -35,10 +38,18 @@ pub(super) struct S3Reader {
 }
 
 impl S3Reader {
-    /// Start streaming `key` (of `size` bytes, ETag `etag`, as a HEAD found it).
-    pub(super) fn start(rt: Arc<Runtime>, sh: Arc<Shared>, key: &str, size: u64, etag: String) -> S3Reader {
+    /// Start streaming `key` (of `size` bytes, ETag `etag`, as a HEAD found it), at the
+    /// pace of `limiter` when there is one.
+    pub(super) fn start(
+        rt: Arc<Runtime>,
+        sh: Arc<Shared>,
+        key: &str,
+        (size, etag): (u64, String),
+        limiter: Option<Arc<Limiter>>,
+    ) -> S3Reader {
         let (tx, rx) = mpsc::channel(1);
-        let task = rt.spawn(fetch(sh, key.to_string(), size, etag, tx));
+        let from = Arc::new(Object { sh, key: key.to_string(), etag, limiter });
+        let task = rt.spawn(fetch(from, size, tx));
         S3Reader { rx, cur: Bytes::new(), task, _rt: rt }
     }
 }
@@ -65,23 +76,49 @@ impl Drop for S3Reader {
     }
 }
 
-/// Stream `key` into `tx`: ranges of `RANGE` bytes, `RANGES_IN_FLIGHT` of them fetched at
+/// The size of the ranges: `RANGE`, or under a cap about a quarter of a second's worth
+/// (64 KiB at least).
+fn range_size(limiter: Option<&Limiter>) -> u64 {
+    match limiter {
+        None => RANGE,
+        Some(l) => (l.rate() / 4).clamp(64 << 10, RANGE) >> 16 << 16,
+    }
+}
+
+/// The object a download reads, and how.
+struct Object {
+    sh: Arc<Shared>,
+    key: String,
+    /// The ETag the HEAD found: every GET asks for this version (`If-Match`).
+    etag: String,
+    /// `--limit-rate`: the bucket every range of this download shares.
+    limiter: Option<Arc<Limiter>>,
+}
+
+/// Stream the object into `tx`: ranges of `RANGE` bytes, `RANGES_IN_FLIGHT` of them fetched at
 /// once (one stream leaves the store's side idle between its blocks), handed on in order.
-async fn fetch(sh: Arc<Shared>, key: String, size: u64, etag: String, tx: mpsc::Sender<Result<Bytes>>) {
-    let key = Arc::new(key);
-    let mut starts = (0..size).step_by(RANGE as usize);
+async fn fetch(from: Arc<Object>, size: u64, tx: mpsc::Sender<Result<Bytes>>) {
+    let range = range_size(from.limiter.as_deref());
+    let mut starts = (0..size).step_by(range as usize);
     let mut pending = VecDeque::new();
     loop {
         while pending.len() < RANGES_IN_FLIGHT {
             let Some(start) = starts.next() else { break };
-            let end = (start + RANGE).min(size);
-            pending.push_back(tokio::spawn(fetch_range(sh.clone(), key.clone(), start, end, etag.clone())));
+            let end = (start + range).min(size);
+            // Under a cap, a range is asked for only when the bucket lets its bytes come: the
+            // server sends a range as fast as it can into buffers the agent does not control,
+            // so the pace is set by when ranges are asked for, in ranges small enough to
+            // keep it even.
+            if let Some(limiter) = &from.limiter {
+                limiter.take((end - start) as usize).await;
+            }
+            pending.push_back(tokio::spawn(fetch_range(from.clone(), start, end)));
         }
         let Some(next) = pending.pop_front() else { return };
         let got = match next.await {
             Ok(got) => got,
             Err(e) => Err(Error::Store {
-                what: format!("GetObject {}", sh.url(&key)),
+                what: format!("GetObject {}", from.sh.url(&from.key)),
                 reason: e.to_string(),
                 retryable: false,
             }),
@@ -100,17 +137,18 @@ async fn fetch(sh: Arc<Shared>, key: String, size: u64, etag: String, tx: mpsc::
 /// byte received (`If-Match` on the ETag, so a replaced object is noticed rather than
 /// spliced); the retry budget counts failures in a row, so a long download on a flaky link is
 /// not cut short by faults spread over hours.
-async fn fetch_range(sh: Arc<Shared>, key: Arc<String>, start: u64, end: u64, etag: String) -> Result<Bytes> {
-    let what = format!("GetObject {}", sh.url(&key));
+async fn fetch_range(from: Arc<Object>, start: u64, end: u64) -> Result<Bytes> {
+    let (sh, key, etag) = (&from.sh, from.key.as_str(), from.etag.as_str());
+    let what = format!("GetObject {}", sh.url(key));
     let mut block = BytesMut::with_capacity((end - start) as usize);
     let mut failures = 0u32;
     loop {
         let offset = start + block.len() as u64;
         let range = format!("bytes={offset}-{}", end - 1);
-        let mut req = sh.client.get_object().bucket(&sh.bucket).key(key.as_str()).range(range);
+        let mut req = sh.client.get_object().bucket(&sh.bucket).key(key).range(range);
         req = req.customer_key(sh.sse.customer_key.as_ref());
         if !etag.is_empty() {
-            req = req.if_match(&etag);
+            req = req.if_match(etag);
         }
         let err = match req.send().await {
             Err(e) => {

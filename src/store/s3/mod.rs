@@ -22,6 +22,7 @@ mod client;
 mod download;
 #[cfg(test)]
 mod fake;
+mod pace;
 mod sse;
 mod upload;
 

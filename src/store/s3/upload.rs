@@ -22,11 +22,13 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::address::scheme_kind;
 use super::bucket::{abort_upload, head, put_object, Content};
 use super::client::{error_code, sdk_error};
+use super::pace::{self, ArchiveBody};
 use super::sse::{AtRest, CustomerKeyed};
 use super::{block_on, Shared};
 use crate::error::{Error, Result};
 use crate::spec::StoreOptions;
 use crate::store::pending::{self, Record, StateDir};
+use crate::store::rate::Limiter;
 use crate::store::Upload;
 
 /// The smallest part: AWS's minimum (OSS and OBS accept 100 KB, Garage anything).
@@ -76,6 +78,8 @@ pub(super) struct S3Upload {
     /// The part being filled.
     buf: BytesMut,
     in_flight: usize,
+    /// `--limit-rate`: the bucket every part of this upload shares.
+    limiter: Option<Arc<Limiter>>,
     mp: Option<Multipart>,
     next_part: i32,
     state: StateDir,
@@ -94,7 +98,13 @@ impl S3Upload {
     ) -> S3Upload {
         let part_size = part_size(size_hint);
         let in_flight = opts.parts_in_flight.max(1);
-        tracing::debug!("uploading {} in parts of {} MiB, {in_flight} in flight", shared.url(key), part_size >> 20);
+        let limiter = opts.limit_rate.map(|r| Arc::new(Limiter::new(r)));
+        tracing::debug!(
+            "uploading {} in parts of {} MiB, {in_flight} in flight{}",
+            shared.url(key),
+            part_size >> 20,
+            pace::describe(limiter.as_ref())
+        );
         S3Upload {
             rt,
             shared,
@@ -102,6 +112,7 @@ impl S3Upload {
             part_size: part_size as usize,
             buf: BytesMut::new(),
             in_flight,
+            limiter,
             mp: None,
             next_part: 1,
             state: state.clone(),
@@ -172,8 +183,14 @@ impl S3Upload {
         // part_size × (in_flight + 1), and `write` blocks while every slot is taken.
         let (tx, rx) = mpsc::channel(self.in_flight);
         let slots = Arc::new(Semaphore::new(self.in_flight));
-        let dispatcher =
-            self.rt.spawn(dispatch(self.shared.clone(), self.key.clone(), upload_id.clone(), rx, self.in_flight));
+        let to = Parts {
+            sh: self.shared.clone(),
+            key: self.key.clone(),
+            upload_id: upload_id.clone(),
+            in_flight: self.in_flight,
+            limiter: self.limiter.clone(),
+        };
+        let dispatcher = self.rt.spawn(dispatch(Arc::new(to), rx));
         self.mp = Some(Multipart { upload_id, tx: Some(tx), slots, dispatcher: Some(dispatcher), record });
         Ok(())
     }
@@ -261,7 +278,8 @@ impl S3Upload {
             let body = std::mem::take(&mut self.buf).freeze();
             let sh = self.shared.clone();
             let key = self.key.clone();
-            block_on(&self.rt, async move { put_object(&sh, &key, body, Content::Archive).await })?;
+            let content = Content::Archive { limiter: self.limiter.as_ref() };
+            block_on(&self.rt, async move { put_object(&sh, &key, body, content).await })?;
             self.over = true;
             return Ok(());
         }
@@ -379,13 +397,7 @@ impl Drop for S3Upload {
 /// Take parts from the channel and upload up to `in_flight` at once; stop at the first part
 /// that fails for good (dropping the receiver, so the writer sees it, and the `JoinSet`,
 /// which cancels the other uploads).
-async fn dispatch(
-    sh: Arc<Shared>,
-    key: String,
-    upload_id: String,
-    mut rx: mpsc::Receiver<Part>,
-    in_flight: usize,
-) -> Result<Vec<CompletedPart>> {
+async fn dispatch(to: Arc<Parts>, mut rx: mpsc::Receiver<Part>) -> Result<Vec<CompletedPart>> {
     let mut set: JoinSet<Result<CompletedPart>> = JoinSet::new();
     let mut done = Vec::new();
     let joined = |r: std::result::Result<Result<CompletedPart>, tokio::task::JoinError>| match r {
@@ -395,7 +407,7 @@ async fn dispatch(
         }
     };
     loop {
-        if set.len() >= in_flight {
+        if set.len() >= to.in_flight {
             if let Some(r) = set.join_next().await {
                 done.push(joined(r)?);
             }
@@ -406,7 +418,7 @@ async fn dispatch(
             Some(r) = set.join_next(), if !set.is_empty() => done.push(joined(r)?),
             p = rx.recv() => match p {
                 Some(p) => {
-                    set.spawn(upload_part(sh.clone(), key.clone(), upload_id.clone(), p));
+                    set.spawn(upload_part(to.clone(), p));
                 }
                 None => break,
             },
@@ -419,15 +431,27 @@ async fn dispatch(
     Ok(done)
 }
 
-async fn upload_part(sh: Arc<Shared>, key: String, upload_id: String, part: Part) -> Result<CompletedPart> {
+/// Where the parts of one upload go, and how.
+struct Parts {
+    sh: Arc<Shared>,
+    key: String,
+    upload_id: String,
+    /// Parts uploaded at once.
+    in_flight: usize,
+    /// The transfer's bandwidth cap, shared by its parts.
+    limiter: Option<Arc<Limiter>>,
+}
+
+async fn upload_part(to: Arc<Parts>, part: Part) -> Result<CompletedPart> {
     let len = part.body.len() as i64;
     let op = format!("UploadPart part {} of", part.number);
-    let (sh, key, upload_id) = (&*sh, key.as_str(), upload_id.as_str());
+    let (sh, key, upload_id, limiter, in_flight) =
+        (&*to.sh, to.key.as_str(), to.upload_id.as_str(), to.limiter.as_ref(), to.in_flight);
     let etag = sh
         .request(&sh.policy, &op, key, |what, _| {
             let body = part.body.clone();
             async move {
-                let mut op = sh
+                let r = sh
                     .client
                     .upload_part()
                     .bucket(&sh.bucket)
@@ -436,12 +460,12 @@ async fn upload_part(sh: Arc<Shared>, key: String, upload_id: String, part: Part
                     .part_number(part.number)
                     .customer_key(sh.sse.customer_key.as_ref())
                     .content_length(len)
-                    .body(ByteStream::from(body))
-                    .customize();
-                if sh.addr.unsigned_payload {
-                    op = op.disable_payload_signing();
-                }
-                let r = op.send().await.map_err(|e| sdk_error(&what, e))?;
+                    .body(ByteStream::from(body.clone()))
+                    .customize()
+                    .archive_body(sh, &body, limiter, in_flight)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(&what, e))?;
                 Ok(r.e_tag().map(str::to_string))
             }
         })
