@@ -7,7 +7,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -388,13 +388,7 @@ fn s3_delete_removes_archive_then_manifest() {
 }
 
 fn assert_no_records(state: &Path) {
-    let left: Vec<PathBuf> = fs::read_dir(state)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("upload-")))
-        .collect();
+    let left = garage::upload_records(state);
     // Records of uploads still running in other tests are fine; ours are gone, which the
     // callers check through ListMultipartUploads. Here: no record of a dead process.
     for p in left {
@@ -405,12 +399,7 @@ fn assert_no_records(state: &Path) {
 }
 
 fn records_in(state: &Path) -> usize {
-    fs::read_dir(state)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("upload-"))
-        .count()
+    garage::upload_records(state).len()
 }
 
 /// Stop `child` (SIGSTOP) and wait until it is stopped; false when it ended instead.

@@ -15,24 +15,11 @@ use cpbackup::spec::StoreOptions;
 use cpbackup::store::s3::{S3Store, MIN_PART_SIZE};
 use cpbackup::store::{Scheme, Store};
 
-use crate::support::garage::{self, Garage};
+use crate::support::garage::{self, upload_records, Garage};
 use crate::support::tree::{self, Ignore};
 use crate::support::{json, path_str, run, stderr};
 
 const MIB: usize = 1 << 20;
-
-/// The upload records (`upload-*.json`) in a state directory, sorted by name.
-fn upload_records(state: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = fs::read_dir(state)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("upload-")))
-        .collect();
-    v.sort();
-    v
-}
 
 /// The library's store on `bucket`, with `opts` on top of the test server's address.
 fn test_store(g: &Garage, bucket: &str, opts: StoreOptions) -> S3Store {
