@@ -15,8 +15,10 @@
 //! - [`digest`]: SHA-256 and byte counts of the stored archive.
 //! - [`store`]: where archives live (local files; object stores behind the `Store` trait).
 //! - [`pipe`]: bounded bridges between stages on different threads.
+//! - [`priority`]: the CPU and I/O priority of a task's threads (a good neighbour on the phone).
 //! - [`manifest`]: the backup-file record beside each archive.
 //! - [`catalog`]: `list` and `delete` over the manifests in a bucket or folder (DescribeBackupFiles).
+//! - [`keep`]: which backups a retention policy keeps (restic's `forget` semantics).
 //! - [`backup`] / [`restore`]: the two data paths.
 //! - [`net`]: DNS and TLS roots for a static binary on a phone; the one HTTP client.
 //! - [`android`]: the device's command line (getprop, pm, am, restorecon).
@@ -37,9 +39,11 @@ pub mod daemon;
 pub mod demo;
 pub mod digest;
 pub mod error;
+pub mod keep;
 pub mod manifest;
 pub mod net;
 pub mod pipe;
+pub mod priority;
 pub mod progress;
 pub mod restore;
 pub mod secret;

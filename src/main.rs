@@ -11,7 +11,7 @@ use cpbackup::archive::Format;
 use cpbackup::crypt::{Opening, Sealing};
 use cpbackup::manifest::Identity;
 use cpbackup::progress::Progress;
-use cpbackup::spec::{BackupAppSpec, ExportSpec, ImportSpec, RecoverAppSpec, StoreOptions, VerifySpec};
+use cpbackup::spec::{BackupAppSpec, Destination, ExportSpec, ImportSpec, RecoverAppSpec, StoreOptions, VerifySpec};
 use cpbackup::{backup, restore, version};
 
 #[derive(Parser)]
@@ -24,8 +24,42 @@ struct Cli {
     /// resolvers: a phone has no resolv.conf).
     #[arg(long, global = true, env = "CPBACKUP_DNS", value_name = "SERVERS")]
     dns: Option<String>,
+    #[command(flatten)]
+    priority: PriorityArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How hard the work may press on the phone (the daemon takes these from its config).
+#[derive(Args)]
+struct PriorityArgs {
+    /// CPU priority of the work's threads, -20 (first) to 19 (last).
+    #[arg(long, global = true, default_value_t = 10, allow_negative_numbers = true)]
+    nice: i32,
+    /// I/O scheduling class: idle, best-effort or realtime.
+    #[arg(long, global = true, default_value = "best-effort")]
+    io_class: String,
+    /// I/O level within the class, 0 (first) to 7 (last).
+    #[arg(long, global = true, default_value_t = 7)]
+    io_level: u32,
+    /// Run at the priority the shell gave, flat out (a manual run someone waits for).
+    #[arg(long, global = true)]
+    foreground: bool,
+}
+
+impl PriorityArgs {
+    /// Lower this thread, before any other starts, so every thread of the work inherits it.
+    fn apply(&self) -> anyhow::Result<()> {
+        let p = cpbackup::priority::Priority::new(
+            self.nice,
+            cpbackup::priority::IoClass::parse(&self.io_class)?,
+            self.io_level,
+        )?;
+        if !self.foreground {
+            p.apply_to_this_thread();
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -361,7 +395,8 @@ fn main() -> ExitCode {
     if let Err(code) = install_network(cli.dns.as_deref(), &cli.command) {
         return code;
     }
-    match run(cli.command) {
+    let work = !matches!(cli.command, Command::Daemon { .. } | Command::Version);
+    match (if work { cli.priority.apply() } else { Ok(()) }).and_then(|()| run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let input = e.downcast_ref::<cpbackup::Error>().is_some_and(|e| e.is_input());
@@ -422,25 +457,11 @@ fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Export(a) => {
             let format = a.format.as_deref().map(Format::parse).transpose()?;
-            let d = a.dest;
-            let store = d.store.options(Some(&d.to))?;
-            let spec = ExportSpec {
-                backup_file_id: None,
-                includes: a.includes,
-                excludes: a.excludes,
-                all: a.all,
-                to: d.to,
-                format,
-                root: d.root,
-                name: d.name,
-                description: d.description,
-                identity: identity(d.identity),
-                store,
-                sealing: d.seal.sealing()?,
-            };
+            let json = a.dest.json;
+            let spec = ExportSpec { format, ..ExportSpec::new(a.dest.destination()?, a.includes, a.excludes, a.all) };
             let m = backup::export(&spec, &Progress::new(true))?;
             let what = format!("{} entries", m.entry_count);
-            print_manifest(&m, &spec.to, d.json, &what)?;
+            print_manifest(&m, &spec.to, json, &what)?;
         }
         Command::Import(a) => {
             let spec = ImportSpec {
@@ -459,24 +480,15 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             print_report(&report, a.json, "verified")?;
         }
         Command::BackupApp(a) => {
-            let d = a.dest;
-            let store = d.store.options(Some(&d.to))?;
+            let json = a.dest.json;
             let spec = BackupAppSpec {
-                backup_file_id: None,
-                apps: a.apps,
-                to: d.to,
-                root: d.root,
-                name: d.name,
-                description: d.description,
                 no_stop: a.no_stop,
                 no_cache: a.no_cache,
-                identity: identity(d.identity),
-                store,
-                sealing: d.seal.sealing()?,
+                ..BackupAppSpec::new(a.dest.destination()?, a.apps)
             };
             let m = backup::backup_app(&spec, &Progress::new(true))?;
             let what = format!("apps {}", m.source_app_info_list.join(" "));
-            print_manifest(&m, &spec.to, d.json, &what)?;
+            print_manifest(&m, &spec.to, json, &what)?;
         }
         Command::RecoverApp(a) => {
             let spec = RecoverAppSpec {
@@ -566,8 +578,7 @@ fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     cpbackup::demo::make_root(&phone)?;
     let pkg = cpbackup::demo::PACKAGE;
-    let spec = ExportSpec {
-        includes: vec![format!("/data/user/0/{pkg}"), format!("/data/user_de/0/{pkg}"), "/data/media/0".into()],
+    let dest = Destination {
         to: format!("{}/", store.display()),
         root: phone.clone(),
         name: Some("demo.tar.zst".into()),
@@ -575,6 +586,8 @@ fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
         identity: Identity { android_instance_id: "acp-demo".into(), ..Default::default() },
         ..Default::default()
     };
+    let includes = vec![format!("/data/user/0/{pkg}"), format!("/data/user_de/0/{pkg}"), "/data/media/0".into()];
+    let spec = ExportSpec::new(dest, includes, Vec::new(), false);
     let m = backup::export(&spec, &Progress::new(true))?;
     println!("exported  {} -> {}", spec.includes.join(" "), m.backup_file_path);
     println!(
@@ -598,14 +611,32 @@ fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn identity(a: IdentityArgs) -> Identity {
-    Identity {
-        android_instance_id: a.instance_id,
-        android_instance_name: a.instance_name,
-        instance_group_id: a.instance_group_id,
-        end_user_id: a.end_user_id,
-        region_id: a.region_id,
-        task_id: a.task_id,
+impl IdentityArgs {
+    fn identity(self) -> Identity {
+        Identity {
+            android_instance_id: self.instance_id,
+            android_instance_name: self.instance_name,
+            instance_group_id: self.instance_group_id,
+            end_user_id: self.end_user_id,
+            region_id: self.region_id,
+            task_id: self.task_id,
+            schedule_id: String::new(),
+        }
+    }
+}
+
+impl DestArgs {
+    fn destination(self) -> anyhow::Result<Destination> {
+        Ok(Destination {
+            sealing: self.seal.sealing()?,
+            store: self.store.options(Some(&self.to))?,
+            to: self.to,
+            name: self.name,
+            description: self.description,
+            root: self.root,
+            identity: self.identity.identity(),
+            backup_file_id: None,
+        })
     }
 }
 

@@ -62,6 +62,10 @@ pub struct Identity {
     pub end_user_id: String,
     pub region_id: String,
     pub task_id: String,
+    /// The daemon's schedule that made this backup: its retention forgets only the backups
+    /// that carry its id. Absent from the records of other backups.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub schedule_id: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -125,3 +125,59 @@ pub struct RecoverAppSpec {
     #[serde(skip)]
     pub opening: Opening,
 }
+
+/// Where a backup goes and what its record says: the part every backup request shares,
+/// whoever makes it (the command line, an ECP or CPH request, a schedule). Each backup spec is
+/// built from it in one place (`ExportSpec::new`, `BackupAppSpec::new`).
+#[derive(Debug, Clone, Default)]
+pub struct Destination {
+    pub to: String,
+    /// The archive's name when `to` is a folder.
+    pub name: Option<String>,
+    pub description: String,
+    pub root: PathBuf,
+    pub identity: Identity,
+    pub store: StoreOptions,
+    /// The BackupFileId to record; a new one when absent.
+    pub backup_file_id: Option<String>,
+    /// Whom the archive is sealed for (none: not sealed).
+    pub sealing: Sealing,
+}
+
+impl ExportSpec {
+    pub fn new(dest: Destination, includes: Vec<String>, excludes: Vec<String>, all: bool) -> ExportSpec {
+        let Destination { to, name, description, root, identity, store, backup_file_id, sealing } = dest;
+        ExportSpec {
+            includes,
+            excludes,
+            all,
+            to,
+            root,
+            name,
+            description,
+            identity,
+            store,
+            backup_file_id,
+            sealing,
+            ..Default::default()
+        }
+    }
+}
+
+impl BackupAppSpec {
+    pub fn new(dest: Destination, apps: Vec<String>) -> BackupAppSpec {
+        let Destination { to, name, description, root, identity, store, backup_file_id, sealing } = dest;
+        BackupAppSpec {
+            apps,
+            to,
+            root,
+            name,
+            description,
+            identity,
+            store,
+            backup_file_id,
+            sealing,
+            ..Default::default()
+        }
+    }
+}

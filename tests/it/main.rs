@@ -13,6 +13,7 @@ mod encryption;
 mod faults;
 mod formats;
 mod malicious;
+mod neighbour;
 mod net;
 mod roundtrip;
 mod s3;
