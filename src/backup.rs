@@ -221,6 +221,7 @@ fn announce(dest: &Option<(Box<dyn Store>, String)>, m: &mut Manifest) -> Result
         m.backup_file_path = store.url(key);
         m.upload_type = store.kind().to_string();
         m.upload_endpoint = store.endpoint();
+        m.server_side_encryption = store.server_side_encryption();
         put_manifest(store.as_ref(), key, m)?;
     }
     Ok(())

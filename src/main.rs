@@ -118,17 +118,40 @@ struct StoreArgs {
     /// on a device, else a per-user directory).
     #[arg(long, env = "CPBACKUP_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Server-side encryption by the object store with its own keys: AES256 or KMS.
+    #[arg(long, value_name = "AES256|KMS")]
+    sse: Option<String>,
+    /// The KMS key for --sse KMS (implies it); default: the store's default KMS key.
+    #[arg(long, value_name = "ID")]
+    sse_kms_key_id: Option<String>,
+    /// SSE-C: the store encrypts with your key, 32 bytes in this file (raw or base64). The same
+    /// file is needed to import or verify the archive.
+    #[arg(long, value_name = "FILE")]
+    sse_c_key_file: Option<PathBuf>,
+    /// Bandwidth cap of the transfer to or from object storage, bytes per second, all parts in
+    /// flight together: 20M, 500k, 1.5M (k, M, G: times 1024).
+    #[arg(long, value_name = "RATE")]
+    limit_rate: Option<String>,
 }
 
 impl StoreArgs {
-    fn options(&self) -> StoreOptions {
-        StoreOptions {
+    /// The options, checked against the location they are for (`None`: no one location).
+    fn options(&self, location: Option<&str>) -> anyhow::Result<StoreOptions> {
+        use cpbackup::store::{self, sse::Sse};
+        let sse = Sse::from_flags(self.sse.as_deref(), self.sse_kms_key_id.as_deref(), self.sse_c_key_file.as_deref())?;
+        let opts = StoreOptions {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             path_style: self.path_style,
             parts_in_flight: self.parts_in_flight,
             state_dir: self.state_dir.clone(),
+            sse,
+            limit_rate: self.limit_rate.as_deref().map(store::rate::parse).transpose()?,
+        };
+        if let Some(loc) = location {
+            store::check_options(&store::Location::parse(loc)?, &opts)?;
         }
+        Ok(opts)
     }
 }
 
@@ -418,8 +441,13 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // aws-sigv4 traces every request it signs with its headers as they are (an SSE-C key, an
+    // STS session token): never below debug there, whatever RUST_LOG asks.
+    if let Ok(cap) = "aws_sigv4::http_request::sign=debug".parse() {
+        filter = filter.add_directive(cap);
+    }
     // Colours only for a person at a terminal, never into a log file.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
@@ -442,17 +470,17 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Import(a) => {
             let spec = ImportSpec {
+                store: a.store.options(Some(&a.from))?,
                 from: a.from,
                 root: a.root,
                 restore_xattrs: a.restore_xattrs,
-                store: a.store.options(),
                 opening: a.open.opening()?,
             };
             let report = restore::import(&spec, &Progress::new(true))?;
             print_report(&report, a.json, "restored")?;
         }
         Command::Verify(a) => {
-            let spec = VerifySpec { from: a.from, store: a.store.options(), opening: a.open.opening()? };
+            let spec = VerifySpec { store: a.store.options(Some(&a.from))?, from: a.from, opening: a.open.opening()? };
             let report = restore::verify(&spec, &Progress::new(true))?;
             print_report(&report, a.json, "verified")?;
         }
@@ -469,11 +497,11 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::RecoverApp(a) => {
             let spec = RecoverAppSpec {
+                store: a.store.options(Some(&a.from))?,
                 from: a.from,
                 apps: a.apps,
                 force: a.force,
                 root: a.root,
-                store: a.store.options(),
                 opening: a.open.opening()?,
             };
             let report = restore::recover_app(&spec, &Progress::new(true))?;
@@ -520,17 +548,17 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             };
             // Check the query before touching the network: bad input is exit 2, quickly.
             q.check()?;
-            let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
+            let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
             let page = cpbackup::catalog::list(store.as_ref(), &prefix, &q)?;
             println!("{}", serde_json::to_string_pretty(&page)?);
         }
         Command::Delete(a) => {
-            let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
+            let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
             let done = cpbackup::catalog::delete(store.as_ref(), &prefix, &a.backup_file_id)?;
             println!("{}", serde_json::to_string_pretty(&done)?);
         }
         Command::Cleanup(a) => {
-            let done = cpbackup::store::s3::cleanup(&a.store.options())?;
+            let done = cpbackup::store::s3::cleanup(&a.store.options(None)?)?;
             let mut out = serde_json::to_value(&done)?;
             if let Some(root) = &a.root {
                 out["Settled"] = cpbackup::restore::finish_interrupted(root).into();
@@ -606,7 +634,7 @@ impl DestArgs {
     fn destination(self) -> anyhow::Result<Destination> {
         Ok(Destination {
             sealing: self.seal.sealing()?,
-            store: self.store.options(),
+            store: self.store.options(Some(&self.to))?,
             to: self.to,
             name: self.name,
             description: self.description,

@@ -111,6 +111,10 @@ pub struct Manifest {
     pub failure_reason: String,
     pub warnings: Vec<String>,
     pub warning_count: u64,
+    /// How the store encrypts the archive at rest (`--sse*`): the mode and the KMS key id,
+    /// never a key. Absent when the bucket's own settings apply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_side_encryption: Option<crate::store::sse::ServerSideEncryption>,
 }
 
 impl Manifest {

@@ -17,3 +17,4 @@ mod neighbour;
 mod net;
 mod roundtrip;
 mod s3;
+mod transfer;

@@ -7,7 +7,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -388,13 +388,7 @@ fn s3_delete_removes_archive_then_manifest() {
 }
 
 fn assert_no_records(state: &Path) {
-    let left: Vec<PathBuf> = fs::read_dir(state)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("upload-")))
-        .collect();
+    let left = garage::upload_records(state);
     // Records of uploads still running in other tests are fine; ours are gone, which the
     // callers check through ListMultipartUploads. Here: no record of a dead process.
     for p in left {
@@ -405,15 +399,30 @@ fn assert_no_records(state: &Path) {
 }
 
 fn records_in(state: &Path) -> usize {
-    fs::read_dir(state)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("upload-"))
-        .count()
+    garage::upload_records(state).len()
+}
+
+/// Stop `child` (SIGSTOP) and wait until it is stopped; false when it ended instead.
+fn pause(child: &std::process::Child) -> bool {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: signalling and waiting for a child of this test; WNOWAIT leaves it waitable.
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WSTOPPED | libc::WEXITED | libc::WNOWAIT);
+        info.si_code == libc::CLD_STOPPED
+    }
+}
+
+fn resume(child: &std::process::Child) {
+    // SAFETY: signalling a child of this test.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
 }
 
 /// Start an export of `root` in the background and wait until its multipart upload is open.
+/// The export is returned stopped (SIGSTOP; `resume` it or kill it): it is looked at only
+/// while stopped, so it cannot finish its upload between the look and what the caller does
+/// next (a loaded machine once let a 128 MiB export complete before the test's abort).
 fn export_until_multipart(
     g: &Garage,
     bucket: &str,
@@ -439,12 +448,14 @@ fn export_until_multipart(
     let child = c.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        assert!(pause(&child), "the export ended before its multipart upload was seen open");
         // Open in the store, and recorded by the agent (it records right after the store answers).
         if let Some((_, id)) = store.open_uploads(key).unwrap().into_iter().next() {
             if records_in(state) > 0 {
                 return (child, id);
             }
         }
+        resume(&child);
         assert!(Instant::now() < deadline, "the export never opened a multipart upload");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -460,6 +471,7 @@ fn s3_part_refused_aborts_the_upload_and_records_the_failure() {
     let (child, id) = export_until_multipart(g, &bucket, src.path(), "r.tar", state.path());
     // The store drops the upload under the agent's feet: every later part is refused (NoSuchUpload).
     g.store(&bucket).abort_upload("r.tar", &id).unwrap();
+    resume(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("NoSuchUpload"), "{}", stderr(&out));
