@@ -34,11 +34,11 @@ use crate::android::owner::{self, Owner};
 use crate::android::pm;
 use crate::android::selinux::{self, Relabel};
 use crate::archive::read::{Item, Kind};
-use crate::archive::unpack::free_bytes;
 use crate::archive::write::{Content, TarWriter};
 use crate::archive::Meta;
 use crate::error::{Error, IoContext, Result};
 use crate::select;
+use crate::sys::{self, SPACE_RESERVE};
 
 mod swap;
 
@@ -52,8 +52,6 @@ const MAX_MANIFEST: u64 = 64 * 1024;
 const ALWAYS_EXCLUDED: [&str; 3] = ["lib", "code_cache", "no_backup"];
 const STAGING_PREFIX: &str = ".cpbackup-app-";
 const ASIDE_PREFIX: &str = ".cpbackup-old-";
-/// Room kept free on the data filesystem beyond what is staged.
-const SPACE_RESERVE: u64 = 16 * 1024 * 1024;
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where each kind of app data lives on the phone (user 0).
@@ -415,7 +413,7 @@ pub struct Stager {
 impl Stager {
     pub fn new(root: &Path, wanted: &[String]) -> Result<Stager> {
         let data = select::resolve(root, b"data", true).ctx(|| "resolving /data under the root".into())?.host;
-        let available = free_bytes(&data).ctx(|| format!("checking free space on {}", data.display()))?;
+        let available = sys::free_bytes(&data).ctx(|| format!("checking free space on {}", data.display()))?;
         let lock = swap::RunLock::take(&data)?;
         Ok(Stager {
             root: root.to_path_buf(),
@@ -611,13 +609,13 @@ impl Stager {
 
     fn write_entry(&mut self, local: &Path, item: &Item, data: &mut dyn Read) -> Result<()> {
         let shown = item.meta.display();
-        if local.as_os_str().len() >= libc::PATH_MAX as usize {
+        if local.as_os_str().len() >= sys::PATH_MAX {
             return Err(Error::archive(
                 format!("entry {shown:?}"),
                 format!(
                     "is too long to restore: {} bytes with the staging directory, and a path is at most {} bytes",
                     local.as_os_str().len(),
-                    libc::PATH_MAX
+                    sys::PATH_MAX
                 ),
             ));
         }

@@ -14,6 +14,7 @@
 //! - [`digest`]: SHA-256 and byte counts of the stored archive.
 //! - [`store`]: where archives live (local files; object stores behind the `Store` trait).
 //! - [`pipe`]: bounded bridges between stages on different threads.
+//! - [`sys`]: the file-system primitives (atomic replace, flushes, locks, free space, O_DIRECT); the crate's only `unsafe`.
 //! - [`manifest`]: the backup-file record beside each archive.
 //! - [`catalog`]: `list` and `delete` over the manifests in a bucket or folder (DescribeBackupFiles).
 //! - [`backup`] / [`restore`]: the two data paths.
@@ -44,6 +45,7 @@ pub mod secret;
 pub mod select;
 pub mod spec;
 pub mod store;
+pub mod sys;
 pub mod version;
 
 pub use error::{Error, Result};

@@ -40,9 +40,9 @@ use super::{Area, ASIDE_PREFIX, STAGING_PREFIX};
 use crate::android::device::Device;
 use crate::android::pm;
 use crate::android::selinux::{self, Relabel};
-use crate::archive::unpack::sync_fs;
 use crate::error::{Error, IoContext, Result};
 use crate::select;
+use crate::sys;
 
 pub(super) const READY_PREFIX: &str = ".cpbackup-ready-";
 const LOCK_PREFIX: &str = ".cpbackup-run-";
@@ -95,11 +95,11 @@ impl Swap {
                 return Err(odd(p, "already exists"));
             }
         }
-        sync_fs(staged).ctx(|| format!("flushing {}", staged.display()))?;
+        sys::sync_fs(staged).ctx(|| format!("flushing {}", staged.display()))?;
         crash_point()?;
         fs::rename(staged, &self.ready)
             .ctx(|| format!("committing {} as {}", staged.display(), self.ready.display()))?;
-        sync_dir(&self.parent);
+        flush_renames(&self.parent);
         Ok(())
     }
 
@@ -120,7 +120,7 @@ impl Swap {
             crash_point()?;
             fs::rename(&self.aside, &self.target)
                 .ctx(|| format!("putting {} back as {}", self.aside.display(), self.target.display()))?;
-            sync_dir(&self.parent);
+            flush_renames(&self.parent);
             return Ok(Settled::PutBack);
         }
         crash_point()?;
@@ -146,7 +146,7 @@ impl Swap {
                 crash_point()?;
                 fs::rename(&self.target, &self.aside)
                     .ctx(|| format!("moving {} aside as {}", self.target.display(), self.aside.display()))?;
-                sync_dir(&self.parent);
+                flush_renames(&self.parent);
             }
         }
         if self.keep_extras && fs::symlink_metadata(&self.aside).is_ok_and(|m| m.is_dir()) {
@@ -168,7 +168,7 @@ impl Swap {
         crash_point()?;
         fs::rename(&self.ready, &self.target)
             .ctx(|| format!("moving {} into place as {}", self.ready.display(), self.target.display()))?;
-        sync_dir(&self.parent);
+        flush_renames(&self.parent);
         if exists(&self.aside) {
             crash_point()?;
             remove_any(&self.aside)?;
@@ -243,10 +243,8 @@ impl Drop for RunLock {
 
 /// Lock `file` without waiting; true when it is locked and still the file named `path`.
 fn lock_and_check(file: &File, path: &Path) -> io::Result<bool> {
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => return Ok(false),
-        Err(fs::TryLockError::Error(e)) => return Err(e),
+    if !sys::try_lock(file)? {
+        return Ok(false);
     }
     let held = file.metadata()?;
     Ok(fs::symlink_metadata(path).is_ok_and(|m| m.dev() == held.dev() && m.ino() == held.ino()))
@@ -417,8 +415,8 @@ pub(super) fn odd(p: &Path, what: &str) -> Error {
 }
 
 /// Make a rename in `dir` durable. A failure is only logged: the rename itself is done.
-fn sync_dir(dir: &Path) {
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+fn flush_renames(dir: &Path) {
+    if let Err(e) = sys::sync_dir(dir) {
         tracing::warn!("could not flush {}: {e}", dir.display());
     }
 }
@@ -575,8 +573,7 @@ mod tests {
 
     impl Case {
         fn owner(&self) -> Owner {
-            // SAFETY: getuid/getgid have no preconditions.
-            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            let (uid, gid) = crate::sys::ids();
             Owner { uid, gid, cache_gid: gid }
         }
 

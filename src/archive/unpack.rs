@@ -28,6 +28,7 @@ use super::read::{Item, Kind};
 use super::Meta;
 use crate::error::{Error, IoContext, Result};
 use crate::select;
+use crate::sys::{self, PATH_MAX, SPACE_RESERVE};
 
 pub const STAGING_PREFIX: &str = ".cpbackup-staging-";
 /// A staging directory past the commit point (and, with `.dirs` appended, the list of the
@@ -44,10 +45,6 @@ const WRITEBACK_MIN: u64 = 1024 * 1024;
 /// The smaller files are flushed in the background each time this much of them is written,
 /// each counted with a block for its inode.
 const FLUSH_EVERY: u64 = 16 * 1024 * 1024;
-/// Room left free on the target filesystem beyond what the archive needs.
-const SPACE_RESERVE: u64 = 16 * 1024 * 1024;
-/// The longest path a file-system call takes (Linux `PATH_MAX`, with its NUL).
-const PATH_MAX: usize = libc::PATH_MAX as usize;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
@@ -113,8 +110,7 @@ impl Unpacker {
             stagings: BTreeMap::new(),
             dir_meta: Vec::new(),
             top_meta: Vec::new(),
-            // SAFETY: geteuid has no preconditions.
-            is_root: unsafe { libc::geteuid() } == 0,
+            is_root: sys::is_root(),
             warned_owner: false,
             outcome: Outcome::default(),
             buf: Vec::new(),
@@ -129,7 +125,7 @@ impl Unpacker {
         for top in tops {
             let target = self.top_target(top)?;
             let probe = existing_ancestor(&target);
-            let available = free_bytes(&probe).ctx(|| format!("checking free space on {}", probe.display()))?;
+            let available = sys::free_bytes(&probe).ctx(|| format!("checking free space on {}", probe.display()))?;
             if available < needed.saturating_add(SPACE_RESERVE) {
                 return Err(Error::NoSpace { path: probe, needed: needed.saturating_add(SPACE_RESERVE), available });
             }
@@ -163,13 +159,10 @@ impl Unpacker {
             // Held while this run lives (through the rename to the commit name: same inode), so
             // that a `cleanup` or daemon start meanwhile leaves this staging alone.
             let lock = File::open(&dir).ctx(|| format!("opening {}", dir.display()))?;
-            if !try_lock(&lock) {
-                return Err(Error::Io {
-                    context: format!("locking {}", dir.display()),
-                    source: io::Error::last_os_error(),
-                });
+            if !sys::try_lock(&lock).ctx(|| format!("locking {}", dir.display()))? {
+                return Err(Error::internal(format!("{} was locked by another run", dir.display())));
             }
-            let available = free_bytes(&dir).unwrap_or(u64::MAX);
+            let available = sys::free_bytes(&dir).unwrap_or(u64::MAX);
             let mut dirs = HashSet::new();
             dirs.insert(Vec::new());
             self.stagings.insert(
@@ -278,7 +271,7 @@ impl Unpacker {
                     .ctx(|| format!("setting metadata of {shown}"))?;
                 self.owner_warning(warn);
                 if item.size >= WRITEBACK_MIN {
-                    start_writeback(&file);
+                    sys::start_writeback(&file);
                 } else {
                     self.flusher.wrote(item.size + ALIGN as u64, local.parent().unwrap_or(&local));
                 }
@@ -351,7 +344,7 @@ impl Unpacker {
         }
         self.owner_warning(refused);
         for st in self.stagings.values() {
-            sync_fs(&st.dir).ctx(|| format!("flushing {}", st.dir.display()))?;
+            sys::sync_fs(&st.dir).ctx(|| format!("flushing {}", st.dir.display()))?;
         }
         // The commit point, top by top: from here on the data is moved into place by this run
         // or, if it dies or fails, by the next start (`finish_interrupted`).
@@ -361,7 +354,7 @@ impl Unpacker {
                 .ctx(|| format!("writing {}", dir_list_of(&commit).display()))?;
             fs::rename(&st.dir, &commit).ctx(|| format!("committing {}", st.dir.display()))?;
             self.committed = true;
-            sync_dir(&st.target).ctx(|| format!("flushing {}", st.target.display()))?;
+            sys::sync_dir(&st.target).ctx(|| format!("flushing {}", st.target.display()))?;
             st.dir = commit;
         }
         let mut deferred: Vec<(PathBuf, fs::Metadata)> = Vec::new();
@@ -528,7 +521,7 @@ fn write_file(mut file: File, data: &mut dyn Read, size: u64, sparse: bool, buf:
     if !sparse && size >= DIRECT_MIN {
         let off = (ALIGN - (buf.as_ptr() as usize % ALIGN)) % ALIGN;
         let len = buf.len().saturating_sub(off) / ALIGN * ALIGN;
-        if len > 0 && set_direct(&file, true) {
+        if len > 0 && sys::set_direct(&file, true) {
             write_direct(&mut file, data, size, &mut buf[off..off + len])?;
             return Ok(file);
         }
@@ -580,7 +573,7 @@ fn write_direct(file: &mut File, data: &mut dyn Read, size: u64, buf: &mut [u8])
                 }
             }
             if done < want {
-                set_direct(file, false);
+                sys::set_direct(file, false);
                 direct = false;
             }
         }
@@ -592,21 +585,6 @@ fn write_direct(file: &mut File, data: &mut dyn Read, size: u64, buf: &mut [u8])
 
 fn ended_inside() -> Copy {
     Copy::Read(io::Error::new(io::ErrorKind::UnexpectedEof, "the archive ends inside this file"))
-}
-
-/// Set or clear O_DIRECT on an open file; false when the file system refuses it.
-fn set_direct(file: &File, on: bool) -> bool {
-    use std::os::unix::io::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl F_GETFL / F_SETFL on a descriptor this File owns; no memory is passed.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 {
-            return false;
-        }
-        let flags = if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
-        libc::fcntl(fd, libc::F_SETFL, flags) == 0
-    }
 }
 
 fn write_chunk(file: &mut File, data: &[u8], sparse: bool, holes: &mut bool) -> io::Result<()> {
@@ -792,7 +770,7 @@ fn finish_interrupted(root: &Path, target: &Path) -> Vec<String> {
         let ours = name.starts_with(COMMIT_PREFIX.as_bytes()) || name.starts_with(STAGING_PREFIX.as_bytes());
         // A run that still lives holds its staging locked: not left over, leave it.
         let _claimed = match (ours && is_dir).then(|| File::open(&path)) {
-            Some(Ok(f)) if try_lock(&f) => Some(f),
+            Some(Ok(f)) if sys::try_lock(&f).unwrap_or(false) => Some(f),
             Some(_) => continue,
             None => None,
         };
@@ -826,8 +804,7 @@ fn finish_commit(root: &Path, commit: &Path, target: &Path) -> Result<()> {
     let explicit = read_dir_list(&list).ctx(|| format!("reading {}", list.display()))?;
     let mut deferred = Vec::new();
     merge(root, commit, target, &[], &explicit, &mut deferred)?;
-    // SAFETY: geteuid has no preconditions.
-    let is_root = unsafe { libc::geteuid() } == 0;
+    let is_root = sys::is_root();
     for (dst, meta) in &deferred {
         copy_dir_meta(meta, dst, is_root).ctx(|| format!("setting metadata of {}", dst.display()))?;
     }
@@ -864,17 +841,6 @@ fn read_dir_list(path: &Path) -> io::Result<HashSet<Vec<u8>>> {
     }
 }
 
-/// An exclusive, non-blocking `flock`: false when another open description holds it.
-fn try_lock(f: &File) -> bool {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// The highest ancestor of `p` (or `p` itself) that does not exist yet.
 fn highest_missing(p: &Path) -> Option<PathBuf> {
     let mut missing = None;
@@ -896,30 +862,6 @@ fn existing_ancestor(p: &Path) -> PathBuf {
         }
     }
     cur
-}
-
-/// Free bytes for an unprivileged writer on the filesystem holding `path`.
-pub fn free_bytes(path: &Path) -> io::Result<u64> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))?;
-    // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
-}
-
-/// Ask the kernel to start writing a finished file to disk now, without waiting: the disk
-/// works while the rest of the archive unpacks, and the `syncfs` before the swap finds little
-/// left to do.
-fn start_writeback(file: &File) {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: sync_file_range on a valid descriptor; the result is advisory and ignored.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
 }
 
 /// Starts the disk on the small files while the archive goes on. Started one file at a time,
@@ -945,25 +887,12 @@ impl Flusher {
         self.running = std::thread::Builder::new()
             .name("flush".into())
             .spawn(move || {
-                if let Err(e) = sync_fs(&dir) {
+                if let Err(e) = sys::sync_fs(&dir) {
                     tracing::debug!("flushing ahead of the commit: {e}");
                 }
             })
             .ok();
     }
-}
-
-/// Flush the filesystem holding `dir` (syncfs): what was staged reaches the disk before the
-/// rename that commits it can.
-pub(crate) fn sync_fs(dir: &Path) -> io::Result<()> {
-    use std::os::unix::io::AsRawFd;
-    let f = File::open(dir)?;
-    // SAFETY: syncfs on a valid descriptor.
-    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -986,7 +915,7 @@ mod tests {
     fn large_files_written_around_the_page_cache_hold_exactly_their_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
-        if !set_direct(&create_file(&dir.path().join("probe")).unwrap(), true) {
+        if !sys::set_direct(&create_file(&dir.path().join("probe")).unwrap(), true) {
             eprintln!("O_DIRECT is refused in {}: only the page-cache path is tested", dir.path().display());
         }
         // An unaligned buffer, as the Unpacker's Vec may be.
@@ -1038,7 +967,7 @@ mod tests {
         let live = data.join(format!("{STAGING_PREFIX}3-3"));
         fs::create_dir_all(&live).unwrap();
         let held = File::open(&live).unwrap();
-        assert!(try_lock(&held));
+        assert!(sys::try_lock(&held).unwrap());
 
         let done = finish_interrupted_imports(root);
         assert_eq!(done.len(), 2, "{done:?}");

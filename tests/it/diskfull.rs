@@ -53,7 +53,7 @@ fn assert_no_staging(dir: &Path) {
 
 /// Free bytes on the filesystem of `p`.
 fn free(p: &Path) -> u64 {
-    cpbackup::archive::unpack::free_bytes(p).unwrap()
+    cpbackup::sys::free_bytes(p).unwrap()
 }
 
 #[test]
