@@ -35,10 +35,11 @@ use crate::android::pm;
 use crate::android::selinux::{self, Relabel};
 use crate::archive::read::{Item, Kind};
 use crate::archive::write::{Content, TarWriter};
-use crate::archive::Meta;
+use crate::archive::{self, Meta};
 use crate::error::{Error, IoContext, Result};
 use crate::select;
-use crate::sys::{self, SPACE_RESERVE};
+use crate::sys::walk::{self, Step, Walk};
+use crate::sys::{self, Stat, SPACE_RESERVE};
 
 mod swap;
 
@@ -193,9 +194,9 @@ pub fn resolve(device: &Device, root: &Path, package: &str, opts: BackupOptions)
         bytes += fs::metadata(p).ctx(|| format!("reading {}", p.display()))?.len();
     }
     for (area, dir) in &app.areas {
-        walk(dir, &excluded(*area, opts), &mut |_, m| {
+        walk_area(dir, &excluded(*area, opts), &mut |_, m| {
             if m.is_file() {
-                bytes += m.len();
+                bytes += m.size;
             }
             Ok(())
         })?;
@@ -228,44 +229,39 @@ fn excluded(area: Area, opts: BackupOptions) -> Vec<&'static str> {
     names
 }
 
-/// Sorted walk of `dir` (not following links), skipping `top_excludes` at its top. Calls `f`
-/// with the path relative to `dir` and the entry's metadata; directories come before their
-/// contents.
-fn walk(dir: &Path, top_excludes: &[&str], f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>) -> Result<()> {
-    fn inner(
-        base: &Path,
-        rel: &Path,
-        excludes: &[&str],
-        f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>,
-    ) -> Result<()> {
-        let here = base.join(rel);
-        let mut names: Vec<_> = fs::read_dir(&here)
-            .ctx(|| format!("listing {}", here.display()))?
-            .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .collect();
-        names.sort();
-        for name in names {
-            if rel.as_os_str().is_empty() && excludes.iter().any(|x| OsStr::new(x) == name) {
+/// Sorted walk of `dir` (see `sys::walk`: no links followed, no recursion, any depth),
+/// skipping `top_excludes` at its top. Calls `f` with the walk (standing at the entry: its path
+/// from `dir`, its directory for `*at` calls) and the entry's `lstat`; directories come before
+/// their contents. Entries that vanish meanwhile are left out.
+fn walk_area(dir: &Path, top_excludes: &[&str], f: &mut dyn FnMut(&Walk, &Stat) -> Result<()>) -> Result<()> {
+    let listing = |walk: &Walk| format!("listing {}/{}", dir.display(), archive::shown(walk.rel()));
+    let mut walk = Walk::new(dir).ctx(|| format!("listing {}", dir.display()))?;
+    while let Some(step) = walk.next() {
+        let step = match step {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            other => other.ctx(|| listing(&walk))?,
+        };
+        if step == Step::Left {
+            continue;
+        }
+        if walk.depth() == 1 && top_excludes.iter().any(|x| x.as_bytes() == walk.rel()) {
+            walk.skip();
+            continue;
+        }
+        let st = match walk.stat() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                walk.skip();
                 continue;
             }
-            let r = rel.join(&name);
-            let m = match fs::symlink_metadata(base.join(&r)) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).ctx(|| format!("reading {}", base.join(&r).display())),
-            };
-            f(&r, &m)?;
-            if m.is_dir() {
-                inner(base, &r, excludes, f)?;
-            }
-        }
-        Ok(())
+            other => other.ctx(|| format!("reading {}/{}", dir.display(), archive::shown(walk.rel())))?,
+        };
+        f(&walk, &st)?;
     }
-    inner(dir, Path::new(""), top_excludes, f)
+    Ok(())
 }
 
-fn meta_of(path: Vec<u8>, m: &fs::Metadata) -> Meta {
-    Meta { path, mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid(), mtime: m.mtime(), ..Default::default() }
+fn meta_of(path: Vec<u8>, m: &Stat) -> Meta {
+    Meta { path, mode: m.mode & 0o7777, uid: m.uid, gid: m.gid, mtime: m.mtime, ..Default::default() }
 }
 
 /// Write one app into the tar: `_manifest`, APKs, data. `warn` receives what was skipped.
@@ -287,7 +283,7 @@ pub fn write_app<W: Write>(
     for (name, host) in &app.apks {
         let file = File::open(host).ctx(|| format!("opening {}", host.display()))?;
         let md = file.metadata().ctx(|| format!("reading {}", host.display()))?;
-        let meta = meta_of(format!("{prefix}/a/{name}").into_bytes(), &md);
+        let meta = meta_of(format!("{prefix}/a/{name}").into_bytes(), &Stat::from(&md));
         match tar.append_file(&meta, md.len(), &mut &file).map_err(|e| sink_err(name, e))? {
             Content::Complete => {}
             // An APK that changes while read would install as garbage: refuse the backup.
@@ -297,38 +293,33 @@ pub fn write_app<W: Write>(
     }
     for (area, dir) in &app.areas {
         let domain = area.domain();
-        walk(dir, &excluded(*area, opts), &mut |rel, md| {
+        walk_area(dir, &excluded(*area, opts), &mut |walk, md| {
             let mut path = format!("{prefix}/{domain}/").into_bytes();
-            path.extend_from_slice(rel.as_os_str().as_bytes());
-            let shown = format!("{}/{}", dir.display(), rel.display());
-            let ft = md.file_type();
-            if ft.is_dir() {
+            path.extend_from_slice(walk.rel());
+            let shown = format!("{}/{}", dir.display(), archive::shown(walk.rel()));
+            if md.is_dir() {
                 tar.append_dir(&meta_of(path, md)).map_err(|e| sink_err(&shown, e))?;
-            } else if ft.is_file() {
-                let file = match OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(dir.join(rel))
-                {
+            } else if md.is_file() {
+                let file = match walk.open() {
                     Ok(f) => f,
                     Err(e) => {
                         warn(format!("{shown}: cannot read: {e}"));
                         return Ok(());
                     }
                 };
-                match tar.append_file(&meta_of(path, md), md.len(), &mut &file).map_err(|e| sink_err(&shown, e))? {
+                match tar.append_file(&meta_of(path, md), md.size, &mut &file).map_err(|e| sink_err(&shown, e))? {
                     Content::Complete => {}
                     Content::Shrunk { read } => warn(format!(
                         "{shown}: shrank while being read ({read} of {} bytes); padded with zeros",
-                        md.len()
+                        md.size
                     )),
                     Content::Grew => {
-                        warn(format!("{shown}: grew while being read; only the first {} bytes were archived", md.len()))
+                        warn(format!("{shown}: grew while being read; only the first {} bytes were archived", md.size))
                     }
                 }
-                progress(md.len());
+                progress(md.size);
             } else {
-                let what = if ft.is_symlink() { "a symlink" } else { "a special file" };
+                let what = if md.is_symlink() { "a symlink" } else { "a special file" };
                 warn(format!("{shown}: skipped: {what} (Android backups carry only files and directories)"));
             }
             Ok(())
@@ -680,7 +671,7 @@ impl Stager {
         for app in self.apps.values() {
             let dirs = app.apk_dir.iter().chain(app.areas.values().map(|a| &a.dir));
             for d in dirs {
-                if let Err(e) = fs::remove_dir_all(d) {
+                if let Err(e) = walk::remove_tree(d) {
                     if e.kind() != io::ErrorKind::NotFound {
                         tracing::warn!("could not remove staging {}: {e}", d.display());
                     }

@@ -23,7 +23,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, Manifest, Status};
 use crate::pipe::{self, Background, PipeReader, PipeWriter};
 use crate::progress::Progress;
-use crate::select::{Entry, Selection, Skipped};
+use crate::select::{Entry, Selection, Skipped, Walked};
 use crate::spec::{BackupAppSpec, ExportSpec};
 use crate::store::{self, Location, Store, Upload};
 use crate::version;
@@ -84,7 +84,7 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
     announce(&dest, &mut m)?;
 
     // A pre-scan sizes the upload's parts and the progress bar.
-    let totals = selection.scan()?;
+    let totals = selection.scan();
     progress.set_total(totals.bytes);
     m.file_size = totals.bytes;
 
@@ -330,16 +330,19 @@ fn write_archive(
     };
     let mut stream = start_stream(sink, codec, format == Format::Ab, flavor, progress)?;
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    let shared = std::cell::RefCell::new(std::mem::take(warnings));
-    let walked = sel
-        .walk(&mut |e| add_entry(&mut stream.tar, e, &mut links, progress, &mut shared.borrow_mut()), &mut |s| {
-            shared.borrow_mut().skip(s)
-        });
-    *warnings = shared.into_inner();
-    match walked {
-        Ok(()) => finish_stream(stream),
-        Err(e) => Err(stream.abandon(e)),
+    for step in sel.walk() {
+        let added = match step {
+            Walked::Entry(e) => add_entry(&mut stream.tar, e, &mut links, progress, warnings),
+            Walked::Skipped(s) => {
+                warnings.skip(s);
+                Ok(())
+            }
+        };
+        if let Err(e) = added {
+            return Err(stream.abandon(e));
+        }
     }
+    finish_stream(stream)
 }
 
 /// The archive stream: tar on the caller's thread; compressor, hash and sink on a thread of

@@ -42,7 +42,7 @@ use crate::android::pm;
 use crate::android::selinux::{self, Relabel};
 use crate::error::{Error, IoContext, Result};
 use crate::select;
-use crate::sys;
+use crate::sys::{self, walk};
 
 pub(super) const READY_PREFIX: &str = ".cpbackup-ready-";
 const LOCK_PREFIX: &str = ".cpbackup-run-";
@@ -401,13 +401,7 @@ fn exists(p: &Path) -> bool {
 }
 
 fn remove_any(p: &Path) -> Result<()> {
-    let r = match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
-        Ok(_) => fs::remove_file(p),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    };
-    r.ctx(|| format!("removing {}", p.display()))
+    walk::remove_tree(p).ctx(|| format!("removing {}", p.display()))
 }
 
 pub(super) fn odd(p: &Path, what: &str) -> Error {

@@ -28,6 +28,7 @@ use super::read::{Item, Kind};
 use super::Meta;
 use crate::error::{Error, IoContext, Result};
 use crate::select;
+use crate::sys::walk::{self, Step, Walk};
 use crate::sys::{self, PATH_MAX, SPACE_RESERVE};
 
 pub const STAGING_PREFIX: &str = ".cpbackup-staging-";
@@ -359,7 +360,7 @@ impl Unpacker {
         }
         let mut deferred: Vec<(PathBuf, fs::Metadata)> = Vec::new();
         for st in self.stagings.values() {
-            merge(&self.root, &st.dir, &st.target, &[], &st.explicit, &mut deferred)?;
+            merge(&self.root, &st.dir, &st.target, &st.explicit, &mut deferred)?;
         }
         for (dst, meta) in &deferred {
             copy_dir_meta(meta, dst, self.is_root).ctx(|| format!("setting metadata of {}", dst.display()))?;
@@ -369,7 +370,7 @@ impl Unpacker {
         }
         for st in self.stagings.values() {
             // What is left are the shells of merged directories.
-            fs::remove_dir_all(&st.dir).ctx(|| format!("removing {}", st.dir.display()))?;
+            walk::remove_tree(&st.dir).ctx(|| format!("removing {}", st.dir.display()))?;
             let _ = fs::remove_file(dir_list_of(&st.dir));
         }
         self.stagings.clear();
@@ -380,7 +381,7 @@ impl Unpacker {
     /// run created to hold it, and the target directory's times.
     fn cleanup(&mut self) {
         for st in self.stagings.values() {
-            if let Err(e) = fs::remove_dir_all(&st.dir) {
+            if let Err(e) = walk::remove_tree(&st.dir) {
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::warn!("could not remove staging {}: {e}", st.dir.display());
                 }
@@ -660,50 +661,24 @@ fn merge(
     root: &Path,
     src: &Path,
     dst: &Path,
-    rel: &[u8],
     explicit: &HashSet<Vec<u8>>,
     deferred: &mut Vec<(PathBuf, fs::Metadata)>,
 ) -> Result<()> {
-    /// One directory being merged: the names still to move (last first), and its own metadata
-    /// to defer once they are all done. A stack of these, not recursion: a tree as deep as a
-    /// path can reach (2,000 levels) would overflow a thread's stack.
-    struct Level {
-        src: PathBuf,
-        dst: PathBuf,
-        rel: Vec<u8>,
-        names: Vec<std::ffi::OsString>,
-        then: Option<(PathBuf, fs::Metadata)>,
-    }
-    fn names(src: &Path) -> Result<Vec<std::ffi::OsString>> {
-        let mut names: Vec<_> = fs::read_dir(src)
-            .ctx(|| format!("listing {}", src.display()))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<Vec<_>>>()
-            .ctx(|| format!("listing {}", src.display()))?;
-        names.sort_by(|a, b| b.cmp(a));
-        Ok(names)
-    }
-    let mut stack = vec![Level {
-        src: src.to_path_buf(),
-        dst: dst.to_path_buf(),
-        rel: rel.to_vec(),
-        names: names(src)?,
-        then: None,
-    }];
-    while let Some(level) = stack.last_mut() {
-        let Some(name) = level.names.pop() else {
-            if let Some(then) = stack.pop().and_then(|l| l.then) {
+    let mut walk = Walk::new(src).ctx(|| format!("listing {}", src.display()))?;
+    // Where each directory being merged goes, and its own metadata to defer once its contents
+    // are in: the top, then one per level the walk has entered.
+    let mut into: Vec<(PathBuf, Option<(PathBuf, fs::Metadata)>)> = vec![(dst.to_path_buf(), None)];
+    while let Some(step) = walk.next() {
+        let s = src.join(OsStr::from_bytes(walk.rel()));
+        if step.ctx(|| format!("listing {}", s.display()))? == Step::Left {
+            if let Some((_, Some(then))) = into.pop() {
                 deferred.push(then);
             }
             continue;
-        };
-        let s = level.src.join(&name);
-        let mut d = level.dst.join(&name);
-        let mut child_rel = level.rel.clone();
-        if !child_rel.is_empty() {
-            child_rel.push(b'/');
         }
-        child_rel.extend_from_slice(name.as_bytes());
+        let Some((level_dst, _)) = into.last() else { break };
+        let level_dst = level_dst.clone();
+        let mut d = level_dst.join(OsStr::from_bytes(walk.name().to_bytes()));
         let smeta = fs::symlink_metadata(&s).ctx(|| format!("reading {}", s.display()))?;
         let mut dmeta = fs::symlink_metadata(&d).ok();
         if smeta.is_dir() {
@@ -723,23 +698,25 @@ fn merge(
             }
         }
         match dmeta {
-            None => fs::rename(&s, &d).ctx(|| format!("moving {} into place", d.display()))?,
             Some(m) if smeta.is_dir() && m.is_dir() => {
-                let then = explicit.contains(&child_rel).then(|| (d.clone(), smeta));
-                let names = names(&s)?;
-                stack.push(Level { src: s, dst: d, rel: child_rel, names, then });
+                // Merged level by level: the walk enters it next.
+                let then = explicit.contains(walk.rel()).then(|| (d.clone(), smeta));
+                into.push((d, then));
+                continue;
             }
+            None => fs::rename(&s, &d).ctx(|| format!("moving {} into place", d.display()))?,
             Some(m) if m.is_dir() || smeta.is_dir() => {
                 // A file replaces a directory or the other way round: set the old one aside,
                 // put the new one in, then remove the old.
-                let trash = level.dst.join(format!("{TRASH_PREFIX}{}", rand::random::<u32>()));
+                let trash = level_dst.join(format!("{TRASH_PREFIX}{}", rand::random::<u32>()));
                 fs::rename(&d, &trash).ctx(|| format!("setting {} aside", d.display()))?;
                 fs::rename(&s, &d).ctx(|| format!("moving {} into place", d.display()))?;
-                let removed = if m.is_dir() { fs::remove_dir_all(&trash) } else { fs::remove_file(&trash) };
-                removed.ctx(|| format!("removing the replaced {}", trash.display()))?;
+                walk::remove_tree(&trash).ctx(|| format!("removing the replaced {}", trash.display()))?;
             }
             Some(_) => fs::rename(&s, &d).ctx(|| format!("moving {} into place", d.display()))?,
         }
+        // Moved whole: nothing below it to merge.
+        walk.skip();
     }
     Ok(())
 }
@@ -780,7 +757,7 @@ fn finish_interrupted(root: &Path, target: &Path) -> Vec<String> {
                 Err(e) => tracing::warn!("could not finish the import committed in {}: {e}", path.display()),
             }
         } else if name.starts_with(STAGING_PREFIX.as_bytes()) || name.starts_with(TRASH_PREFIX.as_bytes()) {
-            match fs::remove_dir_all(&path) {
+            match walk::remove_tree(&path) {
                 Ok(()) => done.push(format!("removed {} left by an interrupted import", path.display())),
                 Err(e) => tracing::warn!("could not remove {}: {e}", path.display()),
             }
@@ -803,12 +780,12 @@ fn finish_commit(root: &Path, commit: &Path, target: &Path) -> Result<()> {
     let list = dir_list_of(commit);
     let explicit = read_dir_list(&list).ctx(|| format!("reading {}", list.display()))?;
     let mut deferred = Vec::new();
-    merge(root, commit, target, &[], &explicit, &mut deferred)?;
+    merge(root, commit, target, &explicit, &mut deferred)?;
     let is_root = sys::is_root();
     for (dst, meta) in &deferred {
         copy_dir_meta(meta, dst, is_root).ctx(|| format!("setting metadata of {}", dst.display()))?;
     }
-    fs::remove_dir_all(commit).ctx(|| format!("removing {}", commit.display()))?;
+    walk::remove_tree(commit).ctx(|| format!("removing {}", commit.display()))?;
     fs::remove_file(&list).ctx(|| format!("removing {}", list.display()))
 }
 

@@ -1,12 +1,15 @@
 //! The file-system primitives the agent builds on: a file replaced atomically (written to a
 //! temporary name, flushed, renamed, its directory flushed), directory and filesystem flushes,
 //! free space, non-blocking locks, `O_DIRECT`, writeback hints, the data regions of a sparse
-//! file, and the ids the process runs as.
+//! file, the ids the process runs as, and ([`walk`]) the one walk over trees the agent did not
+//! make.
 //!
 //! Built on std where std has the call (`File::try_lock`, `sync_all`) and on `rustix`
 //! elsewhere. The crate's only `unsafe` is here (`sync_file_range`, which rustix lacks), and
 //! nowhere else: `grep -rn unsafe src` finds this file. Nothing here knows about archives,
 //! stores or phones.
+
+pub mod walk;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -160,6 +163,74 @@ pub fn seek_data(file: &File, pos: u64) -> io::Result<Option<u64>> {
 /// the file's offset.
 pub fn seek_hole(file: &File, pos: u64) -> io::Result<u64> {
     Ok(rustix::fs::seek(file, SeekFrom::Hole(pos))?)
+}
+
+/// What `lstat` says of a file, from std's metadata or from a `statat` (see [`walk`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// `st_mode`: the type bits and the permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub nlink: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl Stat {
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+
+    pub fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+}
+
+impl From<&fs::Metadata> for Stat {
+    fn from(m: &fs::Metadata) -> Stat {
+        use std::os::unix::fs::MetadataExt;
+        Stat {
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec().clamp(0, 999_999_999) as u32,
+            nlink: m.nlink(),
+            blocks: m.blocks(),
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+}
+
+impl From<rustix::fs::Stat> for Stat {
+    // The field types differ between architectures (`st_nlink` is 32 bits on aarch64, 64 on
+    // x86_64): every one goes through `try_from`, a no-op where the types already agree.
+    fn from(s: rustix::fs::Stat) -> Stat {
+        Stat {
+            mode: u32::try_from(s.st_mode).unwrap_or(0),
+            uid: u32::try_from(s.st_uid).unwrap_or(0),
+            gid: u32::try_from(s.st_gid).unwrap_or(0),
+            size: u64::try_from(s.st_size).unwrap_or(0),
+            mtime: i64::try_from(s.st_mtime).unwrap_or(0),
+            mtime_nsec: u32::try_from(s.st_mtime_nsec).unwrap_or(0).min(999_999_999),
+            nlink: u64::try_from(s.st_nlink).unwrap_or(0),
+            blocks: u64::try_from(s.st_blocks).unwrap_or(0),
+            dev: u64::try_from(s.st_dev).unwrap_or(0),
+            ino: u64::try_from(s.st_ino).unwrap_or(0),
+        }
+    }
 }
 
 /// The effective uid: 0 when the agent may set any owner.
