@@ -33,8 +33,9 @@ use crate::android::device::Device;
 use crate::android::owner::{self, Owner};
 use crate::android::pm;
 use crate::android::selinux::{self, Relabel};
+use crate::archive::disk::{self, HardLinks, Put};
 use crate::archive::read::{Item, Kind};
-use crate::archive::write::{Content, TarWriter};
+use crate::archive::write::TarWriter;
 use crate::archive::{self, Meta};
 use crate::error::{Error, IoContext, Result};
 use crate::select;
@@ -260,10 +261,6 @@ fn walk_area(dir: &Path, top_excludes: &[&str], f: &mut dyn FnMut(&Walk, &Stat) 
     Ok(())
 }
 
-fn meta_of(path: Vec<u8>, m: &Stat) -> Meta {
-    Meta { path, mode: m.mode & 0o7777, uid: m.uid, gid: m.gid, mtime: m.mtime, ..Default::default() }
-}
-
 /// Write one app into the tar: `_manifest`, APKs, data. `warn` receives what was skipped.
 /// Returns the file bytes written.
 pub fn write_app<W: Write>(
@@ -275,51 +272,46 @@ pub fn write_app<W: Write>(
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let prefix = format!("apps/{}", app.package);
-    let sink_err =
-        |what: &str, e: io::Error| Error::Io { context: format!("writing {what} into the archive"), source: e };
     let manifest = manifest_text(app, sdk);
     let m = Meta { path: format!("{prefix}/_manifest").into_bytes(), mode: 0o600, mtime: 0, ..Default::default() };
-    tar.append_file(&m, manifest.len() as u64, &mut manifest.as_bytes()).map_err(|e| sink_err("_manifest", e))?;
+    tar.append_file(&m, manifest.len() as u64, &mut manifest.as_bytes())
+        .map_err(|e| Error::Io { context: "writing _manifest into the archive".into(), source: e })?;
+    // Android's flavour: no hard links, so nothing is ever looked up here.
+    let mut links = HardLinks::default();
     for (name, host) in &app.apks {
         let file = File::open(host).ctx(|| format!("opening {}", host.display()))?;
-        let md = file.metadata().ctx(|| format!("reading {}", host.display()))?;
-        let meta = meta_of(format!("{prefix}/a/{name}").into_bytes(), &Stat::from(&md));
-        match tar.append_file(&meta, md.len(), &mut &file).map_err(|e| sink_err(name, e))? {
-            Content::Complete => {}
+        let st = Stat::from(&file.metadata().ctx(|| format!("reading {}", host.display()))?);
+        let meta = disk::meta(format!("{prefix}/a/{name}").into_bytes(), &st);
+        let shown = host.display().to_string();
+        match disk::put_file(tar, &meta, &st, || Ok(file), &mut links, &shown)? {
+            Put::Stored { size, changed: None } => progress(size),
             // An APK that changes while read would install as garbage: refuse the backup.
-            _ => return Err(Error::archive(host.display().to_string(), "changed while it was read")),
+            Put::Stored { changed: Some(_), .. } => return Err(Error::archive(shown, "changed while it was read")),
+            Put::Linked | Put::Unreadable(_) => return Err(Error::archive(shown, "is not a regular file")),
         }
-        progress(md.len());
     }
     for (area, dir) in &app.areas {
         let domain = area.domain();
-        walk_area(dir, &excluded(*area, opts), &mut |walk, md| {
+        walk_area(dir, &excluded(*area, opts), &mut |walk, st| {
             let mut path = format!("{prefix}/{domain}/").into_bytes();
             path.extend_from_slice(walk.rel());
             let shown = format!("{}/{}", dir.display(), archive::shown(walk.rel()));
-            if md.is_dir() {
-                tar.append_dir(&meta_of(path, md)).map_err(|e| sink_err(&shown, e))?;
-            } else if md.is_file() {
-                let file = match walk.open() {
-                    Ok(f) => f,
-                    Err(e) => {
-                        warn(format!("{shown}: cannot read: {e}"));
-                        return Ok(());
+            if st.is_dir() {
+                tar.append_dir(&disk::meta(path, st))
+                    .map_err(|e| Error::Io { context: format!("writing the archive at {shown}"), source: e })?;
+            } else if st.is_file() {
+                match disk::put_file(tar, &disk::meta(path, st), st, || walk.open(), &mut links, &shown)? {
+                    Put::Stored { size, changed } => {
+                        if let Some(w) = changed {
+                            warn(w);
+                        }
+                        progress(size);
                     }
-                };
-                match tar.append_file(&meta_of(path, md), md.size, &mut &file).map_err(|e| sink_err(&shown, e))? {
-                    Content::Complete => {}
-                    Content::Shrunk { read } => warn(format!(
-                        "{shown}: shrank while being read ({read} of {} bytes); padded with zeros",
-                        md.size
-                    )),
-                    Content::Grew => {
-                        warn(format!("{shown}: grew while being read; only the first {} bytes were archived", md.size))
-                    }
+                    Put::Linked => {}
+                    Put::Unreadable(reason) => warn(format!("{shown}: {reason}")),
                 }
-                progress(md.size);
             } else {
-                let what = if md.is_symlink() { "a symlink" } else { "a special file" };
+                let what = if st.is_symlink() { "a symlink" } else { "a special file" };
                 warn(format!("{shown}: skipped: {what} (Android backups carry only files and directories)"));
             }
             Ok(())

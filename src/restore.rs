@@ -109,7 +109,7 @@ fn set_status(src: &Source, status: Status, reason: &str) {
 
 /// Import an archive into `--root` (CPH batch-restore, ECP RecoveryFile).
 pub fn import(spec: &ImportSpec, progress: &Progress) -> Result<Report> {
-    let root = if spec.root.as_os_str().is_empty() { Path::new("/") } else { spec.root.as_path() };
+    let root = spec.root();
     let mut unpacker = Unpacker::new(root, unpack::Options { restore_xattrs: spec.restore_xattrs })?;
     let mut src = open_source(&spec.from, &spec.store)?;
     let mut report = Report { source: src.shown.clone(), ..Default::default() };
@@ -183,7 +183,7 @@ impl AppReport {
 /// each package stopped, uninstalled, reinstalled and given its data (see `apps`). A package
 /// that fails does not stop the others.
 pub fn recover_app(spec: &RecoverAppSpec, progress: &Progress) -> Result<AppReport> {
-    let root = if spec.root.as_os_str().is_empty() { Path::new("/") } else { spec.root.as_path() };
+    let root = spec.root();
     for pkg in &spec.apps {
         pm::check_package_name(pkg)?;
     }

@@ -49,6 +49,11 @@ impl<W: Write> TarWriter<W> {
         self.bytes
     }
 
+    /// What the tar may carry (links and sparse files only in the full flavour).
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.out
     }
