@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -698,11 +699,10 @@ pub struct RecoverOptions {
 #[serde(rename_all = "PascalCase")]
 pub struct AppOutcome {
     pub package: String,
-    /// `RECOVERED` or `FAILED`.
-    pub status: String,
-    /// The step that failed: read, check, stop, uninstall, install, wait, data, owner, relabel.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub step: String,
+    pub status: AppStatus,
+    /// The step that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<RecoverStep>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub error: String,
     /// Whether the installed copy was uninstalled (a failure after it leaves no app).
@@ -719,16 +719,74 @@ pub struct AppOutcome {
 
 impl AppOutcome {
     pub fn ok(&self) -> bool {
-        self.status == "RECOVERED"
+        self.status == AppStatus::Recovered
+    }
+}
+
+/// Whether a package was recovered (`RECOVERED`, `FAILED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum AppStatus {
+    Recovered,
+    #[default]
+    Failed,
+}
+
+impl fmt::Display for AppStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AppStatus::Recovered => "RECOVERED",
+            AppStatus::Failed => "FAILED",
+        })
+    }
+}
+
+/// The steps of a package's recovery, in order (`read`, `check`, … in results).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecoverStep {
+    /// Its entries in the archive.
+    Read,
+    /// Does it suit this phone (SDK, ABIs).
+    Check,
+    /// `am force-stop`.
+    Stop,
+    /// `pm uninstall`, when pm refuses the archived APKs as an update.
+    Uninstall,
+    /// The install session.
+    Install,
+    /// Waiting for pm to list it and make its data dir.
+    Wait,
+    /// The staged data swapped in.
+    Data,
+    /// The fresh install's owner given to the staged data.
+    Owner,
+    /// SELinux labels.
+    Relabel,
+}
+
+impl fmt::Display for RecoverStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecoverStep::Read => "read",
+            RecoverStep::Check => "check",
+            RecoverStep::Stop => "stop",
+            RecoverStep::Uninstall => "uninstall",
+            RecoverStep::Install => "install",
+            RecoverStep::Wait => "wait",
+            RecoverStep::Data => "data",
+            RecoverStep::Owner => "owner",
+            RecoverStep::Relabel => "relabel",
+        })
     }
 }
 
 /// A package named with `--app` that the archive does not hold.
-pub fn missing(package: &str) -> AppOutcome {
+pub fn not_in_archive(package: &str) -> AppOutcome {
     AppOutcome {
         package: package.to_string(),
-        status: "FAILED".into(),
-        step: "read".into(),
+        status: AppStatus::Failed,
+        step: Some(RecoverStep::Read),
         error: format!("the archive holds no package {package}"),
         ..Default::default()
     }
@@ -748,11 +806,11 @@ pub fn recover(stager: &mut Stager, device: &Device, opts: RecoverOptions) -> Ve
         }
         let result = recover_one(&stager.root, &stager.id, &pkg, app, device, sdk, &abis, opts, &mut o);
         match result {
-            Ok(()) => o.status = "RECOVERED".into(),
+            Ok(()) => o.status = AppStatus::Recovered,
             Err((step, e)) => {
                 tracing::error!("{pkg}: {step}: {e}");
-                o.status = "FAILED".into();
-                o.step = step.into();
+                o.status = AppStatus::Failed;
+                o.step = Some(step);
                 o.error = e.to_string();
             }
         }
@@ -761,10 +819,18 @@ pub fn recover(stager: &mut Stager, device: &Device, opts: RecoverOptions) -> Ve
     out
 }
 
-type StepResult<T> = std::result::Result<T, (&'static str, Error)>;
+/// A recovery's result: on failure, the step that failed and why.
+type StepResult<T> = std::result::Result<T, (RecoverStep, Error)>;
 
-fn at<T>(step: &'static str, r: Result<T>) -> StepResult<T> {
-    r.map_err(|e| (step, e))
+/// Tags a failure with the recovery step it happened in.
+trait During<T> {
+    fn during(self, step: RecoverStep) -> StepResult<T>;
+}
+
+impl<T> During<T> for Result<T> {
+    fn during(self, step: RecoverStep) -> StepResult<T> {
+        self.map_err(|e| (step, e))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -780,16 +846,18 @@ fn recover_one(
     o: &mut AppOutcome,
 ) -> StepResult<()> {
     if let Some(e) = &app.error {
-        return Err(("read", Error::archive(format!("package {pkg}"), e.clone())));
+        return Err((RecoverStep::Read, Error::archive(format!("package {pkg}"), e.clone())));
     }
-    let manifest =
-        app.manifest.clone().ok_or_else(|| ("read", Error::archive(format!("package {pkg}"), "has no _manifest")))?;
-    at("check", check_suits(pkg, &manifest, app, sdk, abis, opts.force))?;
+    let manifest = app
+        .manifest
+        .clone()
+        .ok_or_else(|| (RecoverStep::Read, Error::archive(format!("package {pkg}"), "has no _manifest")))?;
+    check_suits(pkg, &manifest, app, sdk, abis, opts.force).during(RecoverStep::Check)?;
 
     // Nothing has changed on the phone up to here.
-    let installed = at("stop", device.package(pkg))?;
+    let installed = device.package(pkg).during(RecoverStep::Stop)?;
     if installed.is_some() {
-        at("stop", device.force_stop(pkg))?;
+        device.force_stop(pkg).during(RecoverStep::Stop)?;
     }
     // Replace the installed copy in place: pm keeps its data, which the swap below exchanges
     // in one rename. Only when pm refuses the update (another signing key, an older version)
@@ -799,17 +867,17 @@ fn recover_one(
         Ok(()) => {}
         Err(e) if installed.is_some() && refused_as_update(&e) => {
             tracing::info!("{pkg}: pm refused the update ({e}); uninstalling the installed copy first");
-            at("uninstall", device.uninstall(pkg))?;
+            device.uninstall(pkg).during(RecoverStep::Uninstall)?;
             o.uninstalled = true;
-            at("install", install_staged(app, device))?;
+            install_staged(app, device).during(RecoverStep::Install)?;
         }
-        Err(e) => return Err(("install", e)),
+        Err(e) => return Err((RecoverStep::Install, e)),
     }
-    let ce = at("wait", target_of(root, Area::Ce, pkg))?;
-    let listed = at("wait", device.wait_installed(pkg, INSTALL_TIMEOUT, &|| ce.is_dir()))?;
+    let ce = target_of(root, Area::Ce, pkg).during(RecoverStep::Wait)?;
+    let listed = device.wait_installed(pkg, INSTALL_TIMEOUT, &|| ce.is_dir()).during(RecoverStep::Wait)?;
     o.version_code = listed.version_code;
     o.uid = listed.uid;
-    let app_owner = at("owner", Owner::of(&ce))?;
+    let app_owner = Owner::of(&ce).during(RecoverStep::Owner)?;
     for (area, staged) in &app.areas {
         let relabel = swap_in(root, id, pkg, *area, staged, app_owner, device)?;
         o.relabel.push(match relabel {
@@ -904,11 +972,14 @@ fn swap_in(
     let swap = swap::Swap::new(parent, id, pkg, area);
     // Recovery finds a swap by these names in the area's own directory.
     if swap.target != *target || swap::area_parent(root, area).as_deref() != Some(parent) {
-        return Err(("data", swap::odd(target, "is not the package's own directory in its area (a symlink?)")));
+        return Err((
+            RecoverStep::Data,
+            swap::unexpected(target, "is not the package's own directory in its area (a symlink?)"),
+        ));
     }
     let fresh = match fs::symlink_metadata(target) {
         Ok(m) if m.is_dir() => Some(m),
-        Ok(_) => return Err(("data", swap::odd(target, "is not a directory"))),
+        Ok(_) => return Err((RecoverStep::Data, swap::unexpected(target, "is not a directory"))),
         Err(_) => None,
     };
     // Owner, mode and label come from the fresh dir; an external dir that does not exist yet
@@ -916,14 +987,14 @@ fn swap_in(
     let (owner, mode, context) = match &fresh {
         Some(m) => {
             let owner = if area.is_data_dir() {
-                at("owner", Owner::of(target))?
+                Owner::of(target).during(RecoverStep::Owner)?
             } else {
                 Owner { uid: m.uid(), gid: m.gid(), cache_gid: m.gid() }
             };
             (owner, m.mode() & 0o7777, selinux::context_of(target))
         }
         None => {
-            let pm = at("owner", fs::metadata(parent).ctx(|| format!("reading {}", parent.display())))?;
+            let pm = fs::metadata(parent).ctx(|| format!("reading {}", parent.display())).during(RecoverStep::Owner)?;
             let owner = if area.is_data_dir() {
                 app_owner
             } else {
@@ -935,25 +1006,27 @@ fn swap_in(
 
     // The staged tree made final, so that it is right even if nothing after the commit runs.
     let dir = &staged.dir;
-    at("owner", swap::crash_point())?;
-    at("owner", fs::set_permissions(dir, fs::Permissions::from_mode(mode)).ctx(|| format!("chmod {}", dir.display())))?;
-    at("owner", swap::crash_point())?;
-    at("owner", owner::chown_tree(dir, owner, area.is_data_dir()))?;
+    swap::crash_point().during(RecoverStep::Owner)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .ctx(|| format!("chmod {}", dir.display()))
+        .during(RecoverStep::Owner)?;
+    swap::crash_point().during(RecoverStep::Owner)?;
+    owner::chown_tree(dir, owner, area.is_data_dir()).during(RecoverStep::Owner)?;
     match &context {
         Some(ctx) => {
-            at("relabel", swap::crash_point())?;
-            at("relabel", device.chcon(ctx, &dir.to_string_lossy()))?;
+            swap::crash_point().during(RecoverStep::Relabel)?;
+            device.chcon(ctx, &dir.to_string_lossy()).during(RecoverStep::Relabel)?;
         }
         None => tracing::debug!("{}: no SELinux context to copy; labelled after the swap only", target.display()),
     }
-    at("data", swap.commit(dir))?;
+    swap.commit(dir).during(RecoverStep::Data)?;
 
     // Past the commit point: the swap is finished from here, now or by the next recovery.
     if let Err(e) = swap.settle() {
         tracing::error!(
             "{pkg}: the recovered data is committed but not yet in place ({e}); the next recover-app or `cpbackup cleanup --root` finishes it"
         );
-        return Err(("data", e));
+        return Err((RecoverStep::Data, e));
     }
     if !area.is_data_dir() {
         if let Some(ctx) = context {
@@ -962,8 +1035,8 @@ fn swap_in(
             return Ok(Relabel::Chcon(ctx));
         }
     }
-    at("relabel", swap::crash_point())?;
-    at("relabel", selinux::relabel(device, target, context.as_deref(), !area.is_data_dir()))
+    swap::crash_point().during(RecoverStep::Relabel)?;
+    selinux::relabel(device, target, context.as_deref(), !area.is_data_dir()).during(RecoverStep::Relabel)
 }
 
 #[cfg(test)]
@@ -989,6 +1062,23 @@ mod tests {
         assert_eq!(m.signatures, vec!["3082aa"]);
         assert!(parse_app_manifest("2\nx\n").is_err());
         assert!(parse_app_manifest("1\nx\nnotanumber\n").is_err());
+    }
+
+    /// Results carry status and step as the words they always had, and the messages say the
+    /// same words.
+    #[test]
+    fn outcomes_serialize_their_status_and_step_as_words() {
+        let failed = serde_json::to_value(not_in_archive("com.a")).unwrap();
+        assert_eq!((failed["Status"].as_str(), failed["Step"].as_str()), (Some("FAILED"), Some("read")));
+        let ok = AppOutcome { status: AppStatus::Recovered, ..Default::default() };
+        let ok = serde_json::to_value(ok).unwrap();
+        assert_eq!(ok["Status"], "RECOVERED");
+        assert!(ok.get("Step").is_none() && ok.get("Error").is_none(), "{ok}");
+        use RecoverStep::*;
+        for step in [Read, Check, Stop, Uninstall, Install, Wait, Data, Owner, Relabel] {
+            assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());
+        }
+        assert_eq!(serde_json::to_value(AppStatus::Failed).unwrap(), AppStatus::Failed.to_string());
     }
 
     #[test]

@@ -339,7 +339,7 @@ impl Stream {
     /// the sink, which aborts the upload. Returns the error that explains what happened.
     fn abandon(self, e: Error) -> Error {
         drop(self.tar);
-        pipe::telling(e, self.compressing.join())
+        pipe::root_cause(e, self.compressing.join())
     }
 }
 
@@ -371,7 +371,7 @@ fn finish_stream(stream: Stream) -> Result<Written> {
     let compressed = compressing.join();
     let (sha256, archive_size) = match ended {
         Ok(()) => compressed?,
-        Err(e) => return Err(pipe::telling(e, compressed)),
+        Err(e) => return Err(pipe::root_cause(e, compressed)),
     };
     Ok(Written { sha256, archive_size, entries, tar_bytes })
 }

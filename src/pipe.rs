@@ -148,7 +148,7 @@ pub struct Background<T> {
 impl<T> Background<T> {
     /// The stage's result: call once its pipe has ended (or was dropped).
     pub fn join(self) -> Result<T> {
-        self.handle.join().map_err(|_| Error::usage("a background stage panicked"))?
+        self.handle.join().map_err(|_| Error::internal("a background stage panicked"))?
     }
 }
 
@@ -196,7 +196,7 @@ where
 /// gives up, a corrupt stream) breaks the pipe under the other, whose error then only says
 /// that the stream stopped (or quotes the first one): the other side's error wins unless it
 /// is itself just a broken pipe.
-pub fn telling(here: Error, there: Result<impl Sized>) -> Error {
+pub fn root_cause(here: Error, there: Result<impl Sized>) -> Error {
     match there {
         Err(e) if !is_broken_pipe(&e) => e,
         _ => here,

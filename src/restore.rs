@@ -222,7 +222,7 @@ pub fn recover_app(spec: &RecoverAppSpec, progress: &Progress) -> Result<AppRepo
     report.apps = apps::recover(&mut stager, &device, RecoverOptions { force: spec.force });
     for pkg in &spec.apps {
         if !report.apps.iter().any(|a| &a.package == pkg) {
-            report.apps.push(apps::missing(pkg));
+            report.apps.push(apps::not_in_archive(pkg));
         }
     }
     report.warnings = stager.warnings().to_vec();
@@ -253,7 +253,7 @@ fn decode_in_background(
     let (mut stored, hashing) = pipe::produce_in_background("hash", move |out| {
         let mut hashed = HashReader::new(reader, counter);
         out.fill_from(&mut hashed).map_err(|e| {
-            error::carried(e).unwrap_or_else(|e| Error::Io { context: format!("reading {shown}"), source: e })
+            error::extract_ours(e).unwrap_or_else(|e| Error::Io { context: format!("reading {shown}"), source: e })
         })?;
         hashed.finish().ctx(|| format!("reading {shown}"))
     })?;
@@ -271,7 +271,7 @@ fn decode_in_background(
         let hashed = hashing.join();
         let container = match drained {
             Ok(c) => c,
-            Err(e) => return Err(pipe::telling(e, hashed)),
+            Err(e) => return Err(pipe::root_cause(e, hashed)),
         };
         let (sha256, size) = hashed?;
         Ok((container, sha256, size))
@@ -281,7 +281,7 @@ fn decode_in_background(
 fn copy_decoded(from: &mut dyn Read, to: &mut PipeWriter) -> Result<()> {
     to.fill_from(from).map(drop).map_err(|e| match e.kind() {
         io::ErrorKind::BrokenPipe => Error::Io { context: "unpacking".into(), source: e },
-        _ => error::carried(e).unwrap_or_else(|e| Error::archive("stream", format!("cannot be decoded: {e}"))),
+        _ => error::extract_ours(e).unwrap_or_else(|e| Error::archive("stream", format!("cannot be decoded: {e}"))),
     })
 }
 
@@ -367,7 +367,7 @@ fn read_through(
     // The decoder's own error says more than the parser's "stream ended" when both failed.
     let (entries, (container, sha256, size)) = match parsed {
         Ok(n) => (n, decoded?),
-        Err(e) => return Err(pipe::telling(e, decoded)),
+        Err(e) => return Err(pipe::root_cause(e, decoded)),
     };
     let checksum_verified = check_digest(src, &sha256, size)?;
     Ok(ReadThrough { container, entries, sha256, size, checksum_verified })

@@ -92,7 +92,7 @@ impl Swap {
     pub(super) fn commit(&self, staged: &Path) -> Result<()> {
         for p in [&self.ready, &self.aside] {
             if exists(p) {
-                return Err(odd(p, "already exists"));
+                return Err(unexpected(p, "already exists"));
             }
         }
         sys::sync_fs(staged).ctx(|| format!("flushing {}", staged.display()))?;
@@ -108,7 +108,7 @@ impl Swap {
     pub(super) fn settle(&self) -> Result<Settled> {
         if let Ok(m) = fs::symlink_metadata(&self.ready) {
             if !m.is_dir() {
-                return Err(odd(&self.ready, "is not a directory"));
+                return Err(unexpected(&self.ready, "is not a directory"));
             }
             self.roll_forward()?;
             return Ok(Settled::RolledForward);
@@ -404,7 +404,8 @@ fn remove_any(p: &Path) -> Result<()> {
     walk::remove_tree(p).ctx(|| format!("removing {}", p.display()))
 }
 
-pub(super) fn odd(p: &Path, what: &str) -> Error {
+/// `p` is not what a swap expects there: `what` it is instead.
+pub(super) fn unexpected(p: &Path, what: &str) -> Error {
     Error::Io { context: p.display().to_string(), source: io::Error::other(what.to_string()) }
 }
 
@@ -571,7 +572,7 @@ mod tests {
             Owner { uid, gid, cache_gid: gid }
         }
 
-        fn swap(&self, cli: &Recorder) -> std::result::Result<Relabel, (&'static str, Error)> {
+        fn swap(&self, cli: &Recorder) -> std::result::Result<Relabel, (super::super::RecoverStep, Error)> {
             swap_in(&self.root, ID, PKG, self.area, &self.staged, self.owner(), &Device::new(cli))
         }
 
