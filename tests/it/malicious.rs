@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::tree::{self, Ignore};
-use crate::support::{cpbackup, path_str};
+use crate::support::{cpbackup, path_str, Cli};
 
 // ---------------------------------------------------------------------------------------------
 // Building archives
@@ -343,7 +343,7 @@ impl Fixture {
     fn import(&self, name: &str, w: Wrap, archive: &[u8]) -> Ran {
         let file = self.base.path().join(format!("{name}.{}", w.ext()));
         fs::write(&file, archive).unwrap();
-        let r = run_bounded(cpbackup().args(["import", "--root", path_str(&self.root), "--from", path_str(&file)]));
+        let r = run_bounded(cpbackup().import(&self.root, &file));
         fs::remove_file(&file).unwrap();
         r
     }
@@ -817,7 +817,7 @@ fn an_archive_of_zero_blocks_only_restores_nothing() {
         let mut c = cpbackup();
         let file = fx.base.path().join(format!("zeros.{}", w.ext()));
         fs::write(&file, wrap(&[0u8; 1024], w)).unwrap();
-        c.args(["import", "--json", "--root", path_str(&fx.root), "--from", path_str(&file)]);
+        c.import(&fx.root, &file).arg("--json");
         let r = run_bounded(&mut c);
         assert_eq!(r.code, Some(0), "{w:?}: {}", r.stderr);
         let v: Value = serde_json::from_str(&r.stdout).unwrap();
@@ -1046,11 +1046,7 @@ fn two_hundred_thousand_entries_complete_in_bounded_memory() {
     // Half the usual memory: the binary's own 60 MiB, and at most ~300 bytes per entry. The
     // time is the filesystem's (200,000 creates, 10-15 s here) and grows with the machine's
     // load: a generous limit, so that only a hang fails.
-    let r = run_limited(
-        cpbackup().args(["import", "--root", path_str(&fx.root), "--from", path_str(&file)]),
-        3 * TIME,
-        MEMORY / 2,
-    );
+    let r = run_limited(cpbackup().import(&fx.root, &file), 3 * TIME, MEMORY / 2);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(fs::read_dir(fx.root.join("data/many")).unwrap().count(), N);
     assert_no_staging(&fx.root);
@@ -1131,7 +1127,7 @@ impl AppFixture {
         fs::write(&file, ab).unwrap();
         let mut c = cpbackup();
         c.env("PATH", crate::android::path_env()).env("FAKEROID_ROOT", &self.phone.root);
-        c.args(["recover-app", "--json", "--root", path_str(&self.phone.root), "--from", path_str(&file)]);
+        c.recover_app(&self.phone.root, &file).arg("--json");
         let r = run_bounded(&mut c);
         fs::remove_file(&file).unwrap();
         r
