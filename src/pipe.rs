@@ -275,24 +275,23 @@ mod tests {
 
     #[test]
     fn a_dropped_writer_is_never_a_clean_end() {
-        let (mut w, bg) = consume_in_background("t", |r| {
-            let mut v = Vec::new();
-            r.read_to_end(&mut v).map_err(werr)?;
-            Ok(v.len())
-        })
-        .unwrap();
-        w.write_all(&[1u8; 3_000_000]).unwrap();
+        // A consumer that counts what it reads to the stream's end, fed 3 MB.
+        let counting = || {
+            let (mut w, bg) = consume_in_background("t", |r| {
+                let mut v = Vec::new();
+                r.read_to_end(&mut v).map_err(werr)?;
+                Ok(v.len())
+            })
+            .unwrap();
+            w.write_all(&[1u8; 3_000_000]).unwrap();
+            (w, bg)
+        };
+        let (w, bg) = counting();
         drop(w);
         let e = bg.join().unwrap_err();
         assert!(is_broken_pipe(&e), "{e}");
 
-        let (mut w, bg) = consume_in_background("t", |r| {
-            let mut v = Vec::new();
-            r.read_to_end(&mut v).map_err(werr)?;
-            Ok(v.len())
-        })
-        .unwrap();
-        w.write_all(&[1u8; 3_000_000]).unwrap();
+        let (w, bg) = counting();
         w.finish().unwrap();
         assert_eq!(bg.join().unwrap(), 3_000_000);
     }

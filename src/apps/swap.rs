@@ -444,7 +444,8 @@ pub(super) fn crash_point() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{swap_in, StagedArea};
+    use super::super::recover::swap_in;
+    use super::super::stage::StagedArea;
     use super::*;
     use crate::android::device::CommandLine;
     use crate::android::owner::Owner;
