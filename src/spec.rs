@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::Format;
+use crate::crypt::{Opening, Sealing};
 use crate::manifest::Identity;
 
 /// How to reach object storage. Secrets are not here: they come from the environment or the
@@ -46,6 +47,8 @@ pub struct ExportSpec {
     /// The BackupFileId to record (the daemon answers with it before the backup starts);
     /// a new one when absent.
     pub backup_file_id: Option<String>,
+    /// Who the archive is sealed for (nobody: stored plain).
+    pub sealing: Sealing,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -55,6 +58,9 @@ pub struct ImportSpec {
     pub root: PathBuf,
     pub restore_xattrs: bool,
     pub store: StoreOptions,
+    /// Keys that open a sealed archive: in memory only, never journaled.
+    #[serde(skip)]
+    pub opening: Opening,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -62,6 +68,8 @@ pub struct ImportSpec {
 pub struct VerifySpec {
     pub from: String,
     pub store: StoreOptions,
+    #[serde(skip)]
+    pub opening: Opening,
 }
 
 /// ECP BackupApp: chosen apps (APKs, data, cache) into one `.ab`.
@@ -83,6 +91,9 @@ pub struct BackupAppSpec {
     /// The BackupFileId to record (the daemon answers with it before the backup starts);
     /// a new one when absent.
     pub backup_file_id: Option<String>,
+    /// Who the `.ab` is sealed for: age recipients (`x.ab.age`), or a passphrase (Android's
+    /// own AES-256 encryption, which `adb restore` opens).
+    pub sealing: Sealing,
 }
 
 /// ECP RecoverApp: reinstall apps and their data from an `.ab`.
@@ -96,6 +107,8 @@ pub struct RecoverAppSpec {
     pub force: bool,
     pub root: PathBuf,
     pub store: StoreOptions,
+    #[serde(skip)]
+    pub opening: Opening,
 }
 
 /// `root()` for the specs that name one (`--root`).
