@@ -511,8 +511,10 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 writeln!(out)?;
             } else {
                 for app in &report.apps {
-                    let why =
-                        if app.error.is_empty() { String::new() } else { format!(" at {}: {}", app.step, app.error) };
+                    let why = match &app.step {
+                        Some(step) => format!(" at {step}: {}", app.error),
+                        None => String::new(),
+                    };
                     eprintln!("{} {}{why}", app.status, app.package);
                 }
             }

@@ -2,7 +2,7 @@
 //! each operation. Plain data: no I/O, no validation beyond what serde does (the operations
 //! check their own input and name what is wrong).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -181,3 +181,20 @@ impl BackupAppSpec {
         }
     }
 }
+/// `root()` for the specs that name one (`--root`).
+macro_rules! with_root {
+    ($($spec:ty),*) => {$(
+        impl $spec {
+            /// The directory that stands for the phone's `/` (`/` itself when none was given).
+            pub fn root(&self) -> &Path {
+                if self.root.as_os_str().is_empty() {
+                    Path::new("/")
+                } else {
+                    &self.root
+                }
+            }
+        }
+    )*};
+}
+
+with_root!(ExportSpec, ImportSpec, BackupAppSpec, RecoverAppSpec);
