@@ -16,6 +16,7 @@
 //! - [`store`]: where archives live (local files; object stores behind the `Store` trait).
 //! - [`pipe`]: bounded bridges between stages on different threads.
 //! - [`priority`]: the CPU and I/O priority of a task's threads (a good neighbour on the phone).
+//! - [`sys`]: the file-system primitives (atomic replace, flushes, locks, free space, O_DIRECT); the crate's only `unsafe`.
 //! - [`manifest`]: the backup-file record beside each archive.
 //! - [`catalog`]: `list` and `delete` over the manifests in a bucket or folder (DescribeBackupFiles).
 //! - [`keep`]: which backups a retention policy keeps (restic's `forget` semantics).
@@ -50,6 +51,7 @@ pub mod secret;
 pub mod select;
 pub mod spec;
 pub mod store;
+pub mod sys;
 pub mod version;
 
 pub use error::{Error, Result};

@@ -20,8 +20,8 @@ struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    /// DNS servers, IP or IP:PORT, comma-separated (default: /etc/resolv.conf, else public
-    /// resolvers: a phone has no resolv.conf).
+    /// DNS servers, IP or IP:PORT, comma-separated (default: the phone's netd, through
+    /// /dev/socket/dnsproxyd under --root; else /etc/resolv.conf; else public resolvers).
     #[arg(long, global = true, env = "CPBACKUP_DNS", value_name = "SERVERS")]
     dns: Option<String>,
     #[command(flatten)]
@@ -70,8 +70,12 @@ enum Command {
     Import(ImportArgs),
     /// Read an archive through and check it, writing nothing.
     Verify(VerifyArgs),
-    /// Print the version, git commit, target and build profile.
-    Version,
+    /// Print the version, git commit, target and build profile, and the network settings.
+    Version {
+        /// The phone's `/` whose resolver (netd's socket) and CA store the settings come from.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Run export → verify → import on a built-in demo phone root, with a local folder as the store.
     Demo {
         /// Where the demo root, the store and the restored copy go.
@@ -114,17 +118,40 @@ struct StoreArgs {
     /// on a device, else a per-user directory).
     #[arg(long, env = "CPBACKUP_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Server-side encryption by the object store with its own keys: AES256 or KMS.
+    #[arg(long, value_name = "AES256|KMS")]
+    sse: Option<String>,
+    /// The KMS key for --sse KMS (implies it); default: the store's default KMS key.
+    #[arg(long, value_name = "ID")]
+    sse_kms_key_id: Option<String>,
+    /// SSE-C: the store encrypts with your key, 32 bytes in this file (raw or base64). The same
+    /// file is needed to import or verify the archive.
+    #[arg(long, value_name = "FILE")]
+    sse_c_key_file: Option<PathBuf>,
+    /// Bandwidth cap of the transfer to or from object storage, bytes per second, all parts in
+    /// flight together: 20M, 500k, 1.5M (k, M, G: times 1024).
+    #[arg(long, value_name = "RATE")]
+    limit_rate: Option<String>,
 }
 
 impl StoreArgs {
-    fn options(&self) -> StoreOptions {
-        StoreOptions {
+    /// The options, checked against the location they are for (`None`: no one location).
+    fn options(&self, location: Option<&str>) -> anyhow::Result<StoreOptions> {
+        use cpbackup::store::{self, sse::Sse};
+        let sse = Sse::from_flags(self.sse.as_deref(), self.sse_kms_key_id.as_deref(), self.sse_c_key_file.as_deref())?;
+        let opts = StoreOptions {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             path_style: self.path_style,
             parts_in_flight: self.parts_in_flight,
             state_dir: self.state_dir.clone(),
+            sse,
+            limit_rate: self.limit_rate.as_deref().map(store::rate::parse).transpose()?,
+        };
+        if let Some(loc) = location {
+            store::check_options(&store::Location::parse(loc)?, &opts)?;
         }
+        Ok(opts)
     }
 }
 
@@ -372,7 +399,7 @@ fn main() -> ExitCode {
     if let Err(code) = install_network(cli.dns.as_deref(), &cli.command) {
         return code;
     }
-    let work = !matches!(cli.command, Command::Daemon { .. } | Command::Version);
+    let work = !matches!(cli.command, Command::Daemon { .. } | Command::Version { .. });
     match (if work { cli.priority.apply() } else { Ok(()) }).and_then(|()| run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -401,6 +428,7 @@ fn install_network(dns: Option<&str>, cmd: &Command) -> Result<(), ExitCode> {
         Command::Import(a) => a.root.as_path(),
         Command::BackupApp(a) => a.dest.root.as_path(),
         Command::RecoverApp(a) => a.root.as_path(),
+        Command::Version { root } => root.as_path(),
         _ => std::path::Path::new("/"),
     };
     cpbackup::net::Network::new(servers, root).install();
@@ -413,8 +441,13 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // aws-sigv4 traces every request it signs with its headers as they are (an SSE-C key, an
+    // STS session token): never below debug there, whatever RUST_LOG asks.
+    if let Ok(cap) = "aws_sigv4::http_request::sign=debug".parse() {
+        filter = filter.add_directive(cap);
+    }
     // Colours only for a person at a terminal, never into a log file.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
@@ -437,17 +470,17 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Import(a) => {
             let spec = ImportSpec {
+                store: a.store.options(Some(&a.from))?,
                 from: a.from,
                 root: a.root,
                 restore_xattrs: a.restore_xattrs,
-                store: a.store.options(),
                 opening: a.open.opening()?,
             };
             let report = restore::import(&spec, &Progress::new(true))?;
             print_report(&report, a.json, "restored")?;
         }
         Command::Verify(a) => {
-            let spec = VerifySpec { from: a.from, store: a.store.options(), opening: a.open.opening()? };
+            let spec = VerifySpec { store: a.store.options(Some(&a.from))?, from: a.from, opening: a.open.opening()? };
             let report = restore::verify(&spec, &Progress::new(true))?;
             print_report(&report, a.json, "verified")?;
         }
@@ -464,11 +497,11 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::RecoverApp(a) => {
             let spec = RecoverAppSpec {
+                store: a.store.options(Some(&a.from))?,
                 from: a.from,
                 apps: a.apps,
                 force: a.force,
                 root: a.root,
-                store: a.store.options(),
                 opening: a.open.opening()?,
             };
             let report = restore::recover_app(&spec, &Progress::new(true))?;
@@ -478,8 +511,10 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 writeln!(out)?;
             } else {
                 for app in &report.apps {
-                    let why =
-                        if app.error.is_empty() { String::new() } else { format!(" at {}: {}", app.step, app.error) };
+                    let why = match &app.step {
+                        Some(step) => format!(" at {step}: {}", app.error),
+                        None => String::new(),
+                    };
                     eprintln!("{} {}{why}", app.status, app.package);
                 }
             }
@@ -488,7 +523,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 anyhow::bail!("not recovered: {}", failed.join(", "));
             }
         }
-        Command::Version => println!("{}", version::long()),
+        Command::Version { .. } => println!("{}\n{}", version::long(), cpbackup::net::Network::current().describe()),
         Command::Daemon { config } => {
             let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("CPBACKUP_")).collect();
             let cfg = cpbackup::daemon::config::Config::load(config.as_deref(), &env)?;
@@ -515,17 +550,17 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             };
             // Check the query before touching the network: bad input is exit 2, quickly.
             q.check()?;
-            let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
+            let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
             let page = cpbackup::catalog::list(store.as_ref(), &prefix, &q)?;
             println!("{}", serde_json::to_string_pretty(&page)?);
         }
         Command::Delete(a) => {
-            let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
+            let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
             let done = cpbackup::catalog::delete(store.as_ref(), &prefix, &a.backup_file_id)?;
             println!("{}", serde_json::to_string_pretty(&done)?);
         }
         Command::Cleanup(a) => {
-            let done = cpbackup::store::s3::cleanup(&a.store.options())?;
+            let done = cpbackup::store::s3::cleanup(&a.store.options(None)?)?;
             let mut out = serde_json::to_value(&done)?;
             if let Some(root) = &a.root {
                 out["Settled"] = cpbackup::restore::finish_interrupted(root).into();
@@ -601,7 +636,7 @@ impl DestArgs {
     fn destination(self) -> anyhow::Result<Destination> {
         Ok(Destination {
             sealing: self.seal.sealing()?,
-            store: self.store.options(),
+            store: self.store.options(Some(&self.to))?,
             to: self.to,
             name: self.name,
             description: self.description,

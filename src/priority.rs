@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::sys::thread;
 
 /// The I/O scheduling classes of `ioprio_set`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,53 +87,6 @@ impl Priority {
         }
         if let Err(e) = thread::set_ioprio(tid, self.ioprio()) {
             tracing::warn!("cannot set I/O class {:?} level {} on thread {tid}: {e}", self.io_class, self.io_level);
-        }
-    }
-}
-
-/// The system calls. (They move into `crate::sys`, the one home of the crate's `unsafe`, once
-/// that module exists on this branch.)
-pub mod thread {
-    use std::io;
-
-    const IOPRIO_WHO_PROCESS: libc::c_int = 1;
-
-    /// The calling thread's id.
-    pub fn id() -> i32 {
-        // SAFETY: gettid takes nothing and cannot fail.
-        unsafe { libc::gettid() }
-    }
-
-    /// `setpriority(PRIO_PROCESS, tid, nice)`: on Linux, one thread's nice value.
-    pub fn set_nice(tid: i32, nice: i32) -> io::Result<()> {
-        // SAFETY: plain integers in, an error code out.
-        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    /// `ioprio_set(IOPRIO_WHO_PROCESS, tid, value)`: one thread's I/O class and level.
-    pub fn set_ioprio(tid: i32, value: u32) -> io::Result<()> {
-        // SAFETY: plain integers in, an error code out.
-        let r = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, value as libc::c_int) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    /// `ioprio_get(IOPRIO_WHO_PROCESS, tid)`
-    pub fn ioprio(tid: i32) -> io::Result<u32> {
-        // SAFETY: plain integers in, a value or an error code out.
-        let r = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as u32)
         }
     }
 }

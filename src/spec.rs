@@ -2,16 +2,18 @@
 //! each operation. Plain data: no I/O, no validation beyond what serde does (the operations
 //! check their own input and name what is wrong).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::archive::Format;
 use crate::crypt::{Opening, Sealing};
 use crate::manifest::Identity;
+use crate::store::sse::Sse;
 
-/// How to reach object storage. Secrets are not here: they come from the environment or the
-/// SDK's config files, so they can never be journaled or echoed.
+/// How to reach object storage. Credentials are not here: they come from the environment or
+/// the SDK's config files, so they can never be journaled or echoed. The one secret here, an
+/// SSE-C key, is never serialized and never shown by `Debug` (see `store::sse`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct StoreOptions {
@@ -21,11 +23,24 @@ pub struct StoreOptions {
     pub parts_in_flight: usize,
     /// Where in-progress multipart uploads are recorded (`--state-dir`); `None`: the default.
     pub state_dir: Option<PathBuf>,
+    /// Server-side encryption of the archive (`--sse`, `--sse-kms-key-id`, `--sse-c-key-file`).
+    pub sse: Sse,
+    /// `--limit-rate`: bytes per second for the archive's transfer, all its parts or ranges
+    /// in flight together; `None`: as fast as it goes.
+    pub limit_rate: Option<u64>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { endpoint: None, region: None, path_style: false, parts_in_flight: 4, state_dir: None }
+        StoreOptions {
+            endpoint: None,
+            region: None,
+            path_style: false,
+            parts_in_flight: 4,
+            state_dir: None,
+            sse: Sse::default(),
+            limit_rate: None,
+        }
     }
 }
 
@@ -166,3 +181,20 @@ impl BackupAppSpec {
         }
     }
 }
+/// `root()` for the specs that name one (`--root`).
+macro_rules! with_root {
+    ($($spec:ty),*) => {$(
+        impl $spec {
+            /// The directory that stands for the phone's `/` (`/` itself when none was given).
+            pub fn root(&self) -> &Path {
+                if self.root.as_os_str().is_empty() {
+                    Path::new("/")
+                } else {
+                    &self.root
+                }
+            }
+        }
+    )*};
+}
+
+with_root!(ExportSpec, ImportSpec, BackupAppSpec, RecoverAppSpec);

@@ -266,6 +266,7 @@ impl Config {
             path_style: self.path_style,
             parts_in_flight: self.parts_in_flight,
             state_dir: Some(self.state_dir.join("uploads")),
+            ..Default::default()
         }
     }
 

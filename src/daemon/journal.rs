@@ -6,9 +6,8 @@
 //! `task_retention_days`, or beyond the newest `task_retention_count`; never one waiting or
 //! running), and an event only once it was delivered.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::schedule::ScheduleRecord;
 use super::task::Task;
 use crate::error::{Error, IoContext, Result};
+use crate::sys;
 
 /// A status change waiting to be delivered to the control plane.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -79,7 +79,7 @@ impl Journal {
     pub fn save_task(&self, t: &Task) -> Result<()> {
         let body =
             serde_json::to_vec_pretty(t).map_err(|e| Error::internal(format!("journaling task {}: {e}", t.task_id)))?;
-        write_atomic(&self.tasks.join(format!("{}.json", t.task_id)), &body)
+        sys::write_atomic(&self.tasks.join(format!("{}.json", t.task_id)), &body, 0o600)
     }
 
     /// Every task on disk. A file that does not parse is reported and skipped, never deleted.
@@ -102,7 +102,7 @@ impl Journal {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         let body =
             serde_json::to_vec(ev).map_err(|e| Error::internal(format!("journaling event {}: {e}", ev.event_id)))?;
-        write_atomic(&self.outbox.join(format!("{n:020}-{}.json", ev.event_id)), &body)
+        sys::write_atomic(&self.outbox.join(format!("{n:020}-{}.json", ev.event_id)), &body, 0o600)
     }
 
     /// Undelivered events, oldest first.
@@ -121,7 +121,7 @@ impl Journal {
     pub fn save_schedule(&self, s: &ScheduleRecord) -> Result<()> {
         let body = serde_json::to_vec_pretty(s)
             .map_err(|e| Error::internal(format!("journaling schedule {}: {e}", s.spec.id)))?;
-        write_atomic(&self.schedules.join(format!("{}.json", s.spec.id)), &body)
+        sys::write_atomic(&self.schedules.join(format!("{}.json", s.spec.id)), &body, 0o600)
     }
 
     /// Every schedule on disk; one that does not parse is reported and skipped.
@@ -190,27 +190,6 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     v.sort();
     Ok(v)
-}
-
-/// Write to `.NAME.tmp` (0600), fsync, rename over NAME, fsync the directory.
-pub fn write_atomic(path: &Path, body: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .ctx(|| format!("writing {}", tmp.display()))?;
-    f.write_all(body).ctx(|| format!("writing {}", tmp.display()))?;
-    f.sync_all().ctx(|| format!("flushing {}", tmp.display()))?;
-    fs::rename(&tmp, path).ctx(|| format!("renaming {} into place", tmp.display()))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

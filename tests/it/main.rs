@@ -21,3 +21,4 @@ mod neighbour;
 mod net;
 mod roundtrip;
 mod s3;
+mod transfer;

@@ -18,6 +18,8 @@
 #   $FAKEROID_ROOT/.fakeroid/fail/NAME        fault injection: pm-install-commit, pm-uninstall,
 #                                             restorecon, pm-set-permission-flags (an older pm)
 #   $FAKEROID_ROOT/.fakeroid/log              every call with its arguments, one per line
+#   $FAKEROID_ROOT/.fakeroid/hooks/TOOL-CMD   a test's script, run with the call's arguments
+#                                             before the tool acts (e.g. hooks/pm-install-commit)
 #
 # After sourcing, `--user N` has been taken out of the arguments: USER_ID holds N (0 when not
 # given), USER_GIVEN is 1 when it was given, ORIG_ARGS holds the arguments as given.
@@ -46,6 +48,9 @@ shift "$_n"
 case "$USER_ID" in
     ''|*[!0-9]*) echo "Error: invalid user: $USER_ID" >&2; exit 255 ;;
 esac
+if [ -x "$S/hooks/$FAKEROID_TOOL-${1:-}" ]; then
+    "$S/hooks/$FAKEROID_TOOL-${1:-}" "$@" || exit 1
+fi
 
 pkg_field() { # PKG FIELD
     sed -n "s/^$2=//p" "$S/packages/$1" 2>/dev/null | head -n 1
