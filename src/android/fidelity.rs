@@ -16,7 +16,7 @@ use super::device::Device;
 use super::keystore;
 use super::perms;
 use super::splits::{self, Fit, Phone, SplitNeeds};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The warning for an app that holds Keystore keys, at backup and at restore.
 pub fn keystore_warning(package: &str) -> String {
@@ -26,14 +26,14 @@ pub fn keystore_warning(package: &str) -> String {
     )
 }
 
-/// What the phone says about `package` in `user` (uid `uid`), and the warnings for what it
-/// could not tell. `apks` are the APKs as backed up: (name in the archive, host path).
+/// What the phone says about `package` in `user` (uid `uid`, when pm told it), and the warnings
+/// for what it could not tell. `apks` are the APKs as backed up: (name in the archive, host path).
 pub fn observe(
     device: &Device,
     root: &Path,
     package: &str,
     user: u32,
-    uid: u32,
+    uid: Option<u32>,
     version_code: i64,
     apks: &[(String, PathBuf)],
 ) -> (AppDetails, Vec<String>) {
@@ -45,7 +45,7 @@ pub fn observe(
             Vec::new()
         }
     };
-    let app_ops = match device.app_ops(package, user, uid) {
+    let app_ops = match device.app_ops(package, user, uid.unwrap_or(user * 100_000)) {
         Ok((uid_ops, package_ops)) => AppDetails::set_ops(&uid_ops, &package_ops),
         Err(e) => {
             warnings.push(format!("{package}: its app ops are not recorded: {e}"));
@@ -62,7 +62,14 @@ pub fn observe(
             }
         }
     }
-    let keystore_bound = match keystore::app_keys(root, user, uid) {
+    let keys = match uid {
+        Some(uid) => keystore::app_keys(root, user, uid),
+        None => Err(Error::Device {
+            command: format!("pm list packages --user {user} -U {package}"),
+            output: "no uid listed".into(),
+        }),
+    };
+    let keystore_bound = match keys {
         Ok(keys) if keys.total() > 0 => {
             warnings.push(keystore_warning(package));
             true

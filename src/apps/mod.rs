@@ -27,26 +27,27 @@ const MANIFEST_VERSION: &str = "1";
 const STAGING_PREFIX: &str = ".cpbackup-app-";
 const ASIDE_PREFIX: &str = ".cpbackup-old-";
 
-/// Where each kind of app data lives on the phone (user 0).
+/// Where each kind of app data lives on the phone, per Android user (`--user N`, 0 the owner).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Area {
-    /// Credential-encrypted data dir, `/data/user/0/PKG` (domain `r`).
+    /// Credential-encrypted data dir, `/data/user/N/PKG` (domain `r`).
     Ce,
-    /// Device-protected data dir, `/data/user_de/0/PKG` (domain `d_r`).
+    /// Device-protected data dir, `/data/user_de/N/PKG` (domain `d_r`).
     De,
-    /// External files, `/data/media/0/Android/data/PKG` (domain `ef`).
+    /// External files, `/data/media/N/Android/data/PKG` (domain `ef`).
     Ext,
-    /// OBB files, `/data/media/0/Android/obb/PKG` (domain `obb`).
+    /// OBB files, `/data/media/N/Android/obb/PKG` (domain `obb`).
     Obb,
 }
 
 impl Area {
-    fn device_path(self, package: &str) -> String {
+    /// The area's directory of `package` for Android user `user`.
+    fn device_path(self, package: &str, user: u32) -> String {
         match self {
-            Area::Ce => format!("/data/user/0/{package}"),
-            Area::De => format!("/data/user_de/0/{package}"),
-            Area::Ext => format!("/data/media/0/Android/data/{package}"),
-            Area::Obb => format!("/data/media/0/Android/obb/{package}"),
+            Area::Ce => format!("/data/user/{user}/{package}"),
+            Area::De => format!("/data/user_de/{user}/{package}"),
+            Area::Ext => format!("/data/media/{user}/Android/data/{package}"),
+            Area::Obb => format!("/data/media/{user}/Android/obb/{package}"),
         }
     }
     fn domain(self) -> &'static str {
@@ -107,5 +108,13 @@ mod tests {
         assert_eq!(domain_target("c", b"x"), Some((Area::Ce, b"cache/x".to_vec())));
         assert_eq!(domain_target("k", b"x"), None);
         assert_eq!(domain_target("_meta", b""), None);
+    }
+
+    #[test]
+    fn areas_are_per_user() {
+        assert_eq!(Area::Ce.device_path("a.b", 0), "/data/user/0/a.b");
+        assert_eq!(Area::De.device_path("a.b", 10), "/data/user_de/10/a.b");
+        assert_eq!(Area::Ext.device_path("a.b", 10), "/data/media/10/Android/data/a.b");
+        assert_eq!(Area::Obb.device_path("a.b", 11), "/data/media/11/Android/obb/a.b");
     }
 }

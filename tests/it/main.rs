@@ -5,10 +5,7 @@
 mod support;
 
 mod android;
-// Issue 18's end-to-end tests (permissions and app ops, a second user, splits, Keystore, hostile
-// names), written ahead of the wiring of AppDetails into backup-app / recover-app, which waits
-// for the restructuring of apps.rs, backup.rs and restore.rs: enabled in the same change.
-// mod appdetails;
+mod appdetails;
 mod crash;
 mod cross;
 mod daemon;
