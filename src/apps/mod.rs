@@ -2,9 +2,10 @@
 //! layout, one package at a time: `backup` resolves apps through `pm` and writes them as
 //! Android's `FullBackupEngine` orders them; `stage` reads an archive's packages into staging
 //! beside their targets; `recover` then, per package and once the archive is verified, installs
-//! the app and gives it its data; `swap` puts that data in place so that a kill at any moment
-//! leaves the old data or the new. Here the layout they share: the data areas, and where each
-//! domain's entries go.
+//! the app, gives it its data and applies its archived details (permissions, app ops:
+//! `android::fidelity`); `swap` puts that data in place so that a kill at any moment leaves the
+//! old data or the new. Everything acts for one Android user (`--user N`). Here the layout they
+//! share: the data areas of a user, and where each domain's entries go.
 //!
 //! It must never act on a package before the whole archive is read and verified (the caller
 //! runs `recover` only then), never leave a data dir half old and half new, never restore an
