@@ -793,6 +793,27 @@ mod tests {
         c.assert_settled(true, "empty remade target");
     }
 
+    /// A run killed past its commit point while recovering into user 10: the next run (acting
+    /// for any user) finds its ready tree in user 10's DE dir and finishes the swap there.
+    #[test]
+    fn another_users_leftovers_are_settled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let parent = root.join("data/user_de/10");
+        write(&parent.join(PKG).join("old.txt"), "old");
+        write(&parent.join(format!("{READY_PREFIX}{ID}-{PKG}")).join("new.txt"), "new");
+        fs::create_dir_all(root.join("data/user/0")).unwrap();
+        assert_eq!(users(&root.join("data")), BTreeSet::from([0, 10]));
+        let cli = Recorder::default();
+        let done = finish_interrupted(root, &Device::new(&cli));
+        assert!(done[0].starts_with("finished moving the recovered data into"), "{done:?}");
+        let now = tree(&parent.join(PKG)).unwrap();
+        assert_eq!(now.get("new.txt").map(String::as_str), Some("file new"));
+        // A data dir keeps what the install made and the archive lacks (here: old.txt).
+        assert_eq!(now.get("old.txt").map(String::as_str), Some("file old"));
+        assert_eq!(fs::read_dir(&parent).unwrap().count(), 1, "nothing of the run is left beside the target");
+    }
+
     #[test]
     fn run_ids_parse() {
         assert_eq!(split_id("12-345-com.a.b"), Some(("12-345", "com.a.b")));
