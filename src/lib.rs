@@ -39,6 +39,7 @@ pub mod manifest;
 pub mod net;
 pub mod pipe;
 pub mod progress;
+pub mod repo;
 pub mod restore;
 pub mod secret;
 pub mod select;
