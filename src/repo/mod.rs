@@ -23,6 +23,9 @@
 pub mod blob;
 pub mod cache;
 pub mod chunker;
+pub mod config;
+pub mod files;
 pub mod id;
 pub mod index;
 pub mod pack;
+pub mod tree;
