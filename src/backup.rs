@@ -491,7 +491,7 @@ fn is_source_error(e: &io::Error) -> bool {
 
 /// Open without following links and without blocking (a FIFO swapped in after the walk's
 /// lstat must not hang the backup).
-fn open_for_read(path: &Path) -> io::Result<File> {
+pub(crate) fn open_for_read(path: &Path) -> io::Result<File> {
     let f =
         OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
     if !f.metadata()?.is_file() {
@@ -500,7 +500,7 @@ fn open_for_read(path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
-fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let Ok(names) = xattr::list(path) else { return Vec::new() };
     let mut out = Vec::new();
     for name in names {

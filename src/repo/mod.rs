@@ -20,12 +20,79 @@
 //! - [`index`]: index objects.
 //! - [`cache`]: the local index cache (sorted runs in the state directory).
 
+//! - [`tree`]: per-directory trees.
+//! - [`config`]: `config.json`.
+//! - [`files`]: the metadata cache (unchanged files are not read).
+//! - [`marks`]: prune's marks.
+//! - [`counted`]: a store that counts requests and bytes.
+//! - [`write`]: writing a snapshot; [`read`]: reading one back (restore, ls, verify).
+
 pub mod blob;
 pub mod cache;
 pub mod chunker;
 pub mod config;
+pub mod counted;
 pub mod files;
 pub mod id;
 pub mod index;
+pub mod marks;
 pub mod pack;
+pub mod read;
 pub mod tree;
+pub mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// An open repository: where it is and what its config says.
+pub struct Repo<'a> {
+    pub store: &'a dyn Store,
+    /// The folder's key prefix: empty or ending in `/`.
+    pub prefix: String,
+    pub config: config::Config,
+    pub hasher: id::Hasher,
+}
+
+impl<'a> Repo<'a> {
+    /// The repository in `prefix`, made when the folder holds none.
+    pub fn open_or_init(store: &'a dyn Store, prefix: &str) -> Result<Repo<'a>> {
+        let prefix = folder(prefix);
+        let config = config::open_or_init(store, &prefix)?;
+        Ok(Repo { store, prefix, config, hasher: id::Hasher::Sha256 })
+    }
+
+    /// The repository in `prefix`; an error when there is none.
+    pub fn open(store: &'a dyn Store, prefix: &str) -> Result<Repo<'a>> {
+        let prefix = folder(prefix);
+        let config = config::read(store, &prefix)?.ok_or_else(|| {
+            Error::usage(format!(
+                "{} is not a cpbackup repository (no config.json): give the folder a snapshot was exported to",
+                store.url(&prefix)
+            ))
+        })?;
+        Ok(Repo { store, prefix, config, hasher: id::Hasher::Sha256 })
+    }
+}
+
+/// A folder key: empty, or ending in `/`.
+pub fn folder(prefix: &str) -> String {
+    if prefix.is_empty() || prefix.ends_with('/') {
+        prefix.to_string()
+    } else {
+        format!("{prefix}/")
+    }
+}
+
+/// This repository's directory in the state dir: named from its address, so every run on
+/// this phone against the same folder shares it.
+pub fn cache_dir(state: &Path, store: &dyn Store, prefix: &str) -> PathBuf {
+    let h = Sha256::digest(store.url(&folder(prefix)).as_bytes());
+    state.join("repo").join(hex::encode(&h[..12]))
+}

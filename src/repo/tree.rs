@@ -172,8 +172,34 @@ impl<R: Read> Reader<R> {
         Reader { src, what: what.to_string(), started: false }
     }
 
+    /// The next node, `None` at the tree's end.
+    pub fn next_node(&mut self) -> Result<Option<Node>> {
+        read_node(&mut self.src, &self.what, &mut self.started)
+    }
+}
+
+/// The next node of a tree read from `src` (`started`: its version byte was read).
+pub fn read_node(src: &mut dyn Read, what: &str, started: &mut bool) -> Result<Option<Node>> {
+    let mut p = Parse { src, what };
+    if !*started {
+        let mut v = [0u8; 1];
+        p.exact(&mut v)?;
+        if v[0] != VERSION {
+            return Err(p.bad(format!("version {}", v[0])));
+        }
+        *started = true;
+    }
+    p.node()
+}
+
+struct Parse<'r> {
+    src: &'r mut dyn Read,
+    what: &'r str,
+}
+
+impl Parse<'_> {
     fn bad(&self, why: impl std::fmt::Display) -> Error {
-        Error::archive(&self.what, format!("has a broken tree: {why}"))
+        Error::archive(self.what, format!("has a broken tree: {why}"))
     }
 
     fn exact(&mut self, buf: &mut [u8]) -> Result<()> {
@@ -216,16 +242,7 @@ impl<R: Read> Reader<R> {
         Ok(u64::from_le_bytes(b))
     }
 
-    /// The next node, `None` at the tree's end.
-    pub fn next_node(&mut self) -> Result<Option<Node>> {
-        if !self.started {
-            let mut v = [0u8; 1];
-            self.exact(&mut v)?;
-            if v[0] != VERSION {
-                return Err(self.bad(format!("version {}", v[0])));
-            }
-            self.started = true;
-        }
+    fn node(&mut self) -> Result<Option<Node>> {
         let mut first = [0u8; 2];
         let mut got = 0;
         while got < 2 {

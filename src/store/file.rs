@@ -212,6 +212,8 @@ impl Store for FileStore {
                 Error::Io { context: format!("opening {}", p.display()), source: e }
             }
         })?;
+        let size = f.metadata().ctx(|| format!("reading {}", p.display()))?.len();
+        let len = len.min(size.saturating_sub(offset));
         let mut buf = vec![0u8; usize::try_from(len).map_err(|_| Error::usage("range too large"))?];
         f.read_exact_at(&mut buf, offset).ctx(|| format!("reading {} bytes at {offset} of {}", len, p.display()))?;
         Ok(buf)
