@@ -342,12 +342,9 @@ impl IndexCache {
         }
         let mut heads: Vec<Option<[u8; REC]>> = readers.iter_mut().map(next_rec).collect();
         let mut last: Option<[u8; REC]> = None;
-        loop {
-            let Some((i, rec)) =
-                heads.iter().enumerate().filter_map(|(i, h)| h.map(|h| (i, h))).min_by(|a, b| a.1.cmp(&b.1))
-            else {
-                break;
-            };
+        while let Some((i, rec)) =
+            heads.iter().enumerate().filter_map(|(i, h)| h.map(|h| (i, h))).min_by(|a, b| a.1.cmp(&b.1))
+        {
             if last != Some(rec) {
                 w.write_all(&rec).ctx(|| format!("writing {}", path.display()))?;
                 last = Some(rec);

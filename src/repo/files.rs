@@ -57,11 +57,14 @@ pub struct Source {
     pub backup_file_id: String,
 }
 
+/// One file: its path, stamp and chunks.
+type Record = (Vec<u8>, Stamp, Vec<Located>);
+
 /// Reads the previous snapshot's records forward, in walk order.
 pub struct Reader {
     src: zstd::stream::read::Decoder<'static, BufReader<File>>,
     pub source: Source,
-    next: Option<(Vec<u8>, Stamp, Vec<Located>)>,
+    next: Option<Record>,
     broken: bool,
 }
 
@@ -119,7 +122,7 @@ impl Reader {
         };
     }
 
-    fn read_one(&mut self) -> io::Result<Option<(Vec<u8>, Stamp, Vec<Located>)>> {
+    fn read_one(&mut self) -> io::Result<Option<Record>> {
         let mut b = [0u8; 4];
         match self.src.read(&mut b[..1])? {
             0 => return Ok(None),

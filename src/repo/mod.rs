@@ -21,7 +21,7 @@
 //! - [`cache`]: the local index cache (sorted runs in the state directory).
 
 //! - [`tree`]: per-directory trees.
-//! - [`config`]: `config.json`.
+//! - [`config`]: the repository's `config.json`.
 //! - [`files`]: the metadata cache (unchanged files are not read).
 //! - [`marks`]: prune's marks.
 //! - [`counted`]: a store that counts requests and bytes.

@@ -126,7 +126,7 @@ pub fn header_len(trailer: &[u8], pack_size: u64, what: &str) -> Result<u32> {
 
 /// Parse a pack's header (the `header_len` bytes before its trailer).
 pub fn parse_header(header: &[u8], pack_size: u64, what: &str) -> Result<Vec<Entry>> {
-    if header.first() != Some(&VERSION) || (header.len() - 1) % ENTRY_LEN != 0 {
+    if header.first() != Some(&VERSION) || !(header.len() - 1).is_multiple_of(ENTRY_LEN) {
         return Err(Error::archive(what, "has a pack header of an unknown version or length"));
     }
     let body = pack_size.saturating_sub((header.len() + TRAILER_LEN) as u64);

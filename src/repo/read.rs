@@ -275,15 +275,13 @@ impl Filter {
     }
 }
 
+/// What `walk` calls for each node it takes.
+pub type Visit<'v> = dyn FnMut(&[u8], &Node, &mut Blobs<'_>) -> Result<()> + 'v;
+
 /// Visit every node the filter takes, in walk order (a directory before its contents), with
 /// its device path (no leading `/`). Trees outside the filter are not fetched. Returns, per
 /// include, whether it named something in the snapshot.
-pub fn walk(
-    blobs: &mut Blobs<'_>,
-    root: &[Located],
-    filter: &Filter,
-    visit: &mut dyn FnMut(&[u8], &Node, &mut Blobs<'_>) -> Result<()>,
-) -> Result<Vec<bool>> {
+pub fn walk(blobs: &mut Blobs<'_>, root: &[Located], filter: &Filter, visit: &mut Visit<'_>) -> Result<Vec<bool>> {
     let mut seen = vec![false; filter.includes.len()];
     let mut stack = vec![Cursor::new(root.to_vec(), Vec::new())];
     // Deep trees are walked with a stack, never recursion.
@@ -314,14 +312,12 @@ pub fn walk(
     Ok(seen)
 }
 
+/// What `entries` calls for each entry.
+pub type Each<'e> = dyn FnMut(crate::archive::read::Item, &mut dyn Read) -> Result<()> + 'e;
+
 /// The nodes the filter takes, as archive entries with their content: what an `Unpacker`
 /// (or `ls`, or `verify --read-data`) eats. Returns, per include, whether it named something.
-pub fn entries(
-    blobs: &mut Blobs<'_>,
-    root: &[Located],
-    filter: &Filter,
-    each: &mut dyn FnMut(crate::archive::read::Item, &mut dyn Read) -> Result<()>,
-) -> Result<Vec<bool>> {
+pub fn entries(blobs: &mut Blobs<'_>, root: &[Located], filter: &Filter, each: &mut Each<'_>) -> Result<Vec<bool>> {
     use crate::archive::read::{Item, Kind};
     use crate::archive::Meta;
     walk(blobs, root, filter, &mut |path, node, blobs| {

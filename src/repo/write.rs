@@ -130,6 +130,10 @@ enum Ev {
 }
 
 type Batch = Result<Vec<Ev>>;
+/// A finished pack: its name, bytes and blobs.
+type PackOut = (Name, Vec<u8>, Vec<Entry>);
+/// The file being built: node, stamp, path, (dev, ino) when it has other links.
+type OpenFile = (Node, Stamp, Vec<u8>, Option<(u64, u64)>);
 
 struct Known {
     cache: IndexCache,
@@ -251,7 +255,7 @@ pub fn snapshot(
                 .spawn_scoped(s, move || compress(rx, otx))
                 .map_err(|e| Error::internal(format!("starting a thread: {e}")))?;
         }
-        let (utx, urx) = sync_channel::<(Name, Vec<u8>, Vec<Entry>)>(0);
+        let (utx, urx) = sync_channel::<PackOut>(0);
         let shared = &shared;
         let uploader = std::thread::Builder::new()
             .name("upload".into())
@@ -538,9 +542,9 @@ struct Builder<'a, 's> {
     shared: &'a Shared<'s>,
     data: pack::Writer,
     trees: pack::Writer,
-    up: Option<SyncSender<(Name, Vec<u8>, Vec<Entry>)>>,
+    up: Option<SyncSender<PackOut>>,
     frames: Vec<Frame>,
-    file: Option<(Node, Stamp, Vec<u8>, Option<(u64, u64)>)>,
+    file: Option<OpenFile>,
     links: HashMap<(u64, u64), Vec<Located>>,
     next_cache: Option<files::Writer>,
     enc: blob::Encoder,
@@ -548,11 +552,7 @@ struct Builder<'a, 's> {
 }
 
 impl<'a, 's> Builder<'a, 's> {
-    fn new(
-        shared: &'a Shared<'s>,
-        next_cache: files::Writer,
-        up: SyncSender<(Name, Vec<u8>, Vec<Entry>)>,
-    ) -> Result<Builder<'a, 's>> {
+    fn new(shared: &'a Shared<'s>, next_cache: files::Writer, up: SyncSender<PackOut>) -> Result<Builder<'a, 's>> {
         let mut b = Builder {
             shared,
             data: pack::Writer::new(),
@@ -749,7 +749,7 @@ impl<'a, 's> Builder<'a, 's> {
 
 /// The uploader: packs stored one at a time; an index object after every few, and for the
 /// rest at the end (also when the snapshot failed: what is stored can be reused).
-fn upload(shared: &Shared<'_>, rx: Receiver<(Name, Vec<u8>, Vec<Entry>)>) -> Result<()> {
+fn upload(shared: &Shared<'_>, rx: Receiver<PackOut>) -> Result<()> {
     let store = shared.repo.store;
     let prefix = &shared.repo.prefix;
     let mut stored: Vec<(Name, Vec<Entry>)> = Vec::new();
