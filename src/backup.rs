@@ -33,6 +33,9 @@ const MAX_WARNINGS: usize = 1000;
 
 /// Export data paths into one archive (CPH batch-storage, ECP BackupFile).
 pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
+    if spec.format == Some(Format::Repo) {
+        return crate::repo::ops::export(spec, progress);
+    }
     let root = if spec.root.as_os_str().is_empty() { Path::new("/") } else { spec.root.as_path() };
     let (mut selection, skipped) = if spec.all {
         Selection::all(root, &spec.excludes)?
@@ -327,6 +330,7 @@ fn write_archive(
         Format::Tar => (Codec::None, Flavor::Full),
         Format::TarZst => (Codec::zstd_default(), Flavor::Full),
         Format::Ab => (Codec::zlib_default(), Flavor::Full),
+        Format::Repo => return Err(Error::internal("a snapshot is not written as an archive")),
     };
     let mut stream = start_stream(sink, codec, format == Format::Ab, flavor, progress)?;
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();

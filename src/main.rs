@@ -47,6 +47,8 @@ enum Command {
     List(ListArgs),
     /// Delete a backup file: its archive, then its manifest (ECP DeleteBackupFile).
     Delete(DeleteArgs),
+    /// List the entries of a snapshot or an archive without restoring.
+    Ls(LsArgs),
     /// Abort multipart uploads left open by an agent that was killed.
     Cleanup(CleanupArgs),
     /// Back up apps (APKs, data, cache) into one Android .ab (ECP BackupApp).
@@ -121,9 +123,13 @@ struct ExportArgs {
     /// The whole of /data but the agent's own and transient files (ECP BackupAll).
     #[arg(long, conflicts_with = "includes")]
     all: bool,
-    /// tar, tar.zst or ab; default from DEST's extension, else tar.zst.
+    /// tar, tar.zst, ab, or repo (an incremental snapshot into the repository in the folder
+    /// DEST); default from DEST's extension, else tar.zst.
     #[arg(long)]
     format: Option<String>,
+    /// With --format repo: read every file, whatever the metadata cache says.
+    #[arg(long)]
+    rehash: bool,
     #[command(flatten)]
     dest: DestArgs,
 }
@@ -188,9 +194,16 @@ struct RecoverAppArgs {
 
 #[derive(Args)]
 struct ImportArgs {
-    /// The archive: a path, file://PATH, or - for stdin.
+    /// The archive: a path, file://PATH, or - for stdin; or a snapshot's record, or the
+    /// repository's folder with --backup-file-id.
     #[arg(long, value_name = "SRC")]
     from: String,
+    /// The backup file (archive or snapshot) in the folder SRC.
+    #[arg(long)]
+    backup_file_id: Option<String>,
+    /// Restore only this device path and what is under it (repeat for more).
+    #[arg(long = "include", value_name = "PATH")]
+    includes: Vec<String>,
     #[arg(long, default_value = "/")]
     root: PathBuf,
     /// Apply archived extended attributes (SELinux labels among them).
@@ -206,6 +219,28 @@ struct ImportArgs {
 struct VerifyArgs {
     #[arg(long, value_name = "SRC")]
     from: String,
+    #[arg(long)]
+    backup_file_id: Option<String>,
+    /// For a snapshot: download and hash every chunk (default: check each is indexed and its pack exists).
+    #[arg(long)]
+    read_data: bool,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+struct LsArgs {
+    /// A snapshot's record or an archive, or the folder with --backup-file-id.
+    #[arg(long, value_name = "SRC")]
+    from: String,
+    #[arg(long)]
+    backup_file_id: Option<String>,
+    /// Only this device path and what is under it (repeat for more).
+    #[arg(long = "include", value_name = "PATH")]
+    includes: Vec<String>,
+    /// One JSON object per line.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -358,19 +393,31 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 description: d.description,
                 identity: identity(d.identity),
                 store: d.store.options(),
+                rehash: a.rehash,
             };
             let m = backup::export(&spec, &Progress::new(true))?;
             let what = format!("{} entries", m.entry_count);
             print_manifest(&m, &spec.to, d.json, &what)?;
         }
         Command::Import(a) => {
-            let spec =
-                ImportSpec { from: a.from, root: a.root, restore_xattrs: a.restore_xattrs, store: a.store.options() };
+            let spec = ImportSpec {
+                from: a.from,
+                root: a.root,
+                restore_xattrs: a.restore_xattrs,
+                store: a.store.options(),
+                includes: a.includes,
+                backup_file_id: a.backup_file_id,
+            };
             let report = restore::import(&spec, &Progress::new(true))?;
             print_report(&report, a.json, "restored")?;
         }
         Command::Verify(a) => {
-            let spec = VerifySpec { from: a.from, store: a.store.options() };
+            let spec = VerifySpec {
+                from: a.from,
+                store: a.store.options(),
+                backup_file_id: a.backup_file_id,
+                read_data: a.read_data,
+            };
             let report = restore::verify(&spec, &Progress::new(true))?;
             print_report(&report, a.json, "verified")?;
         }
@@ -442,6 +489,25 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
             let page = cpbackup::catalog::list(store.as_ref(), &prefix, &q)?;
             println!("{}", serde_json::to_string_pretty(&page)?);
+        }
+        Command::Ls(a) => {
+            let spec = cpbackup::spec::LsSpec {
+                from: a.from,
+                store: a.store.options(),
+                backup_file_id: a.backup_file_id,
+                includes: a.includes,
+            };
+            let mut out = std::io::stdout().lock();
+            let mut failed = None;
+            restore::ls(&spec, &mut |e| {
+                let line = if a.json { serde_json::to_string(&e).unwrap_or_default() } else { e.line() };
+                if failed.is_none() {
+                    failed = writeln!(out, "{line}").err();
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
         }
         Command::Delete(a) => {
             let (store, prefix) = catalog_store(&a.location, &a.store.options())?;

@@ -46,6 +46,8 @@ pub struct ExportSpec {
     /// The BackupFileId to record (the daemon answers with it before the backup starts);
     /// a new one when absent.
     pub backup_file_id: Option<String>,
+    /// A snapshot reads every file, whatever the metadata cache says.
+    pub rehash: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -55,6 +57,10 @@ pub struct ImportSpec {
     pub root: PathBuf,
     pub restore_xattrs: bool,
     pub store: StoreOptions,
+    /// Only these device paths (and what is under them); all when empty.
+    pub includes: Vec<String>,
+    /// The snapshot (or archive) by its BackupFileId, when `from` is a folder.
+    pub backup_file_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -62,6 +68,19 @@ pub struct ImportSpec {
 pub struct VerifySpec {
     pub from: String,
     pub store: StoreOptions,
+    pub backup_file_id: Option<String>,
+    /// A snapshot's chunks are downloaded and hashed, not only found.
+    pub read_data: bool,
+}
+
+/// `ls`: the entries of a snapshot or an archive.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LsSpec {
+    pub from: String,
+    pub store: StoreOptions,
+    pub backup_file_id: Option<String>,
+    pub includes: Vec<String>,
 }
 
 /// ECP BackupApp: chosen apps (APKs, data, cache) into one `.ab`.

@@ -36,6 +36,7 @@ pub mod files;
 pub mod id;
 pub mod index;
 pub mod marks;
+pub mod ops;
 pub mod pack;
 pub mod read;
 pub mod tree;

@@ -269,6 +269,18 @@ impl Filter {
             .collect()
     }
 
+    /// Note which includes `path` (taken) falls under.
+    pub fn mark_seen(&self, path: &[u8], seen: &mut [bool]) {
+        let comps: Vec<&[u8]> = path.split(|b| *b == b'/').filter(|c| !c.is_empty()).collect();
+        for (i, inc) in self.includes.iter().enumerate() {
+            if inc.len() <= comps.len() && inc.iter().zip(&comps).all(|(a, b)| a == b) {
+                if let Some(s) = seen.get_mut(i) {
+                    *s = true;
+                }
+            }
+        }
+    }
+
     fn index_of_exact(&self, path: &[u8]) -> Option<usize> {
         let comps: Vec<&[u8]> = path.split(|b| *b == b'/').filter(|c| !c.is_empty()).collect();
         self.includes.iter().position(|inc| inc.len() == comps.len() && inc.iter().zip(&comps).all(|(a, b)| a == b))
