@@ -49,6 +49,10 @@ enum Command {
     Delete(DeleteArgs),
     /// List the entries of a snapshot or an archive without restoring.
     Ls(LsArgs),
+    /// Remove snapshot records by a keep policy (per instance id); `prune` removes the data.
+    Forget(ForgetArgs),
+    /// Delete the packs no snapshot reaches, in two phases with a grace period (safe while phones write).
+    Prune(PruneArgs),
     /// Abort multipart uploads left open by an agent that was killed.
     Cleanup(CleanupArgs),
     /// Back up apps (APKs, data, cache) into one Android .ab (ECP BackupApp).
@@ -243,6 +247,41 @@ struct LsArgs {
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+struct ForgetArgs {
+    /// The repository's folder.
+    #[arg(long = "in", value_name = "URL_PREFIX")]
+    location: String,
+    #[arg(long, default_value_t = 0)]
+    keep_last: usize,
+    #[arg(long, default_value_t = 0)]
+    keep_daily: usize,
+    #[arg(long, default_value_t = 0)]
+    keep_weekly: usize,
+    #[arg(long, default_value_t = 0)]
+    keep_monthly: usize,
+    /// Only this instance's snapshots (each instance is kept by the policy on its own).
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// The repository's folder.
+    #[arg(long = "in", value_name = "URL_PREFIX")]
+    location: String,
+    /// How long a pack stays marked before it is deleted: longer than any backup runs.
+    #[arg(long, default_value = "24h")]
+    grace: String,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -508,6 +547,27 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             if let Some(e) = failed {
                 return Err(e.into());
             }
+        }
+        Command::Forget(a) => {
+            let policy = cpbackup::repo::forget::Policy {
+                last: a.keep_last,
+                daily: a.keep_daily,
+                weekly: a.keep_weekly,
+                monthly: a.keep_monthly,
+            };
+            let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
+            let prefix = cpbackup::repo::folder(&prefix);
+            let done =
+                cpbackup::repo::forget::forget(store.as_ref(), &prefix, &policy, a.instance_id.as_deref(), a.dry_run)?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
+        }
+        Command::Prune(a) => {
+            let grace = cpbackup::repo::prune::parse_grace(&a.grace)?;
+            let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
+            let repo = cpbackup::repo::Repo::open(store.as_ref(), &prefix)?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let done = cpbackup::repo::prune::prune(&repo, grace, now)?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
         }
         Command::Delete(a) => {
             let (store, prefix) = catalog_store(&a.location, &a.store.options())?;

@@ -26,6 +26,8 @@
 //! - [`marks`]: prune's marks.
 //! - [`counted`]: a store that counts requests and bytes.
 //! - [`write`]: writing a snapshot; [`read`]: reading one back (restore, ls, verify).
+//! - [`ops`]: export, import, ls and verify of snapshots as the command line runs them.
+//! - [`forget`] (records by a keep policy) and [`prune`] (unreferenced packs, two phases).
 
 pub mod blob;
 pub mod cache;
@@ -33,11 +35,13 @@ pub mod chunker;
 pub mod config;
 pub mod counted;
 pub mod files;
+pub mod forget;
 pub mod id;
 pub mod index;
 pub mod marks;
 pub mod ops;
 pub mod pack;
+pub mod prune;
 pub mod read;
 pub mod tree;
 pub mod write;

@@ -61,7 +61,7 @@ impl SnapshotInfo {
     }
 }
 
-fn encode_root(root: &[Located]) -> Vec<String> {
+pub(crate) fn encode_root(root: &[Located]) -> Vec<String> {
     root.iter()
         .map(|l| {
             let mut b = Vec::new();

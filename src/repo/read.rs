@@ -294,6 +294,18 @@ pub type Visit<'v> = dyn FnMut(&[u8], &Node, &mut Blobs<'_>) -> Result<()> + 'v;
 /// its device path (no leading `/`). Trees outside the filter are not fetched. Returns, per
 /// include, whether it named something in the snapshot.
 pub fn walk(blobs: &mut Blobs<'_>, root: &[Located], filter: &Filter, visit: &mut Visit<'_>) -> Result<Vec<bool>> {
+    walk_nodes(blobs, root, filter, false, visit)
+}
+
+/// `walk`, and with `implicit` the directories on the way to the selection too (prune needs
+/// every tree blob).
+pub fn walk_nodes(
+    blobs: &mut Blobs<'_>,
+    root: &[Located],
+    filter: &Filter,
+    implicit: bool,
+    visit: &mut Visit<'_>,
+) -> Result<Vec<bool>> {
     let mut seen = vec![false; filter.includes.len()];
     let mut stack = vec![Cursor::new(root.to_vec(), Vec::new())];
     // Deep trees are walked with a stack, never recursion.
@@ -314,7 +326,7 @@ pub fn walk(blobs: &mut Blobs<'_>, root: &[Located], filter: &Filter, visit: &mu
         if let Some(i) = filter.index_of_exact(&path) {
             seen[i] = true;
         }
-        if place == Place::In && node.kind != NodeKind::Implicit {
+        if place == Place::In && (implicit || node.kind != NodeKind::Implicit) {
             visit(&path, &node, blobs)?;
         }
         if node.kind.is_dir() {

@@ -51,7 +51,13 @@ fn snapshot(store: &dyn Store, root: &Path, state: &Path, n: u32) -> Written {
     };
     let w = write::snapshot(&repo, &sel, &opts, &Progress::hidden(), &mut |s| panic!("{s:?}"), &mut |w| panic!("{w}"))
         .unwrap();
-    let m = Manifest { backup_file_id: format!("bf-{n}"), status: Status::Available, ..Default::default() };
+    let m = Manifest {
+        backup_file_id: format!("bf-{n}"),
+        status: Status::Available,
+        format: Some(crate::archive::Format::Repo),
+        snapshot: Some(super::ops::SnapshotInfo { tree: super::ops::encode_root(&w.root), ..Default::default() }),
+        ..Default::default()
+    };
     store.put(&opts.record_key, &m.to_json()).unwrap();
     w
 }
@@ -143,4 +149,58 @@ fn snapshots_round_trip_dedup_and_skip_unchanged_files() {
     assert!(!out.join("data/data").exists() && !out.join("data/media/0/copy.bin").exists());
     assert!(counted.requests() <= 4, "{} requests", counted.requests());
     assert!(counted.downloaded() < (4 << 20) + (2 << 20), "{} bytes", counted.downloaded());
+}
+
+/// The prune rule, step by step: a forgotten snapshot's packs are marked, wait out the grace,
+/// and go; a writer after the mark stores what it needs again; a writer that reused a marked
+/// pack before the mark (its record written after) keeps it.
+#[test]
+fn prune_marks_waits_then_deletes_and_never_what_a_record_reaches() {
+    use super::prune::prune;
+    let t = tempfile::tempdir().unwrap();
+    let (root, state) = (t.path().join("phone"), t.path().join("state"));
+    make_tree(&root);
+    let store = FileStore::new(&t.path().join("bucket"));
+    let a = snapshot(&store, &root, &state, 1);
+    a.commit_cache();
+    let repo = Repo::open(&store, "fleet/").unwrap();
+    let packs = |s: &FileStore| s.list("fleet/data/").unwrap().len();
+    let before = packs(&store);
+    assert!(before >= 2);
+    let now = 1_000_000;
+    // Referenced: nothing marked.
+    let p = prune(&repo, 100, now).unwrap();
+    assert_eq!((p.marked, p.deleted), (0, 0), "{p:?}");
+    // A copy of the record, as a writer that started before the mark and commits after it.
+    let rec = store.get("fleet/s1.manifest.json").unwrap().unwrap();
+    store.delete("fleet/s1.manifest.json").unwrap();
+    let p = prune(&repo, 100, now).unwrap();
+    assert_eq!(p.marked, before, "{p:?}");
+    store.put("fleet/late.manifest.json", &rec).unwrap();
+    let p = prune(&repo, 100, now + 200).unwrap();
+    assert_eq!((p.deleted, p.unmarked), (0, before), "reached again: kept and unmarked: {p:?}");
+    assert!(store.list("fleet/marks/").unwrap().is_empty());
+    store.delete("fleet/late.manifest.json").unwrap();
+
+    // Marked again; a writer after the mark does not reuse the marked packs.
+    let p = prune(&repo, 100, now + 300).unwrap();
+    assert_eq!(p.marked, before);
+    let b = snapshot(&store, &root, &state, 2);
+    assert!(b.stats.chunks_new > 5 && b.stats.bytes_read > 6 << 20, "everything stored again: {:?}", b.stats);
+    let b_root = b.root.clone();
+    b.commit_cache();
+    // Within the grace: nothing deleted.
+    let p = prune(&repo, 100, now + 350).unwrap();
+    assert_eq!((p.deleted, p.waiting), (0, before), "{p:?}");
+    // Past it: the old packs go, the index objects naming them are rewritten.
+    let p = prune(&repo, 100, now + 500).unwrap();
+    assert_eq!(p.deleted, before, "{p:?}");
+    assert!(p.indexes_rewritten >= 1);
+    assert_eq!(packs(&store), before, "only b's packs are left");
+    let out = t.path().join("restored");
+    restore(&store, &b_root, &out, &[]);
+    same(&root.join("data/media"), &out.join("data/media"));
+    // And the next writer finds what it needs in the rewritten index.
+    let c = snapshot(&store, &root, &state, 3);
+    assert_eq!(c.stats.chunks_new, 0, "{:?}", c.stats);
 }
