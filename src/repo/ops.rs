@@ -314,8 +314,9 @@ pub fn import(found: Found, spec: &ImportSpec, progress: &Progress) -> Result<Re
         warnings: outcome.warnings,
         ..Default::default()
     };
+    // The record, read before, is one more request.
     report.snapshot =
-        Some(Stats { requests: counted.requests(), bytes_downloaded: counted.downloaded(), ..Stats::default() });
+        Some(Stats { requests: counted.requests() + 1, bytes_downloaded: counted.downloaded(), ..Stats::default() });
     report.manifest = Some(found.record);
     Ok(report)
 }

@@ -43,8 +43,9 @@ use crate::select::{Selection, Skipped};
 /// New chunk bytes in one batch before it is handed on.
 const BATCH_BYTES: usize = 1 << 20;
 const BATCH_EVENTS: usize = 1024;
-/// An index object is published after this many packs.
-const PACKS_PER_INDEX: usize = 4;
+/// An index object is published after this many packs: one, so a killed run loses at most
+/// the pack in flight (a 1 GiB export killed at 80% uploads at most 25% again).
+const PACKS_PER_INDEX: usize = 1;
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {

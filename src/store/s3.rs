@@ -759,6 +759,57 @@ impl Store for S3Store {
         })
     }
 
+    /// One ranged GET (a repository's blobs): fewer bytes only where the object ends.
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        check_key(key)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let sh = self.shared.clone();
+        let key = key.to_string();
+        block_on(&self.rt, async move {
+            let last = offset + len - 1;
+            let what = format!("GetObject {} bytes {offset}-{last}", sh.url(&key));
+            retry::run(&sh.policy, &what, |_| async {
+                let o = sh
+                    .client
+                    .get_object()
+                    .bucket(&sh.bucket)
+                    .key(&key)
+                    .range(format!("bytes={offset}-{last}"))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(&what, e))?;
+                if !o.content_range().is_some_and(|r| r.starts_with(&format!("bytes {offset}-"))) {
+                    return Err(Error::Store {
+                        what: what.clone(),
+                        reason: format!(
+                            "got {:?}: the store does not honour Range requests",
+                            o.content_range().unwrap_or("the whole object")
+                        ),
+                        retryable: false,
+                    });
+                }
+                let body = o.body.collect().await.map_err(|e| Error::Store {
+                    what: what.clone(),
+                    reason: format!("reading the body: {}", causes(&e)),
+                    retryable: true,
+                })?;
+                let mut b = body.into_bytes().to_vec();
+                b.truncate(len as usize);
+                Ok(b)
+            })
+            .await
+        })
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>> {
+        check_key(key)?;
+        let sh = self.shared.clone();
+        let key = key.to_string();
+        Ok(block_on(&self.rt, async move { head(&sh, &key).await })?.map(|(size, _)| size))
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         check_key(prefix)?;
         let sh = self.shared.clone();

@@ -13,5 +13,6 @@ mod faults;
 mod formats;
 mod malicious;
 mod net;
+mod repo;
 mod roundtrip;
 mod s3;

@@ -1,0 +1,319 @@
+//! The repository format (issue 17) through the real binary: snapshots into a local folder
+//! and into Garage, incremental runs that read nothing unchanged, partial restores and `ls`
+//! for snapshots and archives, verify, forget and prune, a killed export resumed, and writers
+//! racing a prune on a three-node cluster.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::garage::{self, Garage};
+use crate::support::tree::{self, Ignore};
+use crate::support::{cpbackup, json, path_str, run, stderr};
+
+const MIB: usize = 1 << 20;
+
+fn export(mut c: Command, root: &Path, to: &str, extra: &[&str]) -> serde_json::Value {
+    c.args(["export", "--root", path_str(root), "--to", to, "--format", "repo", "--json"]);
+    c.args(["--include", "/data/data", "--include", "/data/media"]);
+    c.args(extra);
+    json(&run(&mut c, 0))
+}
+
+fn local(state: &Path) -> Command {
+    let mut c = cpbackup();
+    c.env("CPBACKUP_STATE_DIR", state);
+    c
+}
+
+fn same(a: &Path, b: &Path, rel: &str) {
+    tree::assert_same(&tree::snapshot(a, rel), &tree::snapshot(b, rel), Ignore { xattrs: true, ..Default::default() });
+}
+
+#[test]
+fn repo_local_snapshots_round_trip_skip_unchanged_files_and_restore_parts() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, state, repo) = (t.path().join("phone"), t.path().join("state"), t.path().join("repo"));
+    tree::full_case_tree(&src);
+    tree::random_files(&src.join("data/media/0/big"), 3, 2 * MIB, 7);
+    let to = format!("{}/", path_str(&repo));
+
+    let first = export(local(&state), &src, &to, &["--instance-id", "acp-1", "--name", "one"]);
+    assert_eq!(first["Status"], "AVAILABLE");
+    assert_eq!(first["Format"], "repo");
+    let s = &first["Snapshot"];
+    assert!(s["ChunksNew"].as_u64().unwrap() > 10 && s["BytesRead"].as_u64().unwrap() > 6 * MIB as u64, "{s}");
+    assert!(repo.join("config.json").is_file() && repo.join("one.manifest.json").is_file());
+
+    // Unchanged: a walk and a stat per file; nothing read, nothing new.
+    let second = export(local(&state), &src, &to, &["--instance-id", "acp-1", "--name", "two"]);
+    let s = &second["Snapshot"];
+    assert_eq!(s["BytesRead"], 0, "{s}");
+    assert_eq!(s["ChunksNew"], 0, "{s}");
+    assert!(s["BytesUploaded"].as_u64().unwrap() < 64 * 1024, "{s}");
+    assert_eq!(second["Snapshot"]["Tree"], first["Snapshot"]["Tree"]);
+    // --rehash reads everything again, and still stores nothing new.
+    let third = export(local(&state), &src, &to, &["--instance-id", "acp-1", "--name", "three", "--rehash"]);
+    assert!(third["Snapshot"]["BytesRead"].as_u64().unwrap() > 6 * MIB as u64);
+    assert_eq!(third["Snapshot"]["ChunksNew"], 0);
+
+    // The snapshots are backup files like archives: list finds them.
+    let mut c = cpbackup();
+    c.args(["list", "--in", &to, "--max-results", "100"]);
+    let l = json(&run(&mut c, 0));
+    assert_eq!(l["TotalCount"], 3, "{l}");
+
+    // Whole restore, by the folder and the id.
+    let out = t.path().join("restored");
+    fs::create_dir_all(&out).unwrap();
+    let mut c = local(&state);
+    c.args(["import", "--from", &to, "--backup-file-id", second["BackupFileId"].as_str().unwrap()]);
+    c.args(["--root", path_str(&out), "--json"]);
+    let r = json(&run(&mut c, 0));
+    assert_eq!(r["Container"], "repo");
+    same(&src, &out, "data/data");
+    same(&src, &out, "data/media");
+
+    // One file, by the record's key: only it, in a few requests.
+    let part = t.path().join("part");
+    fs::create_dir_all(&part).unwrap();
+    let mut c = local(&state);
+    c.args(["import", "--from", &format!("{to}two.manifest.json"), "--root", path_str(&part), "--json"]);
+    c.args(["--include", "/data/data/com.example.app/databases/app.db"]);
+    let r = json(&run(&mut c, 0));
+    assert_eq!(
+        fs::read(part.join("data/data/com.example.app/databases/app.db")).unwrap(),
+        fs::read(src.join("data/data/com.example.app/databases/app.db")).unwrap()
+    );
+    assert!(!part.join("data/media").exists() && !part.join("data/data/com.example.app/files").exists());
+    assert!(r["Snapshot"]["Requests"].as_u64().unwrap() <= 5, "{r}");
+    // A path that is not there: an error, nothing restored.
+    let mut c = local(&state);
+    c.args(["import", "--from", &format!("{to}two.manifest.json"), "--root", path_str(&part)]);
+    c.args(["--include", "/data/data/com.nothing"]);
+    let e = stderr(&run(&mut c, 2));
+    assert!(e.contains("/data/data/com.nothing"), "{e}");
+
+    // ls: a part of the snapshot, as JSON lines.
+    let mut c = local(&state);
+    c.args(["ls", "--from", &format!("{to}two.manifest.json"), "--include", "/data/media/0/DCIM", "--json"]);
+    let out = run(&mut c, 0);
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let paths: Vec<&str> = lines.iter().map(|l| l["Path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/data/media/0/DCIM", "/data/media/0/DCIM/a.jpg"]);
+    assert_eq!(lines[1]["Size"], 50_000);
+
+    // verify, and verify --read-data; a damaged pack is found by the second.
+    let mut c = local(&state);
+    c.args(["verify", "--from", &format!("{to}one.manifest.json"), "--read-data", "--json"]);
+    let v = json(&run(&mut c, 0));
+    assert!(v["Bytes"].as_u64().unwrap() > 6 * MIB as u64, "{v}");
+    let pack = fs::read_dir(repo.join("data"))
+        .unwrap()
+        .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[100] ^= 0xff;
+    fs::write(&pack, &bytes).unwrap();
+    let mut c = local(&state);
+    c.args(["verify", "--from", &format!("{to}one.manifest.json")]);
+    run(&mut c, 0);
+    let mut c = local(&state);
+    c.args(["verify", "--from", &format!("{to}one.manifest.json"), "--read-data"]);
+    let e = stderr(&run(&mut c, 2));
+    assert!(e.contains("does not hash to its id") || e.contains("does not decode"), "{e}");
+}
+
+#[test]
+fn repo_include_reads_archives_through_and_ls_lists_them() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("phone");
+    tree::full_case_tree(&src);
+    let archive = t.path().join("a.tar.zst");
+    let mut c = cpbackup();
+    c.args(["export", "--root", path_str(&src), "--include", "/data/data", "--include", "/data/media"]);
+    c.args(["--to", path_str(&archive)]);
+    run(&mut c, 0);
+    let out = t.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    let mut c = cpbackup();
+    c.args(["import", "--from", path_str(&archive), "--root", path_str(&out)]);
+    c.args(["--include", "/data/media/0/DCIM"]);
+    run(&mut c, 0);
+    assert_eq!(
+        fs::read(out.join("data/media/0/DCIM/a.jpg")).unwrap(),
+        fs::read(src.join("data/media/0/DCIM/a.jpg")).unwrap()
+    );
+    assert!(!out.join("data/data").exists() && !out.join("data/media/0/Android").exists());
+    let mut c = cpbackup();
+    c.args(["ls", "--from", path_str(&archive), "--include", "/data/media/0/DCIM"]);
+    let o = run(&mut c, 0);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("/data/media/0/DCIM/a.jpg"), "{text}");
+}
+
+#[test]
+fn repo_s3_snapshots_are_incremental_and_one_file_costs_few_requests() {
+    let g = garage::shared();
+    let bucket = g.bucket("repo");
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("phone");
+    tree::full_case_tree(&src);
+    tree::random_files(&src.join("data/media/0/big"), 4, 8 * MIB, 11);
+    let to = format!("s3://{bucket}/fleet/");
+    let first = export(g.cpbackup(), &src, &to, &["--instance-id", "acp-9"]);
+    assert_eq!(first["Status"], "AVAILABLE", "{first}");
+    assert_eq!(first["UploadType"], "S3");
+    let uploaded = first["Snapshot"]["BytesUploaded"].as_u64().unwrap();
+    assert!(uploaded > 32 * MIB as u64, "{first}");
+    let second = export(g.cpbackup(), &src, &to, &["--instance-id", "acp-9"]);
+    let s = &second["Snapshot"];
+    assert_eq!(s["BytesRead"], 0, "{s}");
+    assert!(s["BytesUploaded"].as_u64().unwrap() * 200 <= uploaded, "at most 0.5%: {s}");
+
+    // One 8 MiB file out of the snapshot: at most 5 requests, at most 16 MiB (the target is
+    // for 1 MiB; a larger file must not cost more requests).
+    let out = t.path().join("one");
+    fs::create_dir_all(&out).unwrap();
+    let mut c = g.cpbackup();
+    c.args(["import", "--from", &to, "--backup-file-id", second["BackupFileId"].as_str().unwrap()]);
+    c.args(["--root", path_str(&out), "--json", "--include", "/data/media/0/big/blob1.bin"]);
+    let r = json(&run(&mut c, 0));
+    assert_eq!(
+        fs::read(out.join("data/media/0/big/blob1.bin")).unwrap(),
+        fs::read(src.join("data/media/0/big/blob1.bin")).unwrap()
+    );
+    assert!(!out.join("data/media/0/big/blob0.bin").exists());
+    // The folder lookup lists the records and reads each: count the snapshot's own requests.
+    assert!(r["Snapshot"]["Requests"].as_u64().unwrap() <= 5, "{r}");
+    assert!(r["Snapshot"]["BytesDownloaded"].as_u64().unwrap() <= 16 * MIB as u64, "{r}");
+
+    // The whole snapshot.
+    let all = t.path().join("all");
+    fs::create_dir_all(&all).unwrap();
+    let mut c = g.cpbackup();
+    c.args(["import", "--from", &format!("{to}{}.manifest.json", second["BackupFileName"].as_str().unwrap())]);
+    c.args(["--root", path_str(&all)]);
+    run(&mut c, 0);
+    same(&src, &all, "data/media");
+    same(&src, &all, "data/data");
+}
+
+/// Killed when 80% of its packs are stored, the export run again stores at most a quarter
+/// of its bytes again: every stored pack was published in an index object right after it.
+#[test]
+fn repo_killed_export_resumes_with_what_it_stored() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, state, repo) = (t.path().join("phone"), t.path().join("state"), t.path().join("repo"));
+    tree::random_files(&src.join("data/media/0/big"), 40, 10 * MIB, 3);
+    fs::create_dir_all(src.join("data/data")).unwrap();
+    let total = 400 * MIB as u64;
+    let to = format!("{}/", path_str(&repo));
+    let mut c = local(&state);
+    c.args(["export", "--root", path_str(&src), "--to", &to, "--format", "repo"]);
+    c.args(["--include", "/data/data", "--include", "/data/media"]);
+    let mut child = c.spawn().unwrap();
+    let stored = |repo: &Path| -> u64 {
+        let Ok(rd) = fs::read_dir(repo.join("data")) else { return 0 };
+        rd.flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+            .filter_map(|e| e.ok())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while stored(&repo) < total * 8 / 10 {
+        assert!(child.try_wait().unwrap().is_none(), "the export ended before it was killed");
+        assert!(Instant::now() < deadline, "the export is too slow");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let again = export(local(&state), &src, &to, &[]);
+    let up = again["Snapshot"]["BytesUploaded"].as_u64().unwrap();
+    assert!(up <= total / 4, "uploaded {up} of {total} again");
+    let out = t.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    let mut c = local(&state);
+    c.args(["import", "--from", &format!("{to}{}.manifest.json", again["BackupFileName"].as_str().unwrap())]);
+    c.args(["--root", path_str(&out)]);
+    run(&mut c, 0);
+    same(&src, &out, "data/media");
+}
+
+/// Writers and prune at the same time, on a three-node cluster: phones export over and over
+/// while forget and prune (a short grace) run beside them; every snapshot that is left
+/// restores and verifies with its data read.
+#[test]
+fn repo_writers_and_prune_at_the_same_time() {
+    let g = Garage::start(3);
+    let bucket = g.bucket("race");
+    let to = format!("s3://{bucket}/fleet/");
+    let t = tempfile::tempdir().unwrap();
+    // Three phones from one image, each with data of its own that changes every round.
+    let phones: Vec<_> = (0..3).map(|i| t.path().join(format!("phone{i}"))).collect();
+    for (i, p) in phones.iter().enumerate() {
+        tree::random_files(&p.join("data/media/0/image"), 4, MIB, 100);
+        tree::random_files(&p.join("data/data/own"), 2, MIB / 2, i as u64);
+    }
+    let grace = 6u64;
+    let stop = Instant::now() + Duration::from_secs(45);
+    std::thread::scope(|s| {
+        for (i, p) in phones.iter().enumerate() {
+            let (g, to) = (&g, &to);
+            s.spawn(move || {
+                let mut round = 0u64;
+                while Instant::now() < stop {
+                    round += 1;
+                    tree::random_files(&p.join("data/data/own"), 2, MIB / 2, 1000 * i as u64 + round);
+                    let mut c = g.cpbackup();
+                    c.env("CPBACKUP_STATE_DIR", p.with_extension("state"));
+                    let m = export(c, p, to, &["--instance-id", &format!("acp-{i}")]);
+                    assert_eq!(m["Status"], "AVAILABLE", "{m}");
+                }
+            });
+        }
+        let (g, to) = (&g, &to);
+        let pruner = s.spawn(move || {
+            let mut deleted = 0;
+            while Instant::now() < stop {
+                let mut c = g.cpbackup();
+                c.args(["forget", "--in", to, "--keep-last", "1"]);
+                run(&mut c, 0);
+                let mut c = g.cpbackup();
+                c.args(["prune", "--in", to, "--grace", &format!("{grace}s")]);
+                deleted += json(&run(&mut c, 0))["Deleted"].as_u64().unwrap();
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            deleted
+        });
+        let deleted = pruner.join().unwrap();
+        assert!(deleted > 0, "prune deleted packs while the phones wrote");
+    });
+    // Past the grace, prune once more: it deletes what the race left unreferenced.
+    std::thread::sleep(Duration::from_secs(grace + 1));
+    let mut c = g.cpbackup();
+    c.args(["prune", "--in", &to, "--grace", &format!("{grace}s")]);
+    run(&mut c, 0);
+    let mut c = g.cpbackup();
+    c.args(["list", "--in", &to, "--max-results", "100"]);
+    let l = json(&run(&mut c, 0));
+    let records = l["Data"].as_array().unwrap();
+    assert_eq!(records.len(), 3, "one snapshot per phone is left: {l}");
+    for r in records {
+        let id = r["BackupFileId"].as_str().unwrap();
+        let mut c = g.cpbackup();
+        c.args(["verify", "--from", &to, "--backup-file-id", id, "--read-data"]);
+        run(&mut c, 0);
+        let out = t.path().join(format!("out-{id}"));
+        fs::create_dir_all(&out).unwrap();
+        let mut c = g.cpbackup();
+        c.args(["import", "--from", &to, "--backup-file-id", id, "--root", path_str(&out)]);
+        run(&mut c, 0);
+    }
+}
