@@ -98,7 +98,12 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
     let counted = Counted::new(store.as_ref());
     let repo = Repo::open_or_init(&counted, &prefix)?;
     let now = time::OffsetDateTime::now_utc();
-    let name = store::name_in_folder(spec.name.as_deref(), &spec.identity.android_instance_id, now, "snapshot");
+    // Two snapshots of one phone within a second must not share a record: a random tail.
+    let name = match &spec.name {
+        Some(n) => n.clone(),
+        None => store::name_in_folder(None, &spec.identity.android_instance_id, now, "snapshot")
+            .replace(".snapshot", &format!("-{}.snapshot", manifest::random_id(4))),
+    };
     let record_key = manifest::key_for(&format!("{}{name}", repo.prefix));
     let system = crate::android::SystemInfo::read();
     let mut m = Manifest {
