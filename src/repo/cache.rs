@@ -28,7 +28,7 @@ const REC: usize = 64;
 /// Records sorted in memory before they are written as a run (16 MiB).
 const RUN_RECORDS: usize = 256 * 1024;
 /// Published entries kept in memory before they become a run.
-const PENDING_MAX: usize = 50_000;
+const PENDING_MAX: usize = 20_000;
 /// More runs than this are merged into one.
 const MAX_RUNS: usize = 8;
 /// Index objects fetched at once.

@@ -21,6 +21,8 @@ pub const ENTRY_LEN: usize = 42;
 pub const TRAILER_LEN: usize = 12;
 /// A pack is sent once it holds this much.
 pub const TARGET: usize = 16 << 20;
+/// Or this many blobs: its header then stays under 1 MiB.
+pub const MAX_ENTRIES: usize = 24_000;
 
 /// Where one blob lies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +68,13 @@ impl Writer {
         Writer { name: Name::random(), buf: Vec::new(), entries: Vec::new() }
     }
 
+    /// A pack filled in `buf` (emptied first): the buffer of a pack already stored, reused so
+    /// that a snapshot allocates its two pack buffers once.
+    pub fn reuse(mut buf: Vec<u8>) -> Writer {
+        buf.clear();
+        Writer { name: Name::random(), buf, entries: Vec::new() }
+    }
+
     pub fn len(&self) -> usize {
         self.buf.len()
     }
@@ -75,13 +84,16 @@ impl Writer {
     }
 
     pub fn full(&self) -> bool {
-        self.buf.len() >= TARGET
+        self.buf.len() >= TARGET || self.entries.len() >= MAX_ENTRIES
+    }
+
+    /// Whether a blob of `len` bytes would take the pack past its target (it goes into the
+    /// next one, so a pack's buffer never grows past the target and its header).
+    pub fn would_overflow(&self, len: usize) -> bool {
+        !self.entries.is_empty() && self.buf.len() + len > TARGET
     }
 
     pub fn add(&mut self, id: Id, kind: Kind, compressed: bool, raw: u32, stored: &[u8]) -> Entry {
-        if self.buf.capacity() == 0 {
-            self.buf.reserve(TARGET + (1 << 20));
-        }
         let e = Entry { id, kind, compressed, offset: self.buf.len() as u32, stored: stored.len() as u32, raw };
         self.buf.extend_from_slice(stored);
         self.entries.push(e);

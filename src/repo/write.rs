@@ -41,7 +41,7 @@ use crate::progress::Progress;
 use crate::select::{Selection, Skipped};
 
 /// New chunk bytes in one batch before it is handed on.
-const BATCH_BYTES: usize = 1 << 20;
+const BATCH_BYTES: usize = 512 << 10;
 const BATCH_EVENTS: usize = 1024;
 /// An index object is published after this many packs: one, so a killed run loses at most
 /// the pack in flight (a 1 GiB export killed at 80% uploads at most 25% again).
@@ -133,6 +133,8 @@ enum Ev {
 type Batch = Result<Vec<Ev>>;
 /// A finished pack: its name, bytes and blobs.
 type PackOut = (Name, Vec<u8>, Vec<Entry>);
+/// A data pack's buffer, room for a full pack and its header.
+const PACK_BUF: usize = pack::TARGET + (1 << 20);
 /// The file being built: node, stamp, path, (dev, ino) when it has other links.
 type OpenFile = (Node, Stamp, Vec<u8>, Option<(u64, u64)>);
 
@@ -247,8 +249,8 @@ pub fn snapshot(
     let (walked, built, uploaded) = std::thread::scope(|s| {
         let mut outs = Vec::new();
         for i in 0..workers {
-            let (tx, rx) = sync_channel::<Batch>(1);
-            let (otx, orx) = sync_channel::<Batch>(1);
+            let (tx, rx) = sync_channel::<Batch>(0);
+            let (otx, orx) = sync_channel::<Batch>(0);
             walker.txs.push(tx);
             outs.push(orx);
             std::thread::Builder::new()
@@ -257,15 +259,17 @@ pub fn snapshot(
                 .map_err(|e| Error::internal(format!("starting a thread: {e}")))?;
         }
         let (utx, urx) = sync_channel::<PackOut>(0);
+        // Stored packs' buffers go back to the builder, to be filled again.
+        let (btx, brx) = sync_channel::<Vec<u8>>(2);
         let shared = &shared;
         let uploader = std::thread::Builder::new()
             .name("upload".into())
-            .spawn_scoped(s, move || upload(shared, urx))
+            .spawn_scoped(s, move || upload(shared, urx, btx))
             .map_err(|e| Error::internal(format!("starting a thread: {e}")))?;
         let builder = std::thread::Builder::new()
             .name("build".into())
             .spawn_scoped(s, move || {
-                let mut b = Builder::new(shared, next_cache, utx)?;
+                let mut b = Builder::new(shared, next_cache, utx, brx)?;
                 let done = match b.run(outs) {
                     Ok(true) => b.finish().map(Some),
                     Ok(false) => Ok(None),
@@ -544,6 +548,9 @@ struct Builder<'a, 's> {
     data: pack::Writer,
     trees: pack::Writer,
     up: Option<SyncSender<PackOut>>,
+    /// Buffers of stored packs, back from the uploader, and how many were made.
+    spare: Receiver<Vec<u8>>,
+    buffers: usize,
     frames: Vec<Frame>,
     file: Option<OpenFile>,
     links: HashMap<(u64, u64), Vec<Located>>,
@@ -553,12 +560,19 @@ struct Builder<'a, 's> {
 }
 
 impl<'a, 's> Builder<'a, 's> {
-    fn new(shared: &'a Shared<'s>, next_cache: files::Writer, up: SyncSender<PackOut>) -> Result<Builder<'a, 's>> {
+    fn new(
+        shared: &'a Shared<'s>,
+        next_cache: files::Writer,
+        up: SyncSender<PackOut>,
+        spare: Receiver<Vec<u8>>,
+    ) -> Result<Builder<'a, 's>> {
         let mut b = Builder {
             shared,
-            data: pack::Writer::new(),
+            data: pack::Writer::reuse(Vec::with_capacity(PACK_BUF)),
             trees: pack::Writer::new(),
             up: Some(up),
+            spare,
+            buffers: 1,
             frames: Vec::new(),
             file: None,
             links: HashMap::new(),
@@ -656,6 +670,10 @@ impl<'a, 's> Builder<'a, 's> {
     fn add(&mut self, kind: Kind, id: Id, stored: &[u8], compressed: bool, raw: u32) -> Result<Located> {
         self.shared.chunks_new.fetch_add(1, Relaxed);
         let w = if kind == Kind::Tree { &mut self.trees } else { &mut self.data };
+        if w.would_overflow(stored.len()) {
+            self.send_pack(kind)?;
+        }
+        let w = if kind == Kind::Tree { &mut self.trees } else { &mut self.data };
         let entry = w.add(id, kind, compressed, raw, stored);
         let loc = Located { pack: w.name, entry };
         self.shared.lock().pending.insert(id, Some(loc));
@@ -670,7 +688,24 @@ impl<'a, 's> Builder<'a, 's> {
         if w.is_empty() {
             return Ok(());
         }
-        let (name, bytes, entries) = std::mem::take(w).finish();
+        // The next data pack fills a buffer the uploader is done with, when it has one back.
+        // Two buffers at most: one filling, one being stored (the send below waits for the
+        // uploader anyway).
+        let next = match kind {
+            Kind::Tree => pack::Writer::new(),
+            Kind::Data => {
+                let buf = match self.spare.try_recv() {
+                    Ok(b) => b,
+                    Err(_) if self.buffers < 2 => {
+                        self.buffers += 1;
+                        Vec::with_capacity(PACK_BUF)
+                    }
+                    Err(_) => self.spare.recv().unwrap_or_else(|_| Vec::with_capacity(PACK_BUF)),
+                };
+                pack::Writer::reuse(buf)
+            }
+        };
+        let (name, bytes, entries) = std::mem::replace(w, next).finish();
         let up = self.up.as_ref().ok_or_else(|| Error::internal("no uploader"))?;
         up.send((name, bytes, entries)).map_err(|_| Error::internal("the snapshot's uploader stopped"))
     }
@@ -750,13 +785,17 @@ impl<'a, 's> Builder<'a, 's> {
 
 /// The uploader: packs stored one at a time; an index object after every few, and for the
 /// rest at the end (also when the snapshot failed: what is stored can be reused).
-fn upload(shared: &Shared<'_>, rx: Receiver<PackOut>) -> Result<()> {
+fn upload(shared: &Shared<'_>, rx: Receiver<PackOut>, spare: SyncSender<Vec<u8>>) -> Result<()> {
     let store = shared.repo.store;
     let prefix = &shared.repo.prefix;
     let mut stored: Vec<(Name, Vec<Entry>)> = Vec::new();
     let mut failed = None;
     for (name, bytes, entries) in rx {
-        match store.put(&pack::key(prefix, &name), &bytes) {
+        let put = store.put(&pack::key(prefix, &name), &bytes);
+        if bytes.capacity() >= PACK_BUF {
+            let _ = spare.try_send(bytes);
+        }
+        match put {
             Ok(()) => stored.push((name, entries)),
             Err(e) => {
                 failed = Some(e);
