@@ -84,7 +84,7 @@ mod tests {
         let e = |i: u8, off: u32| Entry {
             id: Id([i; 32]),
             kind: Kind::Data,
-            compressed: i % 2 == 0,
+            compressed: i.is_multiple_of(2),
             offset: off,
             stored: 7,
             raw: 9,
