@@ -49,6 +49,11 @@ pub enum Error {
     #[error("`{command}` failed: {output}")]
     Device { command: String, output: String },
 
+    /// The archive is encrypted and none of the keys given opens it: no key, the wrong key,
+    /// or a wrong passphrase. Names the flag to pass, never a key.
+    #[error("{what}: {reason}")]
+    Key { what: String, reason: String },
+
     #[error("cancelled")]
     Cancelled,
 
@@ -84,6 +89,7 @@ impl Error {
                 | Error::Archive { .. }
                 | Error::Checksum { .. }
                 | Error::Manifest { .. }
+                | Error::Key { .. }
         )
     }
 
@@ -116,6 +122,7 @@ impl Error {
             Error::Manifest { .. } => "InvalidManifest",
             Error::Store { .. } => "StoreError",
             Error::Device { .. } => "DeviceCommandFailed",
+            Error::Key { .. } => "DecryptionFailed",
             Error::Cancelled => "Cancelled",
             Error::Internal(_) => "InternalError",
         }

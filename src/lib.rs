@@ -11,6 +11,7 @@
 //! - [`select`]: which device paths a backup takes (CPH rules, globs, the walk inside `--root`).
 //! - [`archive`]: tar writing and safe unpacking; `.ab` container.
 //! - [`compress`]: zstd and zlib codecs.
+//! - [`crypt`]: sealing backups for their owner (age; Android's encrypted `.ab`), opening them with keys.
 //! - [`digest`]: SHA-256 and byte counts of the stored archive.
 //! - [`store`]: where archives live (local files; object stores behind the `Store` trait).
 //! - [`pipe`]: bounded bridges between stages on different threads.
@@ -31,6 +32,7 @@ pub mod archive;
 pub mod backup;
 pub mod catalog;
 pub mod compress;
+pub mod crypt;
 pub mod daemon;
 pub mod demo;
 pub mod digest;

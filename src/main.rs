@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use cpbackup::archive::Format;
+use cpbackup::crypt::{Opening, Sealing};
 use cpbackup::manifest::Identity;
 use cpbackup::progress::Progress;
 use cpbackup::spec::{BackupAppSpec, ExportSpec, ImportSpec, RecoverAppSpec, StoreOptions, VerifySpec};
@@ -99,6 +100,45 @@ impl StoreArgs {
     }
 }
 
+/// Who a backup is sealed for (issue: backups only their owner can read).
+#[derive(Args)]
+struct SealArgs {
+    /// Seal the archive with age for this recipient (an X25519 public key, age1…; repeatable).
+    /// The phone can then write the backup and cannot read it.
+    #[arg(long = "recipient", value_name = "AGE1…", env = "CPBACKUP_RECIPIENTS", value_delimiter = ',')]
+    recipients: Vec<String>,
+    /// A file of recipients, one age1… a line, # comments (age's own format; repeatable).
+    #[arg(long = "recipients-file", value_name = "FILE")]
+    recipients_files: Vec<PathBuf>,
+    /// Seal with a passphrase, the file's first line: age's scrypt, or for an .ab Android's own
+    /// AES-256 encryption (which `adb restore` opens). For manual runs.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["recipients", "recipients_files"])]
+    passphrase_file: Option<PathBuf>,
+}
+
+impl SealArgs {
+    fn sealing(&self) -> cpbackup::Result<Sealing> {
+        Sealing::new(&self.recipients, &self.recipients_files, self.passphrase_file.as_deref())
+    }
+}
+
+/// What opens a sealed archive.
+#[derive(Args)]
+struct OpenArgs {
+    /// An age identity file (AGE-SECRET-KEY-1… lines, as age-keygen writes; repeatable).
+    #[arg(long = "identity", value_name = "FILE")]
+    identities: Vec<PathBuf>,
+    /// The passphrase it was sealed with: the file's first line.
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+impl OpenArgs {
+    fn opening(&self) -> cpbackup::Result<Opening> {
+        Opening::new(&self.identities, self.passphrase_file.as_deref())
+    }
+}
+
 #[derive(Args)]
 struct IdentityArgs {
     /// This phone's instance id, recorded in the manifest.
@@ -160,6 +200,8 @@ struct DestArgs {
     identity: IdentityArgs,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    seal: SealArgs,
 }
 
 #[derive(Args)]
@@ -194,6 +236,8 @@ struct RecoverAppArgs {
     json: bool,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    open: OpenArgs,
 }
 
 #[derive(Args)]
@@ -217,6 +261,8 @@ struct ImportArgs {
     json: bool,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    open: OpenArgs,
 }
 
 #[derive(Args)]
@@ -232,6 +278,9 @@ struct VerifyArgs {
     json: bool,
     #[command(flatten)]
     store: StoreArgs,
+    /// Without a key, a sealed archive's stored bytes are still checked against its manifest.
+    #[command(flatten)]
+    open: OpenArgs,
 }
 
 #[derive(Args)]
@@ -433,6 +482,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 identity: identity(d.identity),
                 store: d.store.options(),
                 rehash: a.rehash,
+                sealing: d.seal.sealing()?,
             };
             let m = backup::export(&spec, &Progress::new(true))?;
             let what = format!("{} entries", m.entry_count);
@@ -446,6 +496,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 store: a.store.options(),
                 includes: a.includes,
                 backup_file_id: a.backup_file_id,
+                opening: a.open.opening()?,
             };
             let report = restore::import(&spec, &Progress::new(true))?;
             print_report(&report, a.json, "restored")?;
@@ -456,6 +507,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 store: a.store.options(),
                 backup_file_id: a.backup_file_id,
                 read_data: a.read_data,
+                opening: a.open.opening()?,
             };
             let report = restore::verify(&spec, &Progress::new(true))?;
             print_report(&report, a.json, "verified")?;
@@ -473,14 +525,21 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 no_cache: a.no_cache,
                 identity: identity(d.identity),
                 store: d.store.options(),
+                sealing: d.seal.sealing()?,
             };
             let m = backup::backup_app(&spec, &Progress::new(true))?;
             let what = format!("apps {}", m.source_app_info_list.join(" "));
             print_manifest(&m, &spec.to, d.json, &what)?;
         }
         Command::RecoverApp(a) => {
-            let spec =
-                RecoverAppSpec { from: a.from, apps: a.apps, force: a.force, root: a.root, store: a.store.options() };
+            let spec = RecoverAppSpec {
+                from: a.from,
+                apps: a.apps,
+                force: a.force,
+                root: a.root,
+                store: a.store.options(),
+                opening: a.open.opening()?,
+            };
             let report = restore::recover_app(&spec, &Progress::new(true))?;
             if a.json {
                 let mut out = std::io::stdout().lock();

@@ -88,6 +88,10 @@ pub struct Manifest {
     // cpbackup's own fields.
     pub manifest_version: u32,
     pub format: Option<Format>,
+    /// How the archive is sealed, when it is (never a key): `{"Format": "age", "Recipients":
+    /// [...], "Passphrase": false}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypt::Encryption>,
     /// SHA-256 of the archive object as stored (hex).
     pub sha256: String,
     /// Size of the archive object as stored.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::archive::Format;
+use crate::crypt::{Opening, Sealing};
 use crate::manifest::Identity;
 
 /// How to reach object storage. Secrets are not here: they come from the environment or the
@@ -48,6 +49,8 @@ pub struct ExportSpec {
     pub backup_file_id: Option<String>,
     /// A snapshot reads every file, whatever the metadata cache says.
     pub rehash: bool,
+    /// Who the archive is sealed for (nobody: stored plain).
+    pub sealing: Sealing,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -61,6 +64,9 @@ pub struct ImportSpec {
     pub includes: Vec<String>,
     /// The snapshot (or archive) by its BackupFileId, when `from` is a folder.
     pub backup_file_id: Option<String>,
+    /// Keys that open a sealed archive: in memory only, never journaled.
+    #[serde(skip)]
+    pub opening: Opening,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -71,6 +77,8 @@ pub struct VerifySpec {
     pub backup_file_id: Option<String>,
     /// A snapshot's chunks are downloaded and hashed, not only found.
     pub read_data: bool,
+    #[serde(skip)]
+    pub opening: Opening,
 }
 
 /// `ls`: the entries of a snapshot or an archive.
@@ -81,6 +89,9 @@ pub struct LsSpec {
     pub store: StoreOptions,
     pub backup_file_id: Option<String>,
     pub includes: Vec<String>,
+    /// Keys that open a sealed archive.
+    #[serde(skip)]
+    pub opening: Opening,
 }
 
 /// ECP BackupApp: chosen apps (APKs, data, cache) into one `.ab`.
@@ -102,6 +113,9 @@ pub struct BackupAppSpec {
     /// The BackupFileId to record (the daemon answers with it before the backup starts);
     /// a new one when absent.
     pub backup_file_id: Option<String>,
+    /// Who the `.ab` is sealed for: age recipients (`x.ab.age`), or a passphrase (Android's
+    /// own AES-256 encryption, which `adb restore` opens).
+    pub sealing: Sealing,
 }
 
 /// ECP RecoverApp: reinstall apps and their data from an `.ab`.
@@ -115,4 +129,6 @@ pub struct RecoverAppSpec {
     pub force: bool,
     pub root: PathBuf,
     pub store: StoreOptions,
+    #[serde(skip)]
+    pub opening: Opening,
 }

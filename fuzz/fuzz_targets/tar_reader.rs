@@ -98,7 +98,7 @@ fuzz_target!(|data: &[u8]| {
     if fixed != data {
         both_ways(&fixed);
     }
-    if let Ok((_, decoded)) = read::open(data) {
+    if let Ok((_, decoded)) = read::open(data, &cpbackup::crypt::Opening::default(), "fuzz") {
         pass(&mut decoded.take(STREAM_CAP), true);
     }
 });

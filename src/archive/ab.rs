@@ -3,11 +3,12 @@
 //! `dd bs=24 skip=1 | zlib-flate -uncompress` recipe expect, and reading headers of versions
 //! 1–5.
 //!
-//! It must never try to decrypt: an encrypted backup is refused with a message that says how to
-//! decrypt it first.
+//! An encrypted backup's key material is parsed here and handed to `crypt::ab`, which owns the
+//! cipher; this file never sees a key.
 
 use std::io::{BufRead, Write};
 
+use crate::crypt::ab::{self as cipher, Params};
 use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8] = b"ANDROID BACKUP\n";
@@ -15,14 +16,24 @@ pub const MAGIC: &[u8] = b"ANDROID BACKUP\n";
 /// The header cpbackup writes: version 5, compressed, not encrypted. Exactly 24 bytes.
 pub const HEADER_V5_COMPRESSED: &[u8] = b"ANDROID BACKUP\n5\n1\nnone\n";
 
-pub fn write_header(w: &mut dyn Write) -> std::io::Result<()> {
-    w.write_all(HEADER_V5_COMPRESSED)
+/// Write the header: version 5, compressed, and encrypted when `encrypted` gives the key
+/// material (`crypt::ab::new_key`).
+pub fn write_header(w: &mut dyn Write, encrypted: Option<&Params>) -> std::io::Result<()> {
+    match encrypted {
+        None => w.write_all(HEADER_V5_COMPRESSED),
+        Some(p) => {
+            w.write_all(b"ANDROID BACKUP\n5\n1\nAES-256\n")?;
+            w.write_all(p.to_lines().as_bytes())
+        }
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub version: u32,
     pub compressed: bool,
+    /// The key material of an encrypted backup (`AES-256`).
+    pub encrypted: Option<Params>,
 }
 
 /// Read and check the four header lines. Each line is capped so garbage cannot make us read
@@ -44,28 +55,33 @@ pub fn read_header(r: &mut dyn BufRead) -> Result<Header> {
         Err(_) => return Err(Error::archive(".ab header", format!("has a bad compression line {comp_s:?}"))),
     };
     let enc = line(r, "encryption")?;
-    match enc.as_str() {
-        "none" => {}
+    let encrypted = match enc.as_str() {
+        "none" => None,
         "AES-256" => {
-            return Err(Error::archive(
-                ".ab header",
-                "says the backup is encrypted (AES-256); cpbackup does not decrypt: decrypt it first, \
-                 e.g. `abe unpack FILE.ab FILE.tar PASSWORD`, then import the tar",
-            ))
+            let mut lines: [String; 5] = Default::default();
+            for (l, what) in lines.iter_mut().zip(["user salt", "checksum salt", "rounds", "user IV", "master key"]) {
+                *l = long_line(r, what, cipher::MAX_LINE)?;
+            }
+            Some(Params::parse([&lines[0], &lines[1], &lines[2], &lines[3], &lines[4]])?)
         }
         other => return Err(Error::archive(".ab header", format!("has an unknown encryption {other:?}"))),
-    }
-    Ok(Header { version, compressed })
+    };
+    Ok(Header { version, compressed, encrypted })
 }
 
 fn line(r: &mut dyn BufRead, what: &str) -> Result<String> {
+    long_line(r, what, 64)
+}
+
+/// One header line of at most `max` bytes, without its `\n`.
+fn long_line(r: &mut dyn BufRead, what: &str, max: usize) -> Result<String> {
     let mut buf = Vec::new();
-    while buf.len() < 64 && buf.last() != Some(&b'\n') {
+    while buf.len() < max && buf.last() != Some(&b'\n') {
         let avail = r.fill_buf().map_err(|e| Error::archive(".ab header", format!("{what} line: {e}")))?;
         if avail.is_empty() {
             break;
         }
-        let take = avail.iter().position(|b| *b == b'\n').map(|i| i + 1).unwrap_or(avail.len()).min(64 - buf.len());
+        let take = avail.iter().position(|b| *b == b'\n').map(|i| i + 1).unwrap_or(avail.len()).min(max - buf.len());
         buf.extend_from_slice(&avail[..take]);
         r.consume(take);
     }
@@ -84,15 +100,31 @@ mod tests {
     fn header_is_24_bytes_and_reads_back() {
         assert_eq!(HEADER_V5_COMPRESSED.len(), 24);
         let h = read_header(&mut &HEADER_V5_COMPRESSED[..]).unwrap();
-        assert_eq!(h, Header { version: 5, compressed: true });
+        assert_eq!(h, Header { version: 5, compressed: true, encrypted: None });
         let h = read_header(&mut &b"ANDROID BACKUP\n1\n0\nnone\n"[..]).unwrap();
-        assert_eq!(h, Header { version: 1, compressed: false });
+        assert_eq!(h, Header { version: 1, compressed: false, encrypted: None });
     }
 
     #[test]
-    fn refuses_encrypted_and_bad_versions() {
+    fn encrypted_headers_write_and_read_back() {
+        let (params, _) = cipher::new_key(&crate::secret::Secret::new(b"pw".to_vec())).unwrap();
+        let mut out = Vec::new();
+        write_header(&mut out, Some(&params)).unwrap();
+        assert!(out.starts_with(b"ANDROID BACKUP\n5\n1\nAES-256\n"));
+        let h = read_header(&mut &out[..]).unwrap();
+        assert_eq!(h.encrypted, Some(params));
+        // Cut anywhere inside the key lines: refused.
+        for cut in [30, 100, out.len() - 1] {
+            assert!(read_header(&mut &out[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_encryption_and_bad_versions() {
         let e = read_header(&mut &b"ANDROID BACKUP\n5\n1\nAES-256\n"[..]).unwrap_err().to_string();
-        assert!(e.contains("encrypted"), "{e}");
+        assert!(e.contains("truncated"), "{e}");
+        let e = read_header(&mut &b"ANDROID BACKUP\n5\n1\nAES-128\n"[..]).unwrap_err().to_string();
+        assert!(e.contains("unknown encryption"), "{e}");
         let e = read_header(&mut &b"ANDROID BACKUP\n6\n1\nnone\n"[..]).unwrap_err().to_string();
         assert!(e.contains("version 6"), "{e}");
         assert!(read_header(&mut &b"ANDROID BACKUP\n5\n"[..]).is_err());

@@ -40,9 +40,11 @@ impl Format {
         }
     }
 
-    /// The format a file name asks for by its extension; `None` when it names none.
+    /// The format a file name asks for by its extension (under a sealing `.age`); `None` when
+    /// it names none.
     pub fn from_name(name: &str) -> Option<Format> {
         let lower = name.to_ascii_lowercase();
+        let lower = lower.strip_suffix(".age").unwrap_or(&lower);
         if lower.ends_with(".tar.zst") || lower.ends_with(".tzst") {
             Some(Format::TarZst)
         } else if lower.ends_with(".tar") {

@@ -9,6 +9,7 @@ use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, Read};
 
 use super::{ab, Meta};
+use crate::crypt::{self, Opening};
 use crate::error::{Error, Result};
 
 /// The kind of an entry that passed the checks.
@@ -33,14 +34,15 @@ pub enum Container {
     Tar,
     Zstd,
     Gzip,
-    Ab { version: u32, compressed: bool },
+    Ab { version: u32, compressed: bool, encrypted: bool },
 }
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
-/// Look at the first bytes of `src` and return the decoded tar stream.
-pub fn open<'a, R: Read + 'a>(src: R) -> Result<(Container, Box<dyn Read + 'a>)> {
+/// Look at the first bytes of `src` and return the decoded tar stream. `keys` opens an
+/// encrypted `.ab` (its passphrase); `shown` names the archive in errors.
+pub fn open<'a, R: Read + 'a>(src: R, keys: &Opening, shown: &str) -> Result<(Container, Box<dyn Read + 'a>)> {
     let mut src = BufReader::with_capacity(256 * 1024, src);
     let head = src.fill_buf().map_err(|e| Error::archive("header", e.to_string()))?;
     if head.is_empty() {
@@ -56,11 +58,30 @@ pub fn open<'a, R: Read + 'a>(src: R) -> Result<(Container, Box<dyn Read + 'a>)>
     }
     if head.starts_with(ab::MAGIC) || head.starts_with(b"ANDROID BACKUP") {
         let header = ab::read_header(&mut src)?;
-        let c = Container::Ab { version: header.version, compressed: header.compressed };
+        let c = Container::Ab {
+            version: header.version,
+            compressed: header.compressed,
+            encrypted: header.encrypted.is_some(),
+        };
+        let body: Box<dyn BufRead + 'a> = match &header.encrypted {
+            None => Box::new(src),
+            Some(params) => {
+                let Some(passphrase) = keys.passphrase() else {
+                    return Err(Error::Key {
+                        what: shown.to_string(),
+                        reason:
+                            "is an encrypted Android backup (AES-256): pass --passphrase-file FILE with its password"
+                                .into(),
+                    });
+                };
+                let key = crypt::ab::open_key(params, passphrase, header.version, shown)?;
+                Box::new(BufReader::with_capacity(256 * 1024, crypt::ab::CbcReader::new(&key, src)))
+            }
+        };
         if header.compressed {
-            return Ok((c, Box::new(flate2::bufread::ZlibDecoder::new(src))));
+            return Ok((c, Box::new(flate2::bufread::ZlibDecoder::new(body))));
         }
-        return Ok((c, Box::new(src)));
+        return Ok((c, Box::new(body)));
     }
     Ok((Container::Tar, Box::new(src)))
 }

@@ -680,3 +680,106 @@ fn android_recovers_independently_built_adb_backups() {
         assert!(b.log().contains("pm install-write -S "), "{}", b.log());
     }
 }
+
+/// Run the independent implementation of Android's encrypted `.ab` (tests/fixtures/ab_crypt.py,
+/// Python's `cryptography`); its exit code.
+fn ab_crypt(args: &[&str]) -> i32 {
+    crate::support::require(&["python3"]);
+    let out = Command::new("python3").arg(fixture("ab_crypt.py")).args(args).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("ModuleNotFoundError"),
+        "the test needs Python's cryptography package (.ci/run installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.status.code().unwrap_or(-1)
+}
+
+fn passphrase_file(dir: &Path, pass: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(format!("pass-{}", pass.len()));
+    fs::write(&p, format!("{pass}\n")).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+#[test]
+fn android_encrypted_ab_is_what_adb_writes_both_ways() {
+    require_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _, _, _) = phone_with_notes(tmp.path());
+    let pass = passphrase_file(tmp.path(), "correct horse battery");
+    let wrong = passphrase_file(tmp.path(), "incorrect horse");
+
+    // cpbackup writes it; the independent implementation opens it (and refuses a wrong password);
+    // Android's own recipe then lists the tar.
+    let ab = tmp.path().join("notes.ab");
+    let m = backup(&a, &ab, &[NOTES], &["--passphrase-file", pass.to_str().unwrap()], 0);
+    assert_eq!(m["Encryption"], serde_json::json!({"Format": "android-aes-256", "Recipients": [], "Passphrase": true}));
+    let head = fs::read(&ab).unwrap();
+    assert!(head.starts_with(b"ANDROID BACKUP\n5\n1\nAES-256\n"), "{:?}", String::from_utf8_lossy(&head[..40]));
+    let plain = tmp.path().join("notes-plain.ab");
+    assert_eq!(ab_crypt(&["decrypt", ab.to_str().unwrap(), plain.to_str().unwrap(), "incorrect horse"]), 3);
+    assert_eq!(ab_crypt(&["decrypt", ab.to_str().unwrap(), plain.to_str().unwrap(), "correct horse battery"]), 0);
+    let names: Vec<String> = raw_headers(&ab_tar(&plain)).into_iter().map(|(_, n)| n).collect();
+    assert!(names.contains(&format!("apps/{NOTES}/r/files/sub/note.txt")), "{names:?}");
+
+    // A wrong passphrase fails the checksum: exit 2, nothing installed or staged.
+    let b = Phone::new(10300, 33, "arm64-v8a");
+    let (_, err) = recover(&b, &ab, &["--passphrase-file", wrong.to_str().unwrap()], 2);
+    assert!(err.contains("does not open with this passphrase") && !err.contains("incorrect horse"), "{err}");
+    let (_, err) = recover(&b, &ab, &[], 2);
+    assert!(err.contains("--passphrase-file"), "{err}");
+    assert!(!b.log().contains("pm install") && !b.p("data/data/com.example.notes").exists());
+    assert_eq!(fs::read_dir(b.p("data/local/tmp")).unwrap().count(), 0, "staging left behind");
+    // The right one recovers the app.
+    let (r, _) = recover(&b, &ab, &["--passphrase-file", pass.to_str().unwrap()], 0);
+    assert_eq!(r["Apps"][0]["Status"], "RECOVERED", "{r}");
+    assert_eq!(r["Container"], "ab (version 5, compressed, encrypted)");
+    assert_eq!(
+        fs::read_to_string(b.p("data/data/com.example.notes/files/sub/note.txt")).unwrap(),
+        "remember the milk\n"
+    );
+
+    // The independent implementation writes them, version 5 and version 1 (whose checksum
+    // takes the key bytes as 8-bit chars); cpbackup reads both.
+    for (fixture_name, version, container) in [
+        ("adb-backup-v5.ab", "5", "ab (version 5, compressed, encrypted)"),
+        ("adb-backup-v1-plain.ab", "1", "ab (version 1, uncompressed, encrypted)"),
+    ] {
+        let sealed = tmp.path().join(format!("sealed-v{version}.ab"));
+        let src = fixture(fixture_name);
+        assert_eq!(ab_crypt(&["encrypt", src.to_str().unwrap(), sealed.to_str().unwrap(), "correct horse battery"]), 0);
+        let c = Phone::new(10700, 33, "arm64-v8a,armeabi-v7a");
+        recover(&c, &sealed, &["--passphrase-file", wrong.to_str().unwrap()], 2);
+        let (r, _) = recover(&c, &sealed, &["--passphrase-file", pass.to_str().unwrap()], 0);
+        assert_eq!(r["Container"], container);
+        assert_eq!(r["Apps"][0]["Status"], "RECOVERED", "{r}");
+        assert_eq!(fs::read_to_string(c.p("data/data/org.fixture.app/files/notes.txt")).unwrap(), "my notes\n");
+    }
+}
+
+#[test]
+fn android_ab_with_recipients_is_age_over_the_ab() {
+    require_tools();
+    crate::support::require(&["age", "age-keygen"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _, _, _) = phone_with_notes(tmp.path());
+    let (key, public) = crate::encryption::keygen(tmp.path(), "owner");
+    let out = tmp.path().join("out/");
+    fs::create_dir_all(&out).unwrap();
+    let m = backup(&a, &out, &[NOTES], &["--recipient", &public, "--name", "notes.ab.age"], 0);
+    assert_eq!(m["Encryption"]["Format"], "age");
+    let sealed = out.join("notes.ab.age");
+    assert!(fs::read(&sealed).unwrap().starts_with(b"age-encryption.org/v1\n"));
+    // The age CLI opens it into the plain .ab Android's recipe reads.
+    let plain = tmp.path().join("opened.ab");
+    let ok = Command::new("age").arg("-d").arg("-i").arg(&key).arg("-o").arg(&plain).arg(&sealed).status().unwrap();
+    assert!(ok.success());
+    assert!(fs::read(&plain).unwrap().starts_with(b"ANDROID BACKUP\n5\n1\nnone\n"));
+    let b = Phone::new(10300, 33, "arm64-v8a");
+    let (_, err) = recover(&b, &sealed, &[], 2);
+    assert!(err.contains(&public) && err.contains("--identity"), "{err}");
+    let (r, _) = recover(&b, &sealed, &["--identity", key.to_str().unwrap()], 0);
+    assert_eq!(r["Apps"][0]["Status"], "RECOVERED", "{r}");
+    assert_eq!(r["ChecksumVerified"], true);
+}

@@ -9,6 +9,7 @@ mod crash;
 mod cross;
 mod daemon;
 mod diskfull;
+mod encryption;
 mod faults;
 mod formats;
 mod malicious;

@@ -770,6 +770,18 @@ fn truncated_garbage_and_corrupt_archives_are_refused() {
     };
     let mut zst_garbage = vec![0x28, 0xb5, 0x2f, 0xfd];
     zst_garbage.extend_from_slice(&[0xff; 64]);
+    // A well-formed encrypted header (random key lines) and some payload.
+    let ab_encrypted = format!(
+        "ANDROID BACKUP\n5\n1\nAES-256\n{}\n{}\n10000\n{}\n{}\n",
+        "A1".repeat(64),
+        "B2".repeat(64),
+        "C3".repeat(16),
+        "D4".repeat(96)
+    )
+    .into_bytes()
+    .into_iter()
+    .chain([0x5Au8; 64])
+    .collect::<Vec<u8>>();
     let raw: Vec<(&str, Wrap, Vec<u8>, Expect)> = vec![
         ("empty_file", Wrap::Tar, Vec::new(), refused("empty")),
         ("zstd_garbage", Wrap::Zst, zst_garbage, refused("archive")),
@@ -783,7 +795,19 @@ fn truncated_garbage_and_corrupt_archives_are_refused() {
         ("ab_garbage_version", Wrap::Ab, b"ANDROID BACKUP\nfive\n1\nnone\n".to_vec(), refused("version")),
         ("ab_version_6", Wrap::Ab, b"ANDROID BACKUP\n6\n1\nnone\n".to_vec(), refused("version 6")),
         ("ab_version_0", Wrap::Ab, b"ANDROID BACKUP\n0\n1\nnone\n".to_vec(), refused("version 0")),
-        ("ab_encrypted", Wrap::Ab, b"ANDROID BACKUP\n5\n1\nAES-256\nAAAA\n".to_vec(), refused("encrypted")),
+        (
+            "ab_encrypted_key_lines_cut",
+            Wrap::Ab,
+            b"ANDROID BACKUP\n5\n1\nAES-256\nAAAA\n".to_vec(),
+            refused("truncated"),
+        ),
+        ("ab_encrypted_without_its_passphrase", Wrap::Ab, ab_encrypted.clone(), refused("encrypted")),
+        (
+            "ab_encrypted_rounds_absurd",
+            Wrap::Ab,
+            String::from_utf8(ab_encrypted).unwrap().replace("\n10000\n", "\n4000000000\n").into_bytes(),
+            refused("rounds"),
+        ),
         ("ab_unknown_encryption", Wrap::Ab, b"ANDROID BACKUP\n5\n1\nROT13\n".to_vec(), refused("encryption")),
         ("ab_header_cut", Wrap::Ab, b"ANDROID BACKUP\n5\n".to_vec(), refused("truncated")),
         ("ab_magic_cut", Wrap::Ab, b"ANDROID BACKUP".to_vec(), refused("truncated")),
