@@ -9,7 +9,7 @@
 # Environment:
 #   CPBACKUP_BIN   the binary to push (default: the release build for aarch64-unknown-linux-musl)
 #   ANDROID_SERIAL which device, when several are attached (adb's own variable)
-#   CPBACKUP_DNS   name servers for the agent (a phone has no resolv.conf), passed through
+#   CPBACKUP_DNS   name servers for the agent instead of netd's, passed through
 #   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, CPBACKUP_ENDPOINT: passed through for
 #                  exports to object storage
 #

@@ -5,17 +5,17 @@
 //! It must never leave a manifest saying `AVAILABLE` for an archive that is not complete, and
 //! never stage the archive on the phone's disk: bytes stream from the files to the store.
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::android::device::{Device, Shell};
 use crate::android::{pm, SystemInfo};
 use crate::apps;
-use crate::archive::write::{sparse_map, Content, TarWriter};
+use crate::archive::disk::{self, HardLinks, Put};
+use crate::archive::write::TarWriter;
 use crate::archive::{ab, Flavor, Format, Meta};
 use crate::compress::{Codec, Encoder};
 use crate::crypt::{self, Encryption, Sealing};
@@ -24,10 +24,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, Manifest, Status};
 use crate::pipe::{self, Background, PipeReader, PipeWriter};
 use crate::progress::Progress;
-use crate::select::{Entry, Selection, Skipped};
+use crate::select::{Entry, Selection, Skipped, Walked};
 use crate::spec::{BackupAppSpec, ExportSpec};
 use crate::store::{self, Location, Store, Upload};
-use crate::version;
+use crate::sys::Stat;
 
 /// Warnings kept in a manifest; the rest are counted.
 const MAX_WARNINGS: usize = 1000;
@@ -37,7 +37,7 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
     if spec.format == Some(Format::Repo) {
         return crate::repo::ops::export(spec, progress);
     }
-    let root = if spec.root.as_os_str().is_empty() { Path::new("/") } else { spec.root.as_path() };
+    let root = spec.root();
     let (mut selection, skipped) = if spec.all {
         Selection::all(root, &spec.excludes)?
     } else {
@@ -50,18 +50,9 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
     let now = time::OffsetDateTime::now_utc();
     let system = SystemInfo::read();
     let mut m = Manifest {
-        backup_file_id: spec.backup_file_id.clone().unwrap_or_else(manifest::new_backup_file_id),
-        identity: spec.identity.clone(),
-        status: Status::Backuping,
         source_file_path_list: selection.source_paths.clone(),
-        description: spec.description.clone(),
         backup_all: spec.all,
-        system_version: system.fingerprint.clone(),
-        gmt_created: manifest::format_time(now),
-        gmt_modified: manifest::format_time(now),
-        manifest_version: 1,
-        arch: system.abi.clone(),
-        ..version::stamp(Manifest::default())
+        ..Manifest::begin(spec.backup_file_id.as_deref(), &spec.identity, &spec.description, &system, now)
     };
 
     // Where the archive goes, and under which name.
@@ -90,7 +81,7 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
     announce(&dest, &mut m)?;
 
     // A pre-scan sizes the upload's parts and the progress bar.
-    let totals = selection.scan()?;
+    let totals = selection.scan();
     progress.set_total(totals.bytes);
     m.file_size = totals.bytes;
 
@@ -110,7 +101,7 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
 /// Android's own order and tar flavour (see `apps`). Unknown packages are left out with a
 /// warning (PART_BACKUP_FINISHED); when none is left the backup fails.
 pub fn backup_app(spec: &BackupAppSpec, progress: &Progress) -> Result<Manifest> {
-    let root = if spec.root.as_os_str().is_empty() { Path::new("/") } else { spec.root.as_path() };
+    let root = spec.root();
     for pkg in &spec.apps {
         pm::check_package_name(pkg)?;
     }
@@ -132,20 +123,11 @@ pub fn backup_app(spec: &BackupAppSpec, progress: &Progress) -> Result<Manifest>
         }
     }
     let mut m = Manifest {
-        backup_file_id: spec.backup_file_id.clone().unwrap_or_else(manifest::new_backup_file_id),
-        identity: spec.identity.clone(),
-        status: Status::Backuping,
         source_app_info_list: sources.iter().map(|a| a.package.clone()).collect(),
-        description: spec.description.clone(),
-        system_version: system.fingerprint.clone(),
-        gmt_created: manifest::format_time(now),
-        gmt_modified: manifest::format_time(now),
-        manifest_version: 1,
-        arch: system.abi.clone(),
         format: Some(Format::Ab),
         encryption: Encryption::of(&spec.sealing, true),
         file_size: sources.iter().map(|a| a.bytes).sum(),
-        ..version::stamp(Manifest::default())
+        ..Manifest::begin(spec.backup_file_id.as_deref(), &spec.identity, &spec.description, &system, now)
     };
     let dest = match &location {
         Location::Stdio => None,
@@ -224,6 +206,7 @@ fn announce(dest: &Option<(Box<dyn Store>, String)>, m: &mut Manifest) -> Result
         m.backup_file_path = store.url(key);
         m.upload_type = store.kind().to_string();
         m.upload_endpoint = store.endpoint();
+        m.server_side_encryption = store.server_side_encryption();
         put_manifest(store.as_ref(), key, m)?;
     }
     Ok(())
@@ -343,17 +326,20 @@ fn write_archive(
         Format::Repo => return Err(Error::internal("a snapshot is not written as an archive")),
     };
     let mut stream = start_stream(sink, codec, format == Format::Ab, flavor, seal, progress)?;
-    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    let shared = std::cell::RefCell::new(std::mem::take(warnings));
-    let walked = sel
-        .walk(&mut |e| add_entry(&mut stream.tar, e, &mut links, progress, &mut shared.borrow_mut()), &mut |s| {
-            shared.borrow_mut().skip(s)
-        });
-    *warnings = shared.into_inner();
-    match walked {
-        Ok(()) => finish_stream(stream),
-        Err(e) => Err(stream.abandon(e)),
+    let mut links = HardLinks::default();
+    for step in sel.walk() {
+        let added = match step {
+            Walked::Entry(e) => add_entry(&mut stream.tar, e, &mut links, progress, warnings),
+            Walked::Skipped(s) => {
+                warnings.skip(s);
+                Ok(())
+            }
+        };
+        if let Err(e) = added {
+            return Err(stream.abandon(e));
+        }
     }
+    finish_stream(stream)
 }
 
 /// The archive stream: tar on the caller's thread; compressor, hash and sink on a thread of
@@ -368,7 +354,7 @@ impl Stream {
     /// the sink, which aborts the upload. Returns the error that explains what happened.
     fn abandon(self, e: Error) -> Error {
         drop(self.tar);
-        pipe::telling(e, self.compressing.join())
+        pipe::root_cause(e, self.compressing.join())
     }
 }
 
@@ -497,7 +483,7 @@ impl Stored {
                 let sealed = sealer.join();
                 match ended {
                     Ok(()) => sealed,
-                    Err(e) => Err(pipe::telling(e, sealed)),
+                    Err(e) => Err(pipe::root_cause(e, sealed)),
                 }
             }
         }
@@ -536,7 +522,7 @@ fn finish_stream(stream: Stream) -> Result<Written> {
     let compressed = compressing.join();
     let (sha256, archive_size) = match ended {
         Ok(()) => compressed?,
-        Err(e) => return Err(pipe::telling(e, compressed)),
+        Err(e) => return Err(pipe::root_cause(e, compressed)),
     };
     Ok(Written { sha256, archive_size, entries, tar_bytes })
 }
@@ -558,27 +544,18 @@ fn copy(from: &mut PipeReader, to: &mut dyn Write) -> Result<()> {
 fn add_entry<W: Write>(
     tar: &mut TarWriter<W>,
     e: Entry,
-    links: &mut HashMap<(u64, u64), Vec<u8>>,
+    links: &mut HardLinks,
     progress: &Progress,
     warnings: &mut Warnings,
 ) -> Result<()> {
     progress.check_cancel()?;
     let shown = e.path.display();
-    let md = &e.meta;
-    let meta = Meta {
-        path: e.path.device.clone(),
-        mode: md.mode() & 0o7777,
-        uid: md.uid(),
-        gid: md.gid(),
-        mtime: md.mtime(),
-        mtime_nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32,
-        xattrs: read_xattrs(&e.path.host),
-    };
+    let st = Stat::from(&e.meta);
+    let meta = Meta { xattrs: disk::xattrs(&e.path.host), ..disk::meta(e.path.device.clone(), &st) };
     let sink_err = |err: io::Error| Error::Io { context: format!("writing the archive at {shown}"), source: err };
-    let ft = md.file_type();
-    if ft.is_dir() {
+    if st.is_dir() {
         tar.append_dir(&meta).map_err(sink_err)?;
-    } else if ft.is_symlink() {
+    } else if st.is_symlink() {
         match fs::read_link(&e.path.host) {
             Ok(target) => tar.append_symlink(&meta, target.as_os_str().as_bytes()).map_err(sink_err)?,
             Err(err) => {
@@ -587,77 +564,27 @@ fn add_entry<W: Write>(
             }
         }
     } else {
-        if md.nlink() > 1 {
-            let id = (md.dev(), md.ino());
-            if let Some(first) = links.get(&id) {
-                tar.append_hardlink(&meta, first).map_err(sink_err)?;
-                progress.entry(0);
+        match disk::put_file(tar, &meta, &st, || open_for_read(&e.path.host), links, &shown)? {
+            Put::Stored { size, changed } => {
+                if let Some(w) = changed {
+                    warnings.push(w);
+                }
+                progress.entry(size);
                 return Ok(());
             }
-            links.insert(id, e.path.device.clone());
-        }
-        let file = match open_for_read(&e.path.host) {
-            Ok(f) => f,
-            Err(err) => {
-                links.remove(&(md.dev(), md.ino()));
-                warnings.skip(Skipped { path: shown, reason: format!("cannot read: {err}") });
+            Put::Linked => {}
+            Put::Unreadable(reason) => {
+                warnings.skip(Skipped { path: shown, reason });
                 return Ok(());
             }
-        };
-        let size = md.len();
-        let sparse = if md.blocks() * 512 < size { sparse_map(&file, size) } else { None };
-        let outcome = match &sparse {
-            Some(map) => tar.append_sparse(&meta, size, map, &file),
-            None => tar.append_file(&meta, size, &mut &file),
-        };
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(err) if is_source_error(&err) => {
-                // A read error mid-file is the source's fault, but the header is already out:
-                // the archive cannot be kept consistent, so fail loudly.
-                return Err(Error::Io { context: format!("reading {shown}"), source: err });
-            }
-            Err(err) => return Err(sink_err(err)),
-        };
-        match outcome {
-            Content::Complete => {}
-            Content::Shrunk { read } => warnings.push(format!(
-                "{shown}: shrank while being read ({read} of {size} bytes); the entry was padded with zeros"
-            )),
-            Content::Grew => {
-                warnings.push(format!("{shown}: grew while being read; only the first {size} bytes were archived"))
-            }
         }
-        progress.entry(size);
-        return Ok(());
     }
     progress.entry(0);
     Ok(())
 }
 
-fn is_source_error(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EACCES) | Some(libc::EPERM))
-}
-
 /// Open without following links and without blocking (a FIFO swapped in after the walk's
 /// lstat must not hang the backup).
 pub(crate) fn open_for_read(path: &Path) -> io::Result<File> {
-    let f =
-        OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no longer a regular file"));
-    }
-    Ok(f)
-}
-
-pub(crate) fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let Ok(names) = xattr::list(path) else { return Vec::new() };
-    let mut out = Vec::new();
-    for name in names {
-        if let Ok(Some(value)) = xattr::get(path, &name) {
-            out.push((name.as_bytes().to_vec(), value));
-        }
-    }
-    out.sort();
-    out
+    OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY).open(path)
 }

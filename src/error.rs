@@ -131,7 +131,7 @@ impl Error {
 
 /// Our own error, when an io::Error only carries it across a `Read` (an object store's download
 /// failing under a decompressor); the io::Error itself otherwise.
-pub fn carried(e: io::Error) -> std::result::Result<Error, io::Error> {
+pub fn extract_ours(e: io::Error) -> std::result::Result<Error, io::Error> {
     if !e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
         return Err(e);
     }
@@ -176,10 +176,10 @@ mod tests {
     fn an_error_carried_through_io_comes_back_whole() {
         let store =
             Error::Store { what: "GetObject s3://b/k".into(), reason: "SlowDown (HTTP 503)".into(), retryable: true };
-        let back = carried(io::Error::other(store)).expect("ours");
+        let back = extract_ours(io::Error::other(store)).expect("ours");
         assert!(matches!(back, Error::Store { retryable: true, .. }), "{back}");
         assert!(!back.is_input(), "a store failure is not bad input");
-        let plain = carried(io::Error::new(io::ErrorKind::InvalidData, "bad zstd frame")).unwrap_err();
+        let plain = extract_ours(io::Error::new(io::ErrorKind::InvalidData, "bad zstd frame")).unwrap_err();
         assert_eq!(plain.kind(), io::ErrorKind::InvalidData);
         assert_eq!(plain.to_string(), "bad zstd frame");
     }

@@ -15,8 +15,11 @@
 //! - [`digest`]: SHA-256 and byte counts of the stored archive.
 //! - [`store`]: where archives live (local files; object stores behind the `Store` trait).
 //! - [`pipe`]: bounded bridges between stages on different threads.
+//! - [`priority`]: the CPU and I/O priority of a task's threads (a good neighbour on the phone).
+//! - [`sys`]: the file-system primitives (atomic replace, flushes, locks, free space, O_DIRECT); the crate's only `unsafe`.
 //! - [`manifest`]: the backup-file record beside each archive.
 //! - [`catalog`]: `list` and `delete` over the manifests in a bucket or folder (DescribeBackupFiles).
+//! - [`keep`]: which backups a retention policy keeps (restic's `forget` semantics).
 //! - [`backup`] / [`restore`]: the two data paths.
 //! - [`net`]: DNS and TLS roots for a static binary on a phone; the one HTTP client.
 //! - [`android`]: the device's command line (getprop, pm, am, restorecon).
@@ -37,9 +40,11 @@ pub mod daemon;
 pub mod demo;
 pub mod digest;
 pub mod error;
+pub mod keep;
 pub mod manifest;
 pub mod net;
 pub mod pipe;
+pub mod priority;
 pub mod progress;
 pub mod repo;
 pub mod restore;
@@ -47,6 +52,7 @@ pub mod secret;
 pub mod select;
 pub mod spec;
 pub mod store;
+pub mod sys;
 pub mod version;
 
 pub use error::{Error, Result};

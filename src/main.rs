@@ -11,7 +11,7 @@ use cpbackup::archive::Format;
 use cpbackup::crypt::{Opening, Sealing};
 use cpbackup::manifest::Identity;
 use cpbackup::progress::Progress;
-use cpbackup::spec::{BackupAppSpec, ExportSpec, ImportSpec, RecoverAppSpec, StoreOptions, VerifySpec};
+use cpbackup::spec::{BackupAppSpec, Destination, ExportSpec, ImportSpec, RecoverAppSpec, StoreOptions, VerifySpec};
 use cpbackup::{backup, restore, version};
 
 #[derive(Parser)]
@@ -20,12 +20,46 @@ struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    /// DNS servers, IP or IP:PORT, comma-separated (default: /etc/resolv.conf, else public
-    /// resolvers: a phone has no resolv.conf).
+    /// DNS servers, IP or IP:PORT, comma-separated (default: the phone's netd, through
+    /// /dev/socket/dnsproxyd under --root; else /etc/resolv.conf; else public resolvers).
     #[arg(long, global = true, env = "CPBACKUP_DNS", value_name = "SERVERS")]
     dns: Option<String>,
+    #[command(flatten)]
+    priority: PriorityArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How hard the work may press on the phone (the daemon takes these from its config).
+#[derive(Args)]
+struct PriorityArgs {
+    /// CPU priority of the work's threads, -20 (first) to 19 (last).
+    #[arg(long, global = true, default_value_t = 10, allow_negative_numbers = true)]
+    nice: i32,
+    /// I/O scheduling class: idle, best-effort or realtime.
+    #[arg(long, global = true, default_value = "best-effort")]
+    io_class: String,
+    /// I/O level within the class, 0 (first) to 7 (last).
+    #[arg(long, global = true, default_value_t = 7)]
+    io_level: u32,
+    /// Run at the priority the shell gave, flat out (a manual run someone waits for).
+    #[arg(long, global = true)]
+    foreground: bool,
+}
+
+impl PriorityArgs {
+    /// Lower this thread, before any other starts, so every thread of the work inherits it.
+    fn apply(&self) -> anyhow::Result<()> {
+        let p = cpbackup::priority::Priority::new(
+            self.nice,
+            cpbackup::priority::IoClass::parse(&self.io_class)?,
+            self.io_level,
+        )?;
+        if !self.foreground {
+            p.apply_to_this_thread();
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -36,8 +70,12 @@ enum Command {
     Import(ImportArgs),
     /// Read an archive through and check it, writing nothing.
     Verify(VerifyArgs),
-    /// Print the version, git commit, target and build profile.
-    Version,
+    /// Print the version, git commit, target and build profile, and the network settings.
+    Version {
+        /// The phone's `/` whose resolver (netd's socket) and CA store the settings come from.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Run export → verify → import on a built-in demo phone root, with a local folder as the store.
     Demo {
         /// Where the demo root, the store and the restored copy go.
@@ -86,17 +124,40 @@ struct StoreArgs {
     /// on a device, else a per-user directory).
     #[arg(long, env = "CPBACKUP_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Server-side encryption by the object store with its own keys: AES256 or KMS.
+    #[arg(long, value_name = "AES256|KMS")]
+    sse: Option<String>,
+    /// The KMS key for --sse KMS (implies it); default: the store's default KMS key.
+    #[arg(long, value_name = "ID")]
+    sse_kms_key_id: Option<String>,
+    /// SSE-C: the store encrypts with your key, 32 bytes in this file (raw or base64). The same
+    /// file is needed to import or verify the archive.
+    #[arg(long, value_name = "FILE")]
+    sse_c_key_file: Option<PathBuf>,
+    /// Bandwidth cap of the transfer to or from object storage, bytes per second, all parts in
+    /// flight together: 20M, 500k, 1.5M (k, M, G: times 1024).
+    #[arg(long, value_name = "RATE")]
+    limit_rate: Option<String>,
 }
 
 impl StoreArgs {
-    fn options(&self) -> StoreOptions {
-        StoreOptions {
+    /// The options, checked against the location they are for (`None`: no one location).
+    fn options(&self, location: Option<&str>) -> anyhow::Result<StoreOptions> {
+        use cpbackup::store::{self, sse::Sse};
+        let sse = Sse::from_flags(self.sse.as_deref(), self.sse_kms_key_id.as_deref(), self.sse_c_key_file.as_deref())?;
+        let opts = StoreOptions {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             path_style: self.path_style,
             parts_in_flight: self.parts_in_flight,
             state_dir: self.state_dir.clone(),
+            sse,
+            limit_rate: self.limit_rate.as_deref().map(store::rate::parse).transpose()?,
+        };
+        if let Some(loc) = location {
+            store::check_options(&store::Location::parse(loc)?, &opts)?;
         }
+        Ok(opts)
     }
 }
 
@@ -298,6 +359,8 @@ struct LsArgs {
     json: bool,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    open: OpenArgs,
 }
 
 #[derive(Args)]
@@ -306,13 +369,13 @@ struct ForgetArgs {
     #[arg(long = "in", value_name = "URL_PREFIX")]
     location: String,
     #[arg(long, default_value_t = 0)]
-    keep_last: usize,
+    keep_last: u32,
     #[arg(long, default_value_t = 0)]
-    keep_daily: usize,
+    keep_daily: u32,
     #[arg(long, default_value_t = 0)]
-    keep_weekly: usize,
+    keep_weekly: u32,
     #[arg(long, default_value_t = 0)]
-    keep_monthly: usize,
+    keep_monthly: u32,
     /// Only this instance's snapshots (each instance is kept by the policy on its own).
     #[arg(long)]
     instance_id: Option<String>,
@@ -412,7 +475,8 @@ fn main() -> ExitCode {
     if let Err(code) = install_network(cli.dns.as_deref(), &cli.command) {
         return code;
     }
-    match run(cli.command) {
+    let work = !matches!(cli.command, Command::Daemon { .. } | Command::Version { .. });
+    match (if work { cli.priority.apply() } else { Ok(()) }).and_then(|()| run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let input = e.downcast_ref::<cpbackup::Error>().is_some_and(|e| e.is_input());
@@ -440,6 +504,7 @@ fn install_network(dns: Option<&str>, cmd: &Command) -> Result<(), ExitCode> {
         Command::Import(a) => a.root.as_path(),
         Command::BackupApp(a) => a.dest.root.as_path(),
         Command::RecoverApp(a) => a.root.as_path(),
+        Command::Version { root } => root.as_path(),
         _ => std::path::Path::new("/"),
     };
     cpbackup::net::Network::new(servers, root).install();
@@ -452,8 +517,13 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // aws-sigv4 traces every request it signs with its headers as they are (an SSE-C key, an
+    // STS session token): never below debug there, whatever RUST_LOG asks.
+    if let Ok(cap) = "aws_sigv4::http_request::sign=debug".parse() {
+        filter = filter.add_directive(cap);
+    }
     // Colours only for a person at a terminal, never into a log file.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
@@ -468,32 +538,22 @@ fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Export(a) => {
             let format = a.format.as_deref().map(Format::parse).transpose()?;
-            let d = a.dest;
+            let json = a.dest.json;
             let spec = ExportSpec {
-                backup_file_id: None,
-                includes: a.includes,
-                excludes: a.excludes,
-                all: a.all,
-                to: d.to,
                 format,
-                root: d.root,
-                name: d.name,
-                description: d.description,
-                identity: identity(d.identity),
-                store: d.store.options(),
                 rehash: a.rehash,
-                sealing: d.seal.sealing()?,
+                ..ExportSpec::new(a.dest.destination()?, a.includes, a.excludes, a.all)
             };
             let m = backup::export(&spec, &Progress::new(true))?;
             let what = format!("{} entries", m.entry_count);
-            print_manifest(&m, &spec.to, d.json, &what)?;
+            print_manifest(&m, &spec.to, json, &what)?;
         }
         Command::Import(a) => {
             let spec = ImportSpec {
+                store: a.store.options(Some(&a.from))?,
                 from: a.from,
                 root: a.root,
                 restore_xattrs: a.restore_xattrs,
-                store: a.store.options(),
                 includes: a.includes,
                 backup_file_id: a.backup_file_id,
                 opening: a.open.opening()?,
@@ -503,8 +563,8 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Verify(a) => {
             let spec = VerifySpec {
+                store: a.store.options(Some(&a.from))?,
                 from: a.from,
-                store: a.store.options(),
                 backup_file_id: a.backup_file_id,
                 read_data: a.read_data,
                 opening: a.open.opening()?,
@@ -513,31 +573,23 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             print_report(&report, a.json, "verified")?;
         }
         Command::BackupApp(a) => {
-            let d = a.dest;
+            let json = a.dest.json;
             let spec = BackupAppSpec {
-                backup_file_id: None,
-                apps: a.apps,
-                to: d.to,
-                root: d.root,
-                name: d.name,
-                description: d.description,
                 no_stop: a.no_stop,
                 no_cache: a.no_cache,
-                identity: identity(d.identity),
-                store: d.store.options(),
-                sealing: d.seal.sealing()?,
+                ..BackupAppSpec::new(a.dest.destination()?, a.apps)
             };
             let m = backup::backup_app(&spec, &Progress::new(true))?;
             let what = format!("apps {}", m.source_app_info_list.join(" "));
-            print_manifest(&m, &spec.to, d.json, &what)?;
+            print_manifest(&m, &spec.to, json, &what)?;
         }
         Command::RecoverApp(a) => {
             let spec = RecoverAppSpec {
+                store: a.store.options(Some(&a.from))?,
                 from: a.from,
                 apps: a.apps,
                 force: a.force,
                 root: a.root,
-                store: a.store.options(),
                 opening: a.open.opening()?,
             };
             let report = restore::recover_app(&spec, &Progress::new(true))?;
@@ -547,8 +599,10 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 writeln!(out)?;
             } else {
                 for app in &report.apps {
-                    let why =
-                        if app.error.is_empty() { String::new() } else { format!(" at {}: {}", app.step, app.error) };
+                    let why = match &app.step {
+                        Some(step) => format!(" at {step}: {}", app.error),
+                        None => String::new(),
+                    };
                     eprintln!("{} {}{why}", app.status, app.package);
                 }
             }
@@ -557,7 +611,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 anyhow::bail!("not recovered: {}", failed.join(", "));
             }
         }
-        Command::Version => println!("{}", version::long()),
+        Command::Version { .. } => println!("{}\n{}", version::long(), cpbackup::net::Network::current().describe()),
         Command::Daemon { config } => {
             let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("CPBACKUP_")).collect();
             let cfg = cpbackup::daemon::config::Config::load(config.as_deref(), &env)?;
@@ -584,16 +638,17 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             };
             // Check the query before touching the network: bad input is exit 2, quickly.
             q.check()?;
-            let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
+            let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
             let page = cpbackup::catalog::list(store.as_ref(), &prefix, &q)?;
             println!("{}", serde_json::to_string_pretty(&page)?);
         }
         Command::Ls(a) => {
             let spec = cpbackup::spec::LsSpec {
+                store: a.store.options(Some(&a.from))?,
                 from: a.from,
-                store: a.store.options(),
                 backup_file_id: a.backup_file_id,
                 includes: a.includes,
+                opening: a.open.opening()?,
             };
             let mut out = std::io::stdout().lock();
             let mut failed = None;
@@ -613,8 +668,9 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 daily: a.keep_daily,
                 weekly: a.keep_weekly,
                 monthly: a.keep_monthly,
+                ..Default::default()
             };
-            let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
+            let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
             let prefix = cpbackup::repo::folder(&prefix);
             let done =
                 cpbackup::repo::forget::forget(store.as_ref(), &prefix, &policy, a.instance_id.as_deref(), a.dry_run)?;
@@ -622,19 +678,19 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Prune(a) => {
             let grace = cpbackup::repo::prune::parse_grace(&a.grace)?;
-            let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
+            let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
             let repo = cpbackup::repo::Repo::open(store.as_ref(), &prefix)?;
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let done = cpbackup::repo::prune::prune(&repo, grace, now)?;
             println!("{}", serde_json::to_string_pretty(&done)?);
         }
         Command::Delete(a) => {
-            let (store, prefix) = catalog_store(&a.location, &a.store.options())?;
+            let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
             let done = cpbackup::catalog::delete(store.as_ref(), &prefix, &a.backup_file_id)?;
             println!("{}", serde_json::to_string_pretty(&done)?);
         }
         Command::Cleanup(a) => {
-            let done = cpbackup::store::s3::cleanup(&a.store.options())?;
+            let done = cpbackup::store::s3::cleanup(&a.store.options(None)?)?;
             let mut out = serde_json::to_value(&done)?;
             if let Some(root) = &a.root {
                 out["Settled"] = cpbackup::restore::finish_interrupted(root).into();
@@ -659,8 +715,7 @@ fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     cpbackup::demo::make_root(&phone)?;
     let pkg = cpbackup::demo::PACKAGE;
-    let spec = ExportSpec {
-        includes: vec![format!("/data/user/0/{pkg}"), format!("/data/user_de/0/{pkg}"), "/data/media/0".into()],
+    let dest = Destination {
         to: format!("{}/", store.display()),
         root: phone.clone(),
         name: Some("demo.tar.zst".into()),
@@ -668,6 +723,8 @@ fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
         identity: Identity { android_instance_id: "acp-demo".into(), ..Default::default() },
         ..Default::default()
     };
+    let includes = vec![format!("/data/user/0/{pkg}"), format!("/data/user_de/0/{pkg}"), "/data/media/0".into()];
+    let spec = ExportSpec::new(dest, includes, Vec::new(), false);
     let m = backup::export(&spec, &Progress::new(true))?;
     println!("exported  {} -> {}", spec.includes.join(" "), m.backup_file_path);
     println!(
@@ -691,14 +748,32 @@ fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn identity(a: IdentityArgs) -> Identity {
-    Identity {
-        android_instance_id: a.instance_id,
-        android_instance_name: a.instance_name,
-        instance_group_id: a.instance_group_id,
-        end_user_id: a.end_user_id,
-        region_id: a.region_id,
-        task_id: a.task_id,
+impl IdentityArgs {
+    fn identity(self) -> Identity {
+        Identity {
+            android_instance_id: self.instance_id,
+            android_instance_name: self.instance_name,
+            instance_group_id: self.instance_group_id,
+            end_user_id: self.end_user_id,
+            region_id: self.region_id,
+            task_id: self.task_id,
+            schedule_id: String::new(),
+        }
+    }
+}
+
+impl DestArgs {
+    fn destination(self) -> anyhow::Result<Destination> {
+        Ok(Destination {
+            sealing: self.seal.sealing()?,
+            store: self.store.options(Some(&self.to))?,
+            to: self.to,
+            name: self.name,
+            description: self.description,
+            root: self.root,
+            identity: self.identity.identity(),
+            backup_file_id: None,
+        })
     }
 }
 

@@ -7,8 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::android::SystemInfo;
 use crate::archive::Format;
 use crate::error::{Error, Result};
+use crate::version;
 
 pub const SUFFIX: &str = ".manifest.json";
 
@@ -62,6 +64,10 @@ pub struct Identity {
     pub end_user_id: String,
     pub region_id: String,
     pub task_id: String,
+    /// The daemon's schedule that made this backup: its retention forgets only the backups
+    /// that carry its id. Absent from the records of other backups.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub schedule_id: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -110,9 +116,37 @@ pub struct Manifest {
     /// A snapshot's root tree and what writing it cost (`Format: "repo"` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<crate::repo::ops::SnapshotInfo>,
+    /// How the store encrypts the archive at rest (`--sse*`): the mode and the KMS key id,
+    /// never a key. Absent when the bucket's own settings apply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_side_encryption: Option<crate::store::sse::ServerSideEncryption>,
 }
 
 impl Manifest {
+    /// A new backup's record as it starts (`BACKUPING`): its id (the one given, else a new one),
+    /// whom it is for, the phone's build and architecture, this agent, the time. What it holds
+    /// (paths or apps, format, sizes) the backup fills in.
+    pub fn begin(
+        backup_file_id: Option<&str>,
+        identity: &Identity,
+        description: &str,
+        system: &SystemInfo,
+        now: time::OffsetDateTime,
+    ) -> Manifest {
+        version::stamp(Manifest {
+            backup_file_id: backup_file_id.map_or_else(new_backup_file_id, str::to_string),
+            identity: identity.clone(),
+            status: Status::Backuping,
+            description: description.to_string(),
+            system_version: system.fingerprint.clone(),
+            gmt_created: format_time(now),
+            gmt_modified: format_time(now),
+            manifest_version: 1,
+            arch: system.abi.clone(),
+            ..Manifest::default()
+        })
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising a struct of plain fields cannot fail.
         serde_json::to_vec_pretty(self).unwrap_or_default()

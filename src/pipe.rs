@@ -148,7 +148,7 @@ pub struct Background<T> {
 impl<T> Background<T> {
     /// The stage's result: call once its pipe has ended (or was dropped).
     pub fn join(self) -> Result<T> {
-        self.handle.join().map_err(|_| Error::usage("a background stage panicked"))?
+        self.handle.join().map_err(|_| Error::internal("a background stage panicked"))?
     }
 }
 
@@ -196,7 +196,7 @@ where
 /// gives up, a corrupt stream) breaks the pipe under the other, whose error then only says
 /// that the stream stopped (or quotes the first one): the other side's error wins unless it
 /// is itself just a broken pipe.
-pub fn telling(here: Error, there: Result<impl Sized>) -> Error {
+pub fn root_cause(here: Error, there: Result<impl Sized>) -> Error {
     match there {
         Err(e) if !is_broken_pipe(&e) => e,
         _ => here,
@@ -275,24 +275,23 @@ mod tests {
 
     #[test]
     fn a_dropped_writer_is_never_a_clean_end() {
-        let (mut w, bg) = consume_in_background("t", |r| {
-            let mut v = Vec::new();
-            r.read_to_end(&mut v).map_err(werr)?;
-            Ok(v.len())
-        })
-        .unwrap();
-        w.write_all(&[1u8; 3_000_000]).unwrap();
+        // A consumer that counts what it reads to the stream's end, fed 3 MB.
+        let counting = || {
+            let (mut w, bg) = consume_in_background("t", |r| {
+                let mut v = Vec::new();
+                r.read_to_end(&mut v).map_err(werr)?;
+                Ok(v.len())
+            })
+            .unwrap();
+            w.write_all(&[1u8; 3_000_000]).unwrap();
+            (w, bg)
+        };
+        let (w, bg) = counting();
         drop(w);
         let e = bg.join().unwrap_err();
         assert!(is_broken_pipe(&e), "{e}");
 
-        let (mut w, bg) = consume_in_background("t", |r| {
-            let mut v = Vec::new();
-            r.read_to_end(&mut v).map_err(werr)?;
-            Ok(v.len())
-        })
-        .unwrap();
-        w.write_all(&[1u8; 3_000_000]).unwrap();
+        let (w, bg) = counting();
         w.finish().unwrap();
         assert_eq!(bg.join().unwrap(), 3_000_000);
     }

@@ -160,7 +160,7 @@ fn set_status(src: &Source, status: Status, reason: &str) {
 
 /// Import an archive into `--root` (CPH batch-restore, ECP RecoveryFile).
 pub fn import(spec: &ImportSpec, progress: &Progress) -> Result<Report> {
-    let root = if spec.root.as_os_str().is_empty() { Path::new("/") } else { spec.root.as_path() };
+    let root = spec.root();
     if let Some(found) = crate::repo::ops::find(&spec.from, spec.backup_file_id.as_deref(), &spec.store)? {
         return crate::repo::ops::import(found, spec, progress);
     }
@@ -256,7 +256,7 @@ impl AppReport {
 /// each package stopped, uninstalled, reinstalled and given its data (see `apps`). A package
 /// that fails does not stop the others.
 pub fn recover_app(spec: &RecoverAppSpec, progress: &Progress) -> Result<AppReport> {
-    let root = if spec.root.as_os_str().is_empty() { Path::new("/") } else { spec.root.as_path() };
+    let root = spec.root();
     for pkg in &spec.apps {
         pm::check_package_name(pkg)?;
     }
@@ -296,7 +296,7 @@ pub fn recover_app(spec: &RecoverAppSpec, progress: &Progress) -> Result<AppRepo
     report.apps = apps::recover(&mut stager, &device, RecoverOptions { force: spec.force });
     for pkg in &spec.apps {
         if !report.apps.iter().any(|a| &a.package == pkg) {
-            report.apps.push(apps::missing(pkg));
+            report.apps.push(apps::not_in_archive(pkg));
         }
     }
     report.warnings = stager.warnings().to_vec();
@@ -351,8 +351,8 @@ fn decode_in_background(
         let hashed = hashing.join();
         let container = match (drained, opened) {
             (Ok(c), Ok(())) => c,
-            (Err(e), opened) => return Err(pipe::telling(pipe::telling(e, opened), hashed)),
-            (Ok(_), Err(e)) => return Err(pipe::telling(e, hashed)),
+            (Err(e), opened) => return Err(pipe::root_cause(pipe::root_cause(e, opened), hashed)),
+            (Ok(_), Err(e)) => return Err(pipe::root_cause(e, hashed)),
         };
         let (sha256, size) = hashed?;
         Ok((container, sha256, size))
@@ -367,7 +367,7 @@ fn hash_in_background(src: &mut Source, progress: &Progress) -> Result<(PipeRead
     pipe::produce_in_background("hash", move |out| {
         let mut hashed = HashReader::new(reader, counter);
         out.fill_from(&mut hashed).map_err(|e| {
-            error::carried(e).unwrap_or_else(|e| Error::Io { context: format!("reading {shown}"), source: e })
+            error::extract_ours(e).unwrap_or_else(|e| Error::Io { context: format!("reading {shown}"), source: e })
         })?;
         hashed.finish().ctx(|| format!("reading {shown}"))
     })
@@ -375,8 +375,9 @@ fn hash_in_background(src: &mut Source, progress: &Progress) -> Result<(PipeRead
 
 /// The first bytes of a stream, without consuming them.
 fn peek<'a>(r: &'a mut io::BufReader<PipeReader>, shown: &str) -> Result<&'a [u8]> {
-    r.fill_buf()
-        .map_err(|e| error::carried(e).unwrap_or_else(|e| Error::Io { context: format!("reading {shown}"), source: e }))
+    r.fill_buf().map_err(|e| {
+        error::extract_ours(e).unwrap_or_else(|e| Error::Io { context: format!("reading {shown}"), source: e })
+    })
 }
 
 /// Read what is left of a stream, so that the digest covers it all.
@@ -387,7 +388,7 @@ fn drain(r: &mut dyn Read) -> Result<()> {
 fn copy_decoded(from: &mut dyn Read, to: &mut PipeWriter) -> Result<()> {
     to.fill_from(from).map(drop).map_err(|e| match e.kind() {
         io::ErrorKind::BrokenPipe => Error::Io { context: "unpacking".into(), source: e },
-        _ => error::carried(e).unwrap_or_else(|e| Error::archive("stream", format!("cannot be decoded: {e}"))),
+        _ => error::extract_ours(e).unwrap_or_else(|e| Error::archive("stream", format!("cannot be decoded: {e}"))),
     })
 }
 
@@ -453,7 +454,7 @@ fn verify_stored_bytes(mut src: Source, progress: &Progress, mut report: Report)
     let hashed = hashing.join();
     let (sha256, size) = match drained {
         Ok(()) => hashed?,
-        Err(e) => return Err(pipe::telling(e, hashed)),
+        Err(e) => return Err(pipe::root_cause(e, hashed)),
     };
     report.checksum_verified = check_digest(&src, &sha256, size)?;
     report.sha256 = sha256;
@@ -508,7 +509,7 @@ fn read_through(
     // The decoder's own error says more than the parser's "stream ended" when both failed.
     let (entries, (container, sha256, size)) = match parsed {
         Ok(n) => (n, decoded?),
-        Err(e) => return Err(pipe::telling(e, decoded)),
+        Err(e) => return Err(pipe::root_cause(e, decoded)),
     };
     let checksum_verified = check_digest(src, &sha256, size)?;
     Ok(ReadThrough { container, entries, sha256, size, checksum_verified })

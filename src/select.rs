@@ -307,93 +307,116 @@ impl Selection {
             .any(|pat| pat.len() <= comps.len() && pat.iter().zip(&comps).all(|(p, c)| wildcard_match(p, c)))
     }
 
-    /// Walk every include in order, calling `visit` for each entry (directories before their
-    /// contents, names sorted bytewise). Unreadable directories and special files are reported
-    /// through `skip` and the walk goes on. An error from `visit` stops the walk.
-    pub fn walk(&self, visit: &mut dyn FnMut(Entry) -> Result<()>, skip: &mut dyn FnMut(Skipped)) -> Result<()> {
-        for inc in &self.includes {
-            if self.is_excluded(&inc.device) {
-                continue;
-            }
-            let meta = match fs::symlink_metadata(&inc.host) {
-                Ok(m) => m,
-                Err(e) => {
-                    skip(Skipped { path: inc.display(), reason: e.to_string() });
-                    continue;
-                }
-            };
-            self.walk_from(inc.clone(), meta, visit, skip)?;
-        }
-        Ok(())
-    }
-
-    fn walk_from(
-        &self,
-        top: Rooted,
-        top_meta: fs::Metadata,
-        visit: &mut dyn FnMut(Entry) -> Result<()>,
-        skip: &mut dyn FnMut(Skipped),
-    ) -> Result<()> {
-        // Each frame: a directory's sorted children, consumed from the back.
-        let mut stack: Vec<(Rooted, Vec<Vec<u8>>)> = Vec::new();
-        let mut next = Some((top, top_meta));
-        loop {
-            if let Some((path, meta)) = next.take() {
-                if self.ignore_host.iter().any(|p| p == &path.host) {
-                    // the archive being written: never archive ourselves
-                } else if meta.is_dir() {
-                    match read_sorted(&path.host) {
-                        Ok(names) => {
-                            visit(Entry { path: path.clone(), meta })?;
-                            stack.push((path, names));
-                        }
-                        Err(e) => {
-                            // Still archive the directory itself, so the tree's shape survives.
-                            skip(Skipped { path: path.display(), reason: format!("cannot list directory: {e}") });
-                            visit(Entry { path, meta })?;
-                        }
-                    }
-                } else if meta.is_file() || meta.file_type().is_symlink() {
-                    visit(Entry { path, meta })?;
-                } else {
-                    skip(Skipped { path: path.display(), reason: special_kind(&meta).into() });
-                }
-            }
-            let Some((dir, names)) = stack.last_mut() else { return Ok(()) };
-            let Some(name) = names.pop() else {
-                stack.pop();
-                continue;
-            };
-            let mut device = dir.device.clone();
-            if !device.is_empty() {
-                device.push(b'/');
-            }
-            device.extend_from_slice(&name);
-            if self.is_excluded(&device) {
-                continue;
-            }
-            let host = dir.host.join(OsStr::from_bytes(&name));
-            match fs::symlink_metadata(&host) {
-                Ok(meta) => next = Some((Rooted { device, host }, meta)),
-                Err(e) => skip(Skipped { path: device_display(&device), reason: e.to_string() }),
-            }
-        }
+    /// Walk every include in order: each entry (directories before their contents, names
+    /// sorted bytewise), and what was skipped (unreadable directories, special files) where it
+    /// was met. Never fails: what cannot be read is a `Skipped`.
+    pub fn walk(&self) -> Walk<'_> {
+        Walk { sel: self, includes: self.includes.iter(), stack: Vec::new(), queued: None }
     }
 
     /// Count what the walk would take: used to size upload parts and the progress bar.
-    pub fn scan(&self) -> Result<Totals> {
+    pub fn scan(&self) -> Totals {
         let mut t = Totals::default();
-        self.walk(
-            &mut |e| {
+        for e in self.walk() {
+            if let Walked::Entry(e) = e {
                 t.entries += 1;
                 if e.meta.is_file() {
                     t.bytes += e.meta.len();
                 }
-                Ok(())
-            },
-            &mut |_| {},
-        )?;
-        Ok(t)
+            }
+        }
+        t
+    }
+}
+
+/// One step of a selection's walk.
+#[derive(Debug)]
+pub enum Walked {
+    Entry(Entry),
+    Skipped(Skipped),
+}
+
+/// The walk over a selection (see [`Selection::walk`]).
+pub struct Walk<'a> {
+    sel: &'a Selection,
+    includes: std::slice::Iter<'a, Rooted>,
+    /// Each frame: a directory's sorted children, consumed from the back.
+    stack: Vec<(Rooted, Vec<Vec<u8>>)>,
+    /// What comes right after the step just returned: a directory that cannot be listed is
+    /// reported, then still archived (so the tree's shape survives).
+    queued: Option<Walked>,
+}
+
+impl Iterator for Walk<'_> {
+    type Item = Walked;
+
+    fn next(&mut self) -> Option<Walked> {
+        if let Some(q) = self.queued.take() {
+            return Some(q);
+        }
+        loop {
+            let (path, meta) = match self.next_path()? {
+                Ok(found) => found,
+                Err(skipped) => return Some(Walked::Skipped(skipped)),
+            };
+            if self.sel.ignore_host.iter().any(|p| p == &path.host) {
+                continue; // the archive being written: never archive ourselves
+            }
+            if meta.is_dir() {
+                return Some(match read_sorted(&path.host) {
+                    Ok(names) => {
+                        self.stack.push((path.clone(), names));
+                        Walked::Entry(Entry { path, meta })
+                    }
+                    Err(e) => {
+                        let reason = format!("cannot list directory: {e}");
+                        let skipped = Skipped { path: path.display(), reason };
+                        self.queued = Some(Walked::Entry(Entry { path, meta }));
+                        Walked::Skipped(skipped)
+                    }
+                });
+            }
+            if meta.is_file() || meta.file_type().is_symlink() {
+                return Some(Walked::Entry(Entry { path, meta }));
+            }
+            return Some(Walked::Skipped(Skipped { path: path.display(), reason: special_kind(&meta).into() }));
+        }
+    }
+}
+
+impl Walk<'_> {
+    /// The next path to look at, with its `lstat`: the next name in the deepest directory
+    /// being walked, else the next include.
+    fn next_path(&mut self) -> Option<std::result::Result<(Rooted, fs::Metadata), Skipped>> {
+        loop {
+            if let Some((dir, names)) = self.stack.last_mut() {
+                let Some(name) = names.pop() else {
+                    self.stack.pop();
+                    continue;
+                };
+                let mut device = dir.device.clone();
+                if !device.is_empty() {
+                    device.push(b'/');
+                }
+                device.extend_from_slice(&name);
+                if self.sel.is_excluded(&device) {
+                    continue;
+                }
+                let host = dir.host.join(OsStr::from_bytes(&name));
+                return Some(match fs::symlink_metadata(&host) {
+                    Ok(meta) => Ok((Rooted { device, host }, meta)),
+                    Err(e) => Err(Skipped { path: device_display(&device), reason: e.to_string() }),
+                });
+            }
+            let inc = self.includes.next()?;
+            if self.sel.is_excluded(&inc.device) {
+                continue;
+            }
+            return Some(match fs::symlink_metadata(&inc.host) {
+                Ok(meta) => Ok((inc.clone(), meta)),
+                Err(e) => Err(Skipped { path: inc.display(), reason: e.to_string() }),
+            });
+        }
     }
 }
 

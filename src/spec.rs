@@ -2,16 +2,18 @@
 //! each operation. Plain data: no I/O, no validation beyond what serde does (the operations
 //! check their own input and name what is wrong).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::archive::Format;
 use crate::crypt::{Opening, Sealing};
 use crate::manifest::Identity;
+use crate::store::sse::Sse;
 
-/// How to reach object storage. Secrets are not here: they come from the environment or the
-/// SDK's config files, so they can never be journaled or echoed.
+/// How to reach object storage. Credentials are not here: they come from the environment or
+/// the SDK's config files, so they can never be journaled or echoed. The one secret here, an
+/// SSE-C key, is never serialized and never shown by `Debug` (see `store::sse`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct StoreOptions {
@@ -21,11 +23,24 @@ pub struct StoreOptions {
     pub parts_in_flight: usize,
     /// Where in-progress multipart uploads are recorded (`--state-dir`); `None`: the default.
     pub state_dir: Option<PathBuf>,
+    /// Server-side encryption of the archive (`--sse`, `--sse-kms-key-id`, `--sse-c-key-file`).
+    pub sse: Sse,
+    /// `--limit-rate`: bytes per second for the archive's transfer, all its parts or ranges
+    /// in flight together; `None`: as fast as it goes.
+    pub limit_rate: Option<u64>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { endpoint: None, region: None, path_style: false, parts_in_flight: 4, state_dir: None }
+        StoreOptions {
+            endpoint: None,
+            region: None,
+            path_style: false,
+            parts_in_flight: 4,
+            state_dir: None,
+            sse: Sse::default(),
+            limit_rate: None,
+        }
     }
 }
 
@@ -132,3 +147,76 @@ pub struct RecoverAppSpec {
     #[serde(skip)]
     pub opening: Opening,
 }
+
+/// Where a backup goes and what its record says: the part every backup request shares,
+/// whoever makes it (the command line, an ECP or CPH request, a schedule). Each backup spec is
+/// built from it in one place (`ExportSpec::new`, `BackupAppSpec::new`).
+#[derive(Debug, Clone, Default)]
+pub struct Destination {
+    pub to: String,
+    /// The archive's name when `to` is a folder.
+    pub name: Option<String>,
+    pub description: String,
+    pub root: PathBuf,
+    pub identity: Identity,
+    pub store: StoreOptions,
+    /// The BackupFileId to record; a new one when absent.
+    pub backup_file_id: Option<String>,
+    /// Whom the archive is sealed for (none: not sealed).
+    pub sealing: Sealing,
+}
+
+impl ExportSpec {
+    pub fn new(dest: Destination, includes: Vec<String>, excludes: Vec<String>, all: bool) -> ExportSpec {
+        let Destination { to, name, description, root, identity, store, backup_file_id, sealing } = dest;
+        ExportSpec {
+            includes,
+            excludes,
+            all,
+            to,
+            root,
+            name,
+            description,
+            identity,
+            store,
+            backup_file_id,
+            sealing,
+            ..Default::default()
+        }
+    }
+}
+
+impl BackupAppSpec {
+    pub fn new(dest: Destination, apps: Vec<String>) -> BackupAppSpec {
+        let Destination { to, name, description, root, identity, store, backup_file_id, sealing } = dest;
+        BackupAppSpec {
+            apps,
+            to,
+            root,
+            name,
+            description,
+            identity,
+            store,
+            backup_file_id,
+            sealing,
+            ..Default::default()
+        }
+    }
+}
+/// `root()` for the specs that name one (`--root`).
+macro_rules! with_root {
+    ($($spec:ty),*) => {$(
+        impl $spec {
+            /// The directory that stands for the phone's `/` (`/` itself when none was given).
+            pub fn root(&self) -> &Path {
+                if self.root.as_os_str().is_empty() {
+                    Path::new("/")
+                } else {
+                    &self.root
+                }
+            }
+        }
+    )*};
+}
+
+with_root!(ExportSpec, ImportSpec, BackupAppSpec, RecoverAppSpec);

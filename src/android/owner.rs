@@ -10,7 +10,11 @@ use std::io;
 use std::os::unix::fs::{lchown, MetadataExt};
 use std::path::Path;
 
+use rustix::fs::{AtFlags, Gid, Uid};
+
+use crate::archive;
 use crate::error::{IoContext, Result};
+use crate::sys::walk::{Step, Walk};
 
 /// Android's per-user uid range.
 const PER_USER_RANGE: u32 = 100_000;
@@ -49,26 +53,28 @@ impl Owner {
 
 /// `chown -R uid:gid DIR`, with `DIR/cache` and `DIR/code_cache` (and what is under them) given
 /// the cache gid, when `cache_dirs` is set. Symlinks get their own owner changed, never their
-/// target's.
+/// target's. Walks the tree without recursion and relative to each directory (`sys::walk`):
+/// the staged tree may be deeper than a path can name.
 pub fn chown_tree(dir: &Path, owner: Owner, cache_dirs: bool) -> Result<()> {
     lchown(dir, Some(owner.uid), Some(owner.gid)).ctx(|| format!("chown {}", dir.display()))?;
-    let entries = fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))?;
-    for ent in entries {
-        let ent = ent.ctx(|| format!("listing {}", dir.display()))?;
-        let is_cache = cache_dirs && CACHE_DIRS.iter().any(|c| ent.file_name() == *c);
-        let gid = if is_cache { owner.cache_gid } else { owner.gid };
-        walk(&ent.path(), owner.uid, gid).ctx(|| format!("chown {}", ent.path().display()))?;
-    }
-    Ok(())
-}
-
-fn walk(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    lchown(path, Some(uid), Some(gid))?;
-    let m = fs::symlink_metadata(path)?;
-    if m.is_dir() {
-        for ent in fs::read_dir(path)? {
-            walk(&ent?.path(), uid, gid)?;
+    let mut walk = Walk::new(dir).ctx(|| format!("listing {}", dir.display()))?;
+    let shown = |walk: &Walk| format!("chown {}/{}", dir.display(), archive::shown(walk.rel()));
+    while let Some(step) = walk.next() {
+        if step.ctx(|| shown(&walk))? == Step::Left {
+            continue;
         }
+        let top = walk.rel().split(|b| *b == b'/').next().unwrap_or_default();
+        let is_cache = cache_dirs && CACHE_DIRS.iter().any(|c| c.as_bytes() == top);
+        let gid = if is_cache { owner.cache_gid } else { owner.gid };
+        rustix::fs::chownat(
+            walk.dir(),
+            walk.name(),
+            Some(Uid::from_raw(owner.uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(io::Error::from)
+        .ctx(|| shown(&walk))?;
     }
     Ok(())
 }

@@ -40,9 +40,9 @@ use super::{Area, ASIDE_PREFIX, STAGING_PREFIX};
 use crate::android::device::Device;
 use crate::android::pm;
 use crate::android::selinux::{self, Relabel};
-use crate::archive::unpack::sync_fs;
 use crate::error::{Error, IoContext, Result};
 use crate::select;
+use crate::sys::{self, walk};
 
 pub(super) const READY_PREFIX: &str = ".cpbackup-ready-";
 const LOCK_PREFIX: &str = ".cpbackup-run-";
@@ -92,14 +92,14 @@ impl Swap {
     pub(super) fn commit(&self, staged: &Path) -> Result<()> {
         for p in [&self.ready, &self.aside] {
             if exists(p) {
-                return Err(odd(p, "already exists"));
+                return Err(unexpected(p, "already exists"));
             }
         }
-        sync_fs(staged).ctx(|| format!("flushing {}", staged.display()))?;
+        sys::sync_fs(staged).ctx(|| format!("flushing {}", staged.display()))?;
         crash_point()?;
         fs::rename(staged, &self.ready)
             .ctx(|| format!("committing {} as {}", staged.display(), self.ready.display()))?;
-        sync_dir(&self.parent);
+        flush_renames(&self.parent);
         Ok(())
     }
 
@@ -108,7 +108,7 @@ impl Swap {
     pub(super) fn settle(&self) -> Result<Settled> {
         if let Ok(m) = fs::symlink_metadata(&self.ready) {
             if !m.is_dir() {
-                return Err(odd(&self.ready, "is not a directory"));
+                return Err(unexpected(&self.ready, "is not a directory"));
             }
             self.roll_forward()?;
             return Ok(Settled::RolledForward);
@@ -120,7 +120,7 @@ impl Swap {
             crash_point()?;
             fs::rename(&self.aside, &self.target)
                 .ctx(|| format!("putting {} back as {}", self.aside.display(), self.target.display()))?;
-            sync_dir(&self.parent);
+            flush_renames(&self.parent);
             return Ok(Settled::PutBack);
         }
         crash_point()?;
@@ -146,7 +146,7 @@ impl Swap {
                 crash_point()?;
                 fs::rename(&self.target, &self.aside)
                     .ctx(|| format!("moving {} aside as {}", self.target.display(), self.aside.display()))?;
-                sync_dir(&self.parent);
+                flush_renames(&self.parent);
             }
         }
         if self.keep_extras && fs::symlink_metadata(&self.aside).is_ok_and(|m| m.is_dir()) {
@@ -168,7 +168,7 @@ impl Swap {
         crash_point()?;
         fs::rename(&self.ready, &self.target)
             .ctx(|| format!("moving {} into place as {}", self.ready.display(), self.target.display()))?;
-        sync_dir(&self.parent);
+        flush_renames(&self.parent);
         if exists(&self.aside) {
             crash_point()?;
             remove_any(&self.aside)?;
@@ -243,10 +243,8 @@ impl Drop for RunLock {
 
 /// Lock `file` without waiting; true when it is locked and still the file named `path`.
 fn lock_and_check(file: &File, path: &Path) -> io::Result<bool> {
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => return Ok(false),
-        Err(fs::TryLockError::Error(e)) => return Err(e),
+    if !sys::try_lock(file)? {
+        return Ok(false);
     }
     let held = file.metadata()?;
     Ok(fs::symlink_metadata(path).is_ok_and(|m| m.dev() == held.dev() && m.ino() == held.ino()))
@@ -403,22 +401,17 @@ fn exists(p: &Path) -> bool {
 }
 
 fn remove_any(p: &Path) -> Result<()> {
-    let r = match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
-        Ok(_) => fs::remove_file(p),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    };
-    r.ctx(|| format!("removing {}", p.display()))
+    walk::remove_tree(p).ctx(|| format!("removing {}", p.display()))
 }
 
-pub(super) fn odd(p: &Path, what: &str) -> Error {
+/// `p` is not what a swap expects there: `what` it is instead.
+pub(super) fn unexpected(p: &Path, what: &str) -> Error {
     Error::Io { context: p.display().to_string(), source: io::Error::other(what.to_string()) }
 }
 
 /// Make a rename in `dir` durable. A failure is only logged: the rename itself is done.
-fn sync_dir(dir: &Path) {
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+fn flush_renames(dir: &Path) {
+    if let Err(e) = sys::sync_dir(dir) {
         tracing::warn!("could not flush {}: {e}", dir.display());
     }
 }
@@ -451,7 +444,8 @@ pub(super) fn crash_point() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{swap_in, StagedArea};
+    use super::super::recover::swap_in;
+    use super::super::stage::StagedArea;
     use super::*;
     use crate::android::device::CommandLine;
     use crate::android::owner::Owner;
@@ -575,12 +569,11 @@ mod tests {
 
     impl Case {
         fn owner(&self) -> Owner {
-            // SAFETY: getuid/getgid have no preconditions.
-            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            let (uid, gid) = crate::sys::ids();
             Owner { uid, gid, cache_gid: gid }
         }
 
-        fn swap(&self, cli: &Recorder) -> std::result::Result<Relabel, (&'static str, Error)> {
+        fn swap(&self, cli: &Recorder) -> std::result::Result<Relabel, (super::super::RecoverStep, Error)> {
             swap_in(&self.root, ID, PKG, self.area, &self.staged, self.owner(), &Device::new(cli))
         }
 

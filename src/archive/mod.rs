@@ -1,12 +1,13 @@
 //! Archives: the tar stream and its containers. `write` turns entries into tar (ustar with pax
-//! records where needed, GNU sparse for sparse files), `read` parses and checks entries from any
-//! tar, `unpack` puts them safely into a staging directory and then into place, `ab` owns the
-//! Android backup container.
+//! records where needed, GNU sparse for sparse files), `disk` puts a file from the disk into it,
+//! `read` parses and checks entries from any tar, `unpack` puts them safely into a staging
+//! directory and then into place, `ab` owns the Android backup container.
 //!
-//! Nothing here knows where bytes come from or go to (files, stdout, object stores): every
-//! function takes an `io::Read` or `io::Write`.
+//! Nothing here knows where the archive's bytes come from or go to (files, stdout, object
+//! stores): every function takes an `io::Read` or `io::Write`.
 
 pub mod ab;
+pub mod disk;
 pub mod read;
 pub mod unpack;
 pub mod write;

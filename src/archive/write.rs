@@ -49,6 +49,11 @@ impl<W: Write> TarWriter<W> {
         self.bytes
     }
 
+    /// What the tar may carry (links and sparse files only in the full flavour).
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.out
     }
@@ -437,32 +442,20 @@ fn checksum(h: &mut [u8; BLOCK]) {
 /// The data regions of a file with holes, by SEEK_DATA/SEEK_HOLE; `None` when the filesystem
 /// cannot say, the file has no holes, or it has more than `read::MAX_SPARSE_REGIONS` regions.
 pub fn sparse_map(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
-    use std::os::unix::io::AsRawFd;
-    let fd = file.as_raw_fd();
     let mut map = Vec::new();
-    let mut pos: i64 = 0;
-    let end = i64::try_from(size).ok()?;
-    while pos < end {
-        // SAFETY: lseek on a valid, owned descriptor has no memory effects.
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return None;
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return None;
-        }
-        let hole = hole.min(end);
+    let mut pos = 0u64;
+    while pos < size {
+        let data = match crate::sys::seek_data(file, pos) {
+            Ok(Some(d)) => d,
+            Ok(None) => break, // only a hole remains
+            Err(_) => return None,
+        };
+        let hole = crate::sys::seek_hole(file, data).ok()?.min(size);
         if hole > data {
             if map.len() as u64 >= super::read::MAX_SPARSE_REGIONS {
                 return None; // more regions than a reader accepts: stored whole, holes as zeros
             }
-            map.push((data as u64, (hole - data) as u64));
+            map.push((data, hole - data));
         }
         pos = hole;
     }

@@ -13,13 +13,9 @@ use std::io::{self, Write};
 use parzlib::ParZlib;
 use zst::Zstd;
 
-/// Input per zstd worker job.
+/// Input per zstd worker job: zstd's minimum (BENCHMARKS.md, "Figures behind constants").
 const ZSTD_JOB: u32 = 512 << 10;
-/// How much of the window before a job its worker loads first: 2^(3-9) of it (32 KiB at level
-/// 3). zstd's default for level 3 (6: a quarter MiB, half a 512 KiB job) has the workers hash
-/// each byte about 1.5 times. Measured on the benchmark tree (BENCHMARKS.md), seven exports
-/// each: median user CPU 5.02 s instead of 5.49, wall 4.23 s instead of 4.56, for 828.5 MB
-/// instead of 826.3 (+0.27%; `zstd -3 -T0` alone: 825.4).
+/// Window a job's worker loads first: 2^(3-9) of it, 32 KiB at level 3 (BENCHMARKS.md, "Figures behind constants").
 const ZSTD_OVERLAP_LOG: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,9 +35,7 @@ pub enum Codec {
 impl Codec {
     /// zstd level 3 (the CLI's default), workers on every core.
     pub fn zstd_default() -> Codec {
-        // Two workers per core: the thread that feeds zstd waits on its workers' condition
-        // variables, and with one worker per core the cores idle during those waits (measured:
-        // 1.5× faster on two cores; see BENCHMARKS.md).
+        // Two workers per core: one per core idles the cores (BENCHMARKS.md, "Figures behind constants").
         Codec::Zstd { level: 3, workers: 2 * cores() }
     }
 
@@ -66,9 +60,7 @@ impl<W: Write> Encoder<W> {
     pub fn new(codec: Codec, out: W) -> io::Result<Encoder<W>> {
         Ok(match codec {
             Codec::None => Encoder::None(out),
-            // zstd's default job is 4 windows (8 MiB at level 3) and it keeps about 2 × workers
-            // + 3 of them: over 100 MiB. 512 KiB jobs (its minimum) cost about 0.1% of ratio
-            // and keep the encoder near 10 MiB.
+            // 512 KiB jobs keep the encoder near 10 MiB (BENCHMARKS.md, "Figures behind constants").
             Codec::Zstd { level, workers } => {
                 Encoder::Zstd(Zstd::new(out, level, workers, ZSTD_JOB, ZSTD_OVERLAP_LOG)?)
             }

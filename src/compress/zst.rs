@@ -19,10 +19,7 @@ const MIN_LOOK: usize = 16 << 10;
 /// The sample: the first `RUN` bytes of every `STRIDE`, 8 KiB of a full segment.
 const RUN: usize = 64;
 const STRIDE: usize = 1024;
-/// A segment looks uniform when its sample's collision entropy (Rényi order 2) is at least
-/// 7.85 bits per byte: `Σ count² / n² ≤ 2^-7.85 = 1/230.7`. Random bytes sit at 7.956 ± 0.004
-/// (the estimate's bias and noise at 8,192 bytes), a JPEG photo measured 7.93; text at 4–5, SQLite pages
-/// at 5–7. No order-0 coder gains more than 2% at 7.85; what an LZ coder gains, the trial says.
+/// Uniform: collision entropy ≥ 7.85 bits/byte, Σ count²/n² ≤ 1/230.7 (BENCHMARKS.md, "Figures behind constants").
 const COLLISION_DIVISOR: u64 = 230;
 /// One uniform-looking segment in this many is compressed at level 1 to see whether storing
 /// is right; the verdict holds for the segments between.

@@ -112,7 +112,7 @@ pub struct Opened<R: Read> {
 
 impl<R: Read> Read for Opened<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).map_err(|e| match crate::error::carried(e) {
+        self.inner.read(buf).map_err(|e| match crate::error::extract_ours(e) {
             Ok(ours) => io::Error::other(ours),
             Err(e) if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::UnexpectedEof => {
                 io::Error::other(Error::archive(
@@ -148,7 +148,7 @@ mod tests {
         let mut r = open(bytes, keys, "x.age", &[])?;
         let mut out = Vec::new();
         r.read_to_end(&mut out)
-            .map_err(|e| crate::error::carried(e).unwrap_or_else(|e| Error::archive("x", e.to_string())))?;
+            .map_err(|e| crate::error::extract_ours(e).unwrap_or_else(|e| Error::archive("x", e.to_string())))?;
         Ok(out)
     }
 

@@ -1,19 +1,23 @@
-//! The daemon's memory across crashes and reboots: one JSON file per task and one per
-//! undelivered status event, each written to a temporary name, fsynced and renamed into
+//! The daemon's memory across crashes and reboots: one JSON file per task, per schedule and
+//! per undelivered status event, each written to a temporary name, fsynced and renamed into
 //! place, so a reader finds the old version or the new, never half of one. Files are 0600.
 //!
-//! It never deletes a task record, and deletes an event only once it was delivered.
+//! It deletes a task record only when retention says so (an ended task older than
+//! `task_retention_days`, or beyond the newest `task_retention_count`; never one waiting or
+//! running), and an event only once it was delivered.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::schedule::ScheduleRecord;
 use super::task::Task;
 use crate::error::{Error, IoContext, Result};
+use crate::sys;
 
 /// A status change waiting to be delivered to the control plane.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -47,6 +51,7 @@ impl Default for Event {
 
 pub struct Journal {
     tasks: PathBuf,
+    schedules: PathBuf,
     outbox: PathBuf,
     next: AtomicU64,
 }
@@ -55,7 +60,8 @@ impl Journal {
     pub fn open(dir: &Path) -> Result<Journal> {
         let tasks = dir.join("tasks");
         let outbox = dir.join("outbox");
-        for d in [dir, &tasks, &outbox] {
+        let schedules = dir.join("schedules");
+        for d in [dir, &tasks, &outbox, &schedules] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -67,51 +73,41 @@ impl Journal {
             .filter_map(|p| p.file_name()?.to_str()?.split('-').next()?.parse::<u64>().ok())
             .max()
             .unwrap_or(0);
-        Ok(Journal { tasks, outbox, next: AtomicU64::new(last + 1) })
+        Ok(Journal { tasks, schedules, outbox, next: AtomicU64::new(last + 1) })
     }
 
     pub fn save_task(&self, t: &Task) -> Result<()> {
-        let body = serde_json::to_vec_pretty(t).map_err(|e| Error::usage(format!("task {}: {e}", t.task_id)))?;
-        write_atomic(&self.tasks.join(format!("{}.json", t.task_id)), &body)
+        let body =
+            serde_json::to_vec_pretty(t).map_err(|e| Error::internal(format!("journaling task {}: {e}", t.task_id)))?;
+        sys::write_atomic(&self.tasks.join(format!("{}.json", t.task_id)), &body, 0o600)
     }
 
     /// Every task on disk. A file that does not parse is reported and skipped, never deleted.
     pub fn load_tasks(&self) -> Result<Vec<Task>> {
-        let mut out = Vec::new();
-        for p in list(&self.tasks)? {
-            if p.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
+        Ok(read_records(&self.tasks)?.into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// Forget a task's record (retention).
+    pub fn remove_task(&self, task_id: &str) -> Result<()> {
+        let p = self.tasks.join(format!("{task_id}.json"));
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::Io { context: format!("removing {}", p.display()), source: e })
             }
-            match fs::read(&p)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Task>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(t) => out.push(t),
-                Err(e) => tracing::error!("journal: cannot read {}: {e}; left in place", p.display()),
-            }
+            _ => Ok(()),
         }
-        Ok(out)
     }
 
     pub fn push_event(&self, ev: &Event) -> Result<()> {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
-        let body = serde_json::to_vec(ev).map_err(|e| Error::usage(format!("event {}: {e}", ev.event_id)))?;
-        write_atomic(&self.outbox.join(format!("{n:020}-{}.json", ev.event_id)), &body)
+        let body =
+            serde_json::to_vec(ev).map_err(|e| Error::internal(format!("journaling event {}: {e}", ev.event_id)))?;
+        sys::write_atomic(&self.outbox.join(format!("{n:020}-{}.json", ev.event_id)), &body, 0o600)
     }
 
     /// Undelivered events, oldest first.
     pub fn pending(&self) -> Result<Vec<(PathBuf, Event)>> {
-        let mut out = Vec::new();
-        for p in list(&self.outbox)? {
-            if p.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            match fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Event>(&b).ok()) {
-                Some(ev) => out.push((p, ev)),
-                None => tracing::error!("journal: cannot read event {}; left in place", p.display()),
-            }
-        }
-        Ok(out)
+        read_records(&self.outbox)
     }
 
     pub fn pending_count(&self) -> usize {
@@ -121,6 +117,68 @@ impl Journal {
     pub fn ack(&self, path: &Path) -> Result<()> {
         fs::remove_file(path).ctx(|| format!("removing delivered event {}", path.display()))
     }
+
+    pub fn save_schedule(&self, s: &ScheduleRecord) -> Result<()> {
+        let body = serde_json::to_vec_pretty(s)
+            .map_err(|e| Error::internal(format!("journaling schedule {}: {e}", s.spec.id)))?;
+        sys::write_atomic(&self.schedules.join(format!("{}.json", s.spec.id)), &body, 0o600)
+    }
+
+    /// Every schedule on disk; one that does not parse is reported and skipped.
+    pub fn load_schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        Ok(read_records(&self.schedules)?.into_iter().map(|(_, s)| s).collect())
+    }
+
+    pub fn remove_schedule(&self, id: &str) -> Result<()> {
+        let p = self.schedules.join(format!("{id}.json"));
+        fs::remove_file(&p).ctx(|| format!("removing {}", p.display()))
+    }
+}
+
+/// The records of a journal directory, in name order. A file that does not parse is reported
+/// and skipped, never deleted.
+fn read_records<T: DeserializeOwned>(dir: &Path) -> Result<Vec<(PathBuf, T)>> {
+    let mut out = Vec::new();
+    for p in list(dir)? {
+        if p.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        match fs::read(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<T>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(t) => out.push((p, t)),
+            Err(e) => tracing::error!("journal: cannot read {}: {e}; left in place", p.display()),
+        }
+    }
+    Ok(out)
+}
+
+/// The tasks retention forgets: ended ones that ended more than `days` before `now`, and the
+/// ended ones beyond the newest `count`. A task that is waiting or running is never among them.
+pub fn expired<'a>(
+    tasks: impl Iterator<Item = &'a Task>,
+    now: time::OffsetDateTime,
+    days: u64,
+    count: usize,
+) -> Vec<String> {
+    let oldest = now - time::Duration::days(days.min(1 << 20) as i64);
+    let mut ended: Vec<(Option<time::OffsetDateTime>, &Task)> =
+        tasks.filter(|t| t.status.is_final()).map(|t| (ended_at(t), t)).collect();
+    // Newest first; a task whose end cannot be read counts as the oldest.
+    ended.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.task_id.cmp(&a.1.task_id)));
+    ended
+        .into_iter()
+        .enumerate()
+        .filter(|(i, (at, _))| *i >= count || at.is_some_and(|at| at < oldest))
+        .map(|(_, (_, t))| t.task_id.clone())
+        .collect()
+}
+
+/// When a task ended: its finish time, else its creation (a task cancelled while waiting).
+fn ended_at(t: &Task) -> Option<time::OffsetDateTime> {
+    let parse = |s: &str| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok();
+    parse(&t.finish_time).or_else(|| parse(&t.created_time))
 }
 
 /// Sorted entries of a directory, temporary files left out.
@@ -134,31 +192,10 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Write to `.NAME.tmp` (0600), fsync, rename over NAME, fsync the directory.
-pub fn write_atomic(path: &Path, body: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .ctx(|| format!("writing {}", tmp.display()))?;
-    f.write_all(body).ctx(|| format!("writing {}", tmp.display()))?;
-    f.sync_all().ctx(|| format!("flushing {}", tmp.display()))?;
-    fs::rename(&tmp, path).ctx(|| format!("renaming {} into place", tmp.display()))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::task::{TaskStatus, Work};
+    use crate::daemon::task::{Api, TaskStatus, TaskType, Work};
 
     /// A journal written by version 1 of the agent, checked in: every later version must load it.
     #[test]
@@ -178,6 +215,8 @@ mod tests {
         assert_eq!(tasks.len(), 2);
         assert_eq!(tasks[0].status, TaskStatus::Finished);
         assert_eq!(tasks[0].backup_file_id, "bf-fixture000000001");
+        assert_eq!((tasks[0].api, tasks[0].task_type), (Api::Ecp, TaskType::BackupFile));
+        assert_eq!((tasks[1].api, tasks[1].task_type), (Api::Cph, TaskType::RecoverFile));
         assert!(matches!(&tasks[0].work, Some(Work::Export { spec }) if spec.includes == ["/data/data/com.example"]));
         assert_eq!(tasks[1].status, TaskStatus::Processing);
         assert!(
@@ -190,6 +229,50 @@ mod tests {
         j.push_event(&Event { event_id: "t-x-1".into(), ..Default::default() }).unwrap();
         let pending = j.pending().unwrap();
         assert_eq!(pending.last().unwrap().1.event_id, "t-x-1");
+    }
+
+    /// The enums are written as the strings version 1 wrote.
+    #[test]
+    fn task_records_keep_their_strings() {
+        let t = Task { api: Api::Cph, task_type: TaskType::RecoverApp, ..Default::default() };
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!((v["Api"].as_str(), v["TaskType"].as_str()), (Some("cph"), Some("RecoverApp")));
+        let v = serde_json::to_value(Task::default()).unwrap();
+        assert_eq!((v["Api"].as_str(), v["TaskType"].as_str()), (Some("ecp"), Some("BackupFile")));
+        for ty in [TaskType::BackupFile, TaskType::RecoverFile, TaskType::BackupApp, TaskType::RecoverApp] {
+            assert_eq!(serde_json::to_value(ty).unwrap(), ty.as_str());
+        }
+    }
+
+    #[test]
+    fn retention_forgets_old_and_surplus_ended_tasks_only() {
+        let now = time::OffsetDateTime::now_utc();
+        let at = |hours_ago: i64| {
+            let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+            (now - time::Duration::hours(hours_ago)).format(&f).unwrap()
+        };
+        let task = |id: &str, status, hours_ago| Task {
+            task_id: id.into(),
+            status,
+            created_time: at(hours_ago + 1),
+            finish_time: if status == TaskStatus::Waiting { String::new() } else { at(hours_ago) },
+            ..Default::default()
+        };
+        let tasks = [
+            task("t-new", TaskStatus::Finished, 1),
+            task("t-mid", TaskStatus::Failed, 2),
+            task("t-old", TaskStatus::PartFinished, 31 * 24),
+            task("t-waiting", TaskStatus::Waiting, 40 * 24),
+            task("t-running", TaskStatus::Processing, 40 * 24),
+        ];
+        let mut cancelled = task("t-cancelled", TaskStatus::Failed, 32 * 24);
+        cancelled.finish_time.clear();
+        let all = || tasks.iter().chain(std::iter::once(&cancelled));
+        let mut gone = expired(all(), now, 30, 10);
+        gone.sort();
+        assert_eq!(gone, ["t-cancelled", "t-old"]);
+        assert_eq!(expired(all(), now, 30, 1), ["t-mid", "t-old", "t-cancelled"]);
+        assert!(expired(all(), now, 365, 0).len() == 4, "the count bound alone");
     }
 
     #[test]

@@ -1,16 +1,20 @@
 //! `cpbackup daemon`: the agent as a service. The control plane pushes tasks over HTTP in the
 //! vendors' own shapes (`api`), a queue runs them with the command line's own functions
 //! (`runner`), every state change is journaled (`journal`) and reported back through a durable
-//! outbox (`report`), and a restart settles whatever a crash left (`Runner::recover`).
+//! outbox (`report`), schedules start backups by themselves (`schedule`, `cron`), and a
+//! restart settles whatever a crash left (`Runner::recover`).
 //!
 //! It must never lose a task or an event across a crash, and never leave a manifest saying
 //! AVAILABLE for an archive that is not complete.
 
 pub mod api;
 pub mod config;
+pub mod cron;
 pub mod journal;
+pub mod listen;
 pub mod report;
 pub mod runner;
+pub mod schedule;
 pub mod task;
 
 use std::future::Future;
@@ -27,6 +31,7 @@ use runner::Runner;
 pub fn run(cfg: Config) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("cpbackup-api")
         .enable_all()
         .build()
         .ctx(|| "starting the async runtime".into())?;
@@ -60,17 +65,24 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let tls = listen::Tls::from_config(&cfg)?;
+    let local = listener.local_addr().ctx(|| "reading the listening address".into())?;
+    if tls.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {local}, beyond this phone, without TLS: tokens and data cross the network in clear; set tls_cert_file and tls_key_file"
+        );
+    }
     let journal = Arc::new(Journal::open(&cfg.state_dir.join("journal"))?);
     let secret = cfg.callback_secret.clone().unwrap_or_default().into_bytes();
     let reporter = Reporter::new(journal.clone(), secret, report::http_agent());
     let deadline = Duration::from_secs(cfg.shutdown_deadline_secs);
-    let runner = Runner::new(cfg, journal, reporter.clone());
+    let runner = Runner::new(cfg, journal.clone(), reporter.clone());
     {
         // Recovery talks to the store with blocking calls of its own.
         let r = runner.clone();
         tokio::task::spawn_blocking(move || r.recover())
             .await
-            .map_err(|e| Error::usage(format!("recovering the journal: {e}")))??;
+            .map_err(|e| Error::internal(format!("recovering the journal: {e}")))??;
     }
     {
         let reporter = reporter.clone();
@@ -79,9 +91,10 @@ pub async fn serve(
             .spawn(move || reporter.run())
             .ctx(|| "starting the outbox thread".into())?;
     }
+    let schedules = schedule::Scheduler::load(runner.clone(), journal.clone())?;
     runner.start();
-    let local = listener.local_addr().ctx(|| "reading the listening address".into())?;
-    tracing::info!("listening on {local}");
+    tokio::spawn(schedules.clone().run());
+    tracing::info!("listening on {local}{}", if tls.is_some() { " (TLS)" } else { "" });
     // The one line on stdout: supervisors and tests learn the port (listen = "…:0") from it.
     println!("cpbackup daemon listening on {local}");
     {
@@ -89,18 +102,37 @@ pub async fn serve(
         let _ = std::io::stdout().flush();
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(runner.clone());
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let app = api::router(api::AppState { runner: runner.clone(), schedules });
+    let server = tokio::spawn(listen::serve(listener, app, tls.clone(), async move {
         let _ = stop_rx.await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    }));
+    tokio::spawn(reload_on_sighup(tls));
     shutdown.await;
     // Refuse new tasks, let running ones end, then stop the listener.
     runner.shutdown(deadline).await;
     let _ = stop_tx.send(());
     match server.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Error::Io { context: "serving HTTP".into(), source: e }),
-        Err(e) => Err(Error::usage(format!("server task: {e}"))),
+        Ok(r) => r,
+        Err(e) => Err(Error::internal(format!("the HTTP server stopped unexpectedly: {e}"))),
+    }
+}
+
+/// SIGHUP: read the TLS certificates again (a failed reload keeps the ones in use). Running
+/// tasks and open connections are not touched; without TLS there is nothing to reload, and
+/// the signal does not stop the agent.
+async fn reload_on_sighup(tls: Option<Arc<listen::Tls>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => return tracing::error!("cannot watch SIGHUP: {e}"),
+    };
+    while hup.recv().await.is_some() {
+        match &tls {
+            None => tracing::info!("SIGHUP: no TLS certificates to reload"),
+            Some(t) => match t.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                Err(e) => tracing::error!("SIGHUP: {e}; still serving the certificates read before"),
+            },
+        }
     }
 }

@@ -13,6 +13,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::journal::{Event, Journal};
+use crate::net::http::Poster;
 
 pub const SIGNATURE_HEADER: &str = "X-Cpbackup-Signature";
 pub const TIMESTAMP_HEADER: &str = "X-Cpbackup-Timestamp";
@@ -34,7 +35,7 @@ pub fn sign(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
 pub struct Reporter {
     journal: Arc<Journal>,
     secret: Vec<u8>,
-    agent: ureq::Agent,
+    poster: Poster,
     wake: (Mutex<bool>, Condvar),
     stop: AtomicBool,
     pub delivered: AtomicU64,
@@ -42,11 +43,11 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(journal: Arc<Journal>, secret: Vec<u8>, agent: ureq::Agent) -> Arc<Reporter> {
+    pub fn new(journal: Arc<Journal>, secret: Vec<u8>, poster: Poster) -> Arc<Reporter> {
         Arc::new(Reporter {
             journal,
             secret,
-            agent,
+            poster,
             wake: (Mutex::new(false), Condvar::new()),
             stop: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
@@ -122,43 +123,30 @@ impl Reporter {
         };
         let ts = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
         let sig = sign(&self.secret, &ts, &body);
-        let res = self
-            .agent
-            .post(&ev.url)
-            .set("Content-Type", "application/json")
-            .set(EVENT_ID_HEADER, &ev.event_id)
-            .set(TIMESTAMP_HEADER, &ts)
-            .set(SIGNATURE_HEADER, &sig)
-            .timeout(Duration::from_secs(15))
-            .send_bytes(&body);
-        match res {
-            Ok(r) if (200..300).contains(&r.status()) => true,
-            Ok(r) => {
-                tracing::warn!("callback {} for {}: HTTP {}", redact(&ev.url), ev.event_id, r.status());
-                false
-            }
-            Err(ureq::Error::Status(code, _)) => {
-                tracing::warn!("callback {} for {}: HTTP {code}", redact(&ev.url), ev.event_id);
+        let headers = [
+            ("Content-Type", "application/json"),
+            (EVENT_ID_HEADER, ev.event_id.as_str()),
+            (TIMESTAMP_HEADER, ts.as_str()),
+            (SIGNATURE_HEADER, sig.as_str()),
+        ];
+        match self.poster.post(&ev.url, &headers, body) {
+            Ok(status) if (200..300).contains(&status) => true,
+            Ok(status) => {
+                tracing::warn!("callback {} for {}: HTTP {status}", redact(&ev.url), ev.event_id);
                 false
             }
             Err(e) => {
-                tracing::warn!("callback {} for {}: {}", redact(&ev.url), ev.event_id, e.kind());
+                tracing::warn!("callback {} for {}: {e}", redact(&ev.url), ev.event_id);
                 false
             }
         }
     }
 }
 
-/// The HTTP client for callbacks.
-pub fn http_agent() -> ureq::Agent {
-    // The agent's DNS servers and CA roots (net.rs): a phone has no resolv.conf and no /etc/ssl.
-    let net = crate::net::Network::current();
-    let resolver = net.resolver.clone();
-    ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(10))
-        .resolver(move |netloc: &str| resolver.resolve_blocking(netloc))
-        .tls_config(net.rustls_config())
-        .build()
+/// The HTTP client for callbacks: the agent's one HTTP stack (`net::http`: its resolver, the
+/// phone's CA roots), 15 s per attempt.
+pub fn http_agent() -> Poster {
+    Poster::new(Duration::from_secs(15))
 }
 
 /// A URL without its query and userinfo, for logs (either may carry a token).

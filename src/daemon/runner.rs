@@ -1,6 +1,6 @@
 //! Running tasks: the queue, the concurrency limit, progress, cancellation, and the record of
 //! every state change (journal first, then an event for the control plane). Tasks run the same
-//! functions the command line runs, on blocking threads.
+//! functions the command line runs, each on a thread of its own at the task's priority.
 //!
 //! It never starts a second task for a task id or client token it has seen, never reports a
 //! state before the journal holds it, and on start never leaves a task "Processing" that no
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::config::Config;
-use super::journal::{Event, Journal};
+use super::journal::{self, Event, Journal};
 use super::report::Reporter;
 use super::task::{iso_now, Task, TaskProgress, TaskStatus, Work};
 use crate::error::{Error, Result};
@@ -66,14 +66,7 @@ impl Runner {
     pub fn recover(&self) -> Result<()> {
         let mut loaded = self.journal.load_tasks()?;
         loaded.sort_by(|a, b| a.created_time.cmp(&b.created_time).then(a.task_id.cmp(&b.task_id)));
-        let opts = crate::spec::StoreOptions {
-            endpoint: self.cfg.endpoint.clone(),
-            region: self.cfg.region.clone(),
-            path_style: self.cfg.path_style,
-            state_dir: Some(self.cfg.state_dir.join("uploads")),
-            ..Default::default()
-        };
-        match store::s3::cleanup(&opts) {
+        match store::s3::cleanup(&self.cfg.store_options(None)) {
             Ok(c) if !c.aborted.is_empty() => {
                 tracing::info!("aborted multipart uploads left by an earlier run: {}", c.aborted.join(", "))
             }
@@ -109,7 +102,28 @@ impl Runner {
             }
             lock(&self.tasks).insert(t.task_id.clone(), t);
         }
+        self.forget_expired();
         Ok(())
+    }
+
+    /// Retention: ended tasks older than `task_retention_days`, or beyond the newest
+    /// `task_retention_count`, leave memory and the journal (their undelivered events stay
+    /// until delivered).
+    pub fn forget_expired(&self) {
+        let now = time::OffsetDateTime::now_utc();
+        let mut tasks = lock(&self.tasks);
+        let gone = journal::expired(tasks.values(), now, self.cfg.task_retention_days, self.cfg.task_retention_count);
+        for id in &gone {
+            match self.journal.remove_task(id) {
+                Ok(()) => {
+                    tasks.remove(id);
+                }
+                Err(e) => tracing::warn!("journal: {e}"),
+            }
+        }
+        if !gone.is_empty() {
+            tracing::info!("journal: forgot {} ended tasks past their retention", gone.len());
+        }
     }
 
     /// Journal the task, then queue its event. Journal first: an event never reports a state
@@ -299,8 +313,19 @@ impl Runner {
             })
         };
 
+        // A thread of its own at the task's priority: the threads it starts inherit it, and
+        // the HTTP server's threads never take it.
         let p2 = progress.clone();
-        let outcome = tokio::task::spawn_blocking(move || execute(&work, &p2)).await;
+        let priority = self.cfg.priority().unwrap_or_default();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name(format!("task {id}")).spawn(move || {
+            priority.apply_to_this_thread();
+            let _ = tx.send(execute(&work, &p2));
+        });
+        let outcome = match spawned {
+            Ok(_) => rx.await.map_err(|_| "its thread ended without an answer".to_string()),
+            Err(e) => Err(format!("no thread for it: {e}")),
+        };
         ticker.abort();
         let transferred = progress.counters.transferred.load(Ordering::Relaxed);
         let uploads = matches!(t.work, Some(Work::Export { .. } | Work::BackupApp { .. }));
@@ -326,16 +351,18 @@ impl Runner {
                 t.error_code = e.code().to_string();
                 t.error_msg = e.to_string();
             }
-            Err(join) => {
+            Err(why) => {
+                let e = Error::internal(format!("the task stopped unexpectedly: {why}"));
                 t.status = TaskStatus::Failed;
-                t.error_code = "InternalError".into();
-                t.error_msg = format!("the task stopped unexpectedly: {join}");
+                t.error_code = e.code().to_string();
+                t.error_msg = e.to_string();
             }
         }
         if let Err(e) = self.record(&mut t, "status") {
             tracing::error!("journal: {e}");
         }
         lock(&self.tasks).insert(id.to_string(), t);
+        self.forget_expired();
     }
 
     /// Stop taking tasks; let running ones finish within `deadline`, then cancel them (their
@@ -471,4 +498,108 @@ fn settle_manifest(t: &Task) -> Option<Manifest> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::task::TaskType;
+    use crate::spec::{Destination, ExportSpec};
+
+    fn dir_size(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+    }
+
+    /// A phone that ran a backup every hour for a year: its journal, as the tasks would have
+    /// left it without retention, is cut to the retention on start, stays under a few MiB, and
+    /// loads in well under a second.
+    #[test]
+    fn a_year_of_hourly_backups_keeps_a_small_journal_that_loads_fast() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            state_dir: dir.path().join("state"),
+            root: dir.path().join("root"),
+            instance_id: "acp-year".into(),
+            ..Default::default()
+        };
+        std::fs::create_dir_all(&cfg.root).unwrap();
+        let tasks_dir = cfg.state_dir.join("journal/tasks");
+        std::fs::create_dir_all(&tasks_dir).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let stamp = |t: time::OffsetDateTime| {
+            let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+            t.format(&f).unwrap()
+        };
+        const HOURS: i64 = 365 * 24;
+        for i in 0..HOURS {
+            let start = now - time::Duration::hours(HOURS - i);
+            let task_id = format!("t-year{i:011}");
+            let to = format!("oss://fleet-backups/phones/acp-year/acp-year_{i:08}.tar.zst");
+            let dest = Destination {
+                to: to.clone(),
+                root: "/".into(),
+                identity: cfg.identity(&task_id),
+                store: cfg.store_options(Some("oss-cn-shanghai-internal.aliyuncs.com")),
+                backup_file_id: Some(format!("bf-year{i:012}")),
+                ..Default::default()
+            };
+            let spec = ExportSpec::new(dest, vec!["/data/data".into(), "/data/media/0".into()], vec![], false);
+            let m = Manifest {
+                backup_file_id: format!("bf-year{i:012}"),
+                backup_file_path: to.clone(),
+                identity: spec.identity.clone(),
+                status: Status::Available,
+                source_file_path_list: spec.includes.clone(),
+                sha256: "ab".repeat(32),
+                ..Default::default()
+            };
+            let t = Task {
+                task_id,
+                parent_task_id: format!("t-batch{i:010}"),
+                task_type: TaskType::BackupFile,
+                status: TaskStatus::Finished,
+                created_time: stamp(start),
+                start_time: stamp(start),
+                finish_time: stamp(start + time::Duration::minutes(4)),
+                result: String::from_utf8(m.to_json()).unwrap(),
+                backup_file_id: m.backup_file_id.clone(),
+                backup_file_path: to,
+                instance_id: cfg.instance_id.clone(),
+                work: Some(Work::Export { spec }),
+                ..Default::default()
+            };
+            std::fs::write(tasks_dir.join(format!("{}.json", t.task_id)), serde_json::to_vec_pretty(&t).unwrap())
+                .unwrap();
+        }
+        let before = dir_size(&tasks_dir);
+        assert!(before > 20 << 20, "a year of records is big without retention: {before} bytes");
+
+        let start = |cfg: &Config| {
+            let journal = Arc::new(Journal::open(&cfg.state_dir.join("journal")).unwrap());
+            let reporter = Reporter::new(journal.clone(), Vec::new(), super::super::report::http_agent());
+            let r = Runner::new(cfg.clone(), journal, reporter);
+            r.recover().unwrap();
+            r
+        };
+        let r = start(&cfg);
+        let kept = r.all().len();
+        assert!((30 * 24 - 1..=30 * 24 + 1).contains(&kept), "30 days of hourly tasks kept: {kept}");
+        let after = dir_size(&tasks_dir);
+        assert!(after < 4 << 20, "the journal of a year: {after} bytes");
+        assert_eq!(std::fs::read_dir(&tasks_dir).unwrap().count(), kept);
+        drop(r);
+
+        // The load of a start: open, read every record, settle, forget what expired.
+        let t0 = std::time::Instant::now();
+        let r = start(&cfg);
+        let took = t0.elapsed();
+        assert_eq!(r.all().len(), kept);
+        assert!(took < Duration::from_secs(1), "loading the journal took {took:?}");
+        eprintln!("journal of a year of hourly backups: {before} bytes before retention, {after} after ({kept} tasks); loaded in {took:?}");
+
+        // The count bound, whatever the age.
+        let r = start(&Config { task_retention_count: 100, ..cfg.clone() });
+        assert_eq!(r.all().len(), 100);
+        assert_eq!(std::fs::read_dir(&tasks_dir).unwrap().count(), 100);
+    }
 }

@@ -44,6 +44,41 @@ impl TaskStatus {
     }
 }
 
+/// Whose shapes a task answers in: the API that created it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// Alibaba ECP (`/ecp/ACTION`), and the schedules.
+    #[default]
+    Ecp,
+    /// Huawei CPH (`/cph/…`).
+    Cph,
+}
+
+/// ECP's TaskType, as DescribeTasks and the callbacks show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum TaskType {
+    /// ECP BackupFile, CPH batch-storage. (The default only fills a record that names none;
+    /// every version wrote it.)
+    #[default]
+    BackupFile,
+    /// ECP RecoveryFile, CPH batch-restore.
+    RecoverFile,
+    BackupApp,
+    RecoverApp,
+}
+
+impl TaskType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskType::BackupFile => "BackupFile",
+            TaskType::RecoverFile => "RecoverFile",
+            TaskType::BackupApp => "BackupApp",
+            TaskType::RecoverApp => "RecoverApp",
+        }
+    }
+}
+
 /// What to do. Each variant runs the same function the command line runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "Kind")]
@@ -68,12 +103,12 @@ pub enum Work {
 
 impl Work {
     /// ECP's TaskType.
-    pub fn task_type(&self) -> &'static str {
+    pub fn task_type(&self) -> TaskType {
         match self {
-            Work::Export { .. } => "BackupFile",
-            Work::Import { .. } => "RecoverFile",
-            Work::BackupApp { .. } => "BackupApp",
-            Work::RecoverApp { .. } => "RecoverApp",
+            Work::Export { .. } => TaskType::BackupFile,
+            Work::Import { .. } => TaskType::RecoverFile,
+            Work::BackupApp { .. } => TaskType::BackupApp,
+            Work::RecoverApp { .. } => TaskType::RecoverApp,
         }
     }
 }
@@ -99,9 +134,9 @@ pub struct Task {
     pub request_id: String,
     /// Idempotency key: the same token returns the same task.
     pub client_token: String,
-    /// "ecp" or "cph": whose shapes to answer with.
-    pub api: String,
-    pub task_type: String,
+    /// Whose shapes to answer with.
+    pub api: Api,
+    pub task_type: TaskType,
     pub status: TaskStatus,
     pub error_code: String,
     pub error_msg: String,
@@ -116,6 +151,9 @@ pub struct Task {
     /// Where the archive is (for deletes by id and for crash recovery).
     pub backup_file_path: String,
     pub instance_id: String,
+    /// The schedule that started it, when one did.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub schedule_id: String,
     pub callback_url: String,
     /// Sequence of the last event queued for this task.
     pub event_seq: u64,
@@ -131,8 +169,8 @@ impl Default for Task {
             parent_task_id: String::new(),
             request_id: String::new(),
             client_token: String::new(),
-            api: "ecp".into(),
-            task_type: String::new(),
+            api: Api::Ecp,
+            task_type: TaskType::BackupFile,
             status: TaskStatus::Waiting,
             error_code: String::new(),
             error_msg: String::new(),
@@ -144,6 +182,7 @@ impl Default for Task {
             backup_file_id: String::new(),
             backup_file_path: String::new(),
             instance_id: String::new(),
+            schedule_id: String::new(),
             callback_url: String::new(),
             event_seq: 0,
             cancel_requested: false,

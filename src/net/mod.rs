@@ -1,22 +1,22 @@
-//! How the agent reaches the network from inside a phone: which name servers answer its lookups
-//! ([`dns`]) and which certificate authorities it trusts ([`roots`]), and the one HTTP client
-//! built from both that every request of the agent goes through (object storage, STS).
+//! How the agent reaches the network from inside a phone: which resolver answers its lookups
+//! ([`dns`], netd's socket protocol in [`netd`]), which certificate authorities it trusts
+//! ([`roots`]), and the one HTTP stack built from both that every request of the agent goes
+//! through: object storage, STS, the daemon's callbacks ([`http`]).
 //!
 //! A static musl binary on Android has neither `/etc/resolv.conf` nor `/etc/ssl`, so nothing here
-//! leans on libc or the host: the same rules run on the phone and on a test machine. The
-//! settings are the process's (`--dns`/`CPBACKUP_DNS`, the phone root's CA store), installed once
+//! leans on libc: the same rules run on the phone and on a test machine. The settings are the
+//! process's (`--dns`/`CPBACKUP_DNS`, the phone root's netd socket and CA store), installed once
 //! by `main` before any client is built; a library user that installs nothing gets
-//! [`Network::from_env`]. Never spawns processes and never reads Android properties
-//! (`net.dns1` is gone since Android 8).
+//! [`Network::from_env`]. Never spawns processes and never reads Android properties.
 
 pub mod dns;
+pub mod http;
+pub mod netd;
 pub mod roots;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::OnceLock;
-
-use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
 pub use dns::Resolver;
 pub use roots::Roots;
@@ -34,14 +34,15 @@ pub struct Network {
 static INSTALLED: OnceLock<Network> = OnceLock::new();
 
 impl Network {
-    /// `dns` (from `--dns`; empty: `CPBACKUP_DNS`, then `/etc/resolv.conf`, then public
-    /// resolvers) and the CA roots of the phone whose `/` is `root`.
+    /// `dns` (from `--dns` or `CPBACKUP_DNS`; empty: netd's socket under `root`, then
+    /// `/etc/resolv.conf`, then public resolvers, see [`dns`]) and the CA roots of the phone
+    /// whose `/` is `root`.
     pub fn new(dns: Vec<SocketAddr>, root: &Path) -> Network {
         let roots = Roots::load(root);
         if !roots.skipped.is_empty() {
             tracing::warn!("{}: skipped {} files that are not CA certificates", roots.source, roots.skipped.len());
         }
-        Network { resolver: Resolver::from_system(dns), roots }
+        Network { resolver: Resolver::choose(dns, root), roots }
     }
 
     /// `CPBACKUP_DNS` (ignored with a warning when it does not parse) and the roots of `/`.
@@ -58,13 +59,7 @@ impl Network {
     /// Make these the settings of every client built from now on. The first call wins (a
     /// second is a bug in the caller and returns false).
     pub fn install(self) -> bool {
-        tracing::debug!(
-            "network: DNS {:?} ({}), {} CA roots from {}",
-            self.resolver.servers(),
-            self.resolver.source(),
-            self.roots.certs.len(),
-            self.roots.source
-        );
+        tracing::debug!("network: {}", self.describe().replace('\n', "; "));
         INSTALLED.set(self).is_ok()
     }
 
@@ -73,36 +68,9 @@ impl Network {
         INSTALLED.get_or_init(Network::from_env)
     }
 
-    /// An HTTP(S) client that resolves with [`Network::resolver`] and trusts exactly
-    /// [`Network::roots`]: hyper with rustls on ring (aws-lc-sys fails to link for Android arm64
-    /// in reports, and ring is smaller).
-    pub fn http_client(&self) -> SharedHttpClient {
-        use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
-        let mut trust = TrustStore::empty().with_native_roots(false);
-        for pem in self.roots.pem() {
-            trust.add_pem_certificate(pem);
-        }
-        let ctx = TlsContext::builder().with_trust_store(trust).build().expect("a TLS context from checked roots");
-        aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-            .tls_context(ctx)
-            .build_with_resolver(self.resolver.clone())
-    }
-}
-
-impl Network {
-    /// The same roots as a rustls client configuration (ring), for HTTP clients other than the
-    /// object store's (the daemon's callbacks: `ureq::AgentBuilder::tls_config`).
-    pub fn rustls_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
-        let mut store = rustls::RootCertStore::empty();
-        store.add_parsable_certificates(self.roots.certs.iter().cloned());
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default TLS versions")
-            .with_root_certificates(store)
-            .with_no_client_auth();
-        std::sync::Arc::new(config)
+    /// Two lines for `cpbackup version`: the resolver and where it came from, the CA roots.
+    pub fn describe(&self) -> String {
+        format!("dns: {}\nca roots: {} from {}", self.resolver, self.roots.certs.len(), self.roots.source)
     }
 }
 

@@ -88,6 +88,12 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
         std::fs::create_dir_all(path)
             .map_err(|e| Error::Io { context: format!("creating {}", path.display()), source: e })?;
     }
+    if spec.store.sse.customer_key.is_some() {
+        return Err(Error::usage(
+            "--sse-c-key-file does not apply to --format repo (a repository is read by ranges without \
+             the customer key): seal it with --recipient instead",
+        ));
+    }
     let (store, prefix, folder) = store::open(&loc, &spec.store)?;
     if !folder {
         return Err(Error::usage(format!(

@@ -203,7 +203,7 @@ impl Parse<'_> {
     }
 
     fn exact(&mut self, buf: &mut [u8]) -> Result<()> {
-        self.src.read_exact(buf).map_err(|e| match crate::error::carried(e) {
+        self.src.read_exact(buf).map_err(|e| match crate::error::extract_ours(e) {
             Ok(ours) => ours,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => self.bad("cut short"),
             Err(e) => self.bad(e),
@@ -251,7 +251,7 @@ impl Parse<'_> {
                 Ok(0) => return Err(self.bad("cut short")),
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(crate::error::carried(e).unwrap_or_else(|e| self.bad(e))),
+                Err(e) => return Err(crate::error::extract_ours(e).unwrap_or_else(|e| self.bad(e))),
             }
         }
         let name_len = u16::from_le_bytes(first) as usize;

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -38,7 +38,7 @@ use super::tree::{self, Node, NodeKind};
 use super::{index, marks, Repo};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::select::{Selection, Skipped};
+use crate::select::{Selection, Skipped, Walked};
 
 /// New chunk bytes in one batch before it is handed on.
 const BATCH_BYTES: usize = 512 << 10;
@@ -337,7 +337,7 @@ fn node_of(name: &[u8], kind: NodeKind, m: &fs::Metadata, host: &Path) -> Node {
     n.gid = m.gid();
     n.mtime = m.mtime();
     n.mtime_nsec = m.mtime_nsec().clamp(0, 999_999_999) as u32;
-    n.xattrs = crate::backup::read_xattrs(host);
+    n.xattrs = crate::archive::disk::xattrs(host);
     n
 }
 
@@ -364,7 +364,12 @@ impl Walker<'_, '_> {
     }
 
     fn run(&mut self, sel: &Selection, skip: &mut dyn FnMut(Skipped), warn: &mut dyn FnMut(String)) -> Result<()> {
-        sel.walk(&mut |e| self.entry(e, warn), skip)?;
+        for step in sel.walk() {
+            match step {
+                Walked::Entry(e) => self.entry(e, warn)?,
+                Walked::Skipped(s) => skip(s),
+            }
+        }
         while self.stack.pop().is_some() {
             self.send(Ev::End)?;
         }
@@ -452,7 +457,13 @@ impl Walker<'_, '_> {
             self.progress.entry(m.len());
             return self.send(Ev::FileEnd { size: m.len() });
         }
-        let mut f = match crate::backup::open_for_read(&e.path.host) {
+        // The type is checked again on the open file: a FIFO or device swapped in after the
+        // walk's lstat is not read.
+        let opened = crate::backup::open_for_read(&e.path.host).and_then(|f| match f.metadata()?.is_file() {
+            true => Ok(f),
+            false => Err(io::Error::new(io::ErrorKind::InvalidInput, "no longer a regular file")),
+        });
+        let mut f = match opened {
             Ok(f) => f,
             Err(err) => {
                 self.entries -= 1;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::{ObjectInfo, Store, Upload};
 use crate::error::{Error, IoContext, Result};
+use crate::sys;
 
 pub struct FileStore {
     dir: PathBuf,
@@ -86,21 +87,12 @@ impl Upload for FileUpload {
         out.get_ref().sync_all().ctx(|| format!("flushing {}", partial.display()))?;
         fs::rename(&partial, &self.fin).ctx(|| format!("renaming {} to {}", partial.display(), self.fin.display()))?;
         self.out = None;
-        sync_dir(&self.fin);
+        let _ = sys::sync_dir(sys::parent_of(&self.fin));
         Ok(())
     }
 
     fn abort(self: Box<Self>) {
         drop(self);
-    }
-}
-
-fn sync_dir(path: &Path) {
-    if let Some(parent) = path.parent() {
-        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-        if let Ok(d) = File::open(parent) {
-            let _ = d.sync_all();
-        }
     }
 }
 
@@ -142,17 +134,7 @@ impl Store for FileStore {
     }
 
     fn put(&self, key: &str, body: &[u8]) -> Result<()> {
-        let fin = self.path_to_write(key)?;
-        let tmp = match key.rsplit_once('/') {
-            Some((dir, name)) => self.path(&format!("{dir}/.{name}.tmp"))?,
-            None => self.path(&format!(".{key}.tmp"))?,
-        };
-        let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-        f.write_all(body).ctx(|| format!("writing {}", tmp.display()))?;
-        f.sync_all().ctx(|| format!("flushing {}", tmp.display()))?;
-        fs::rename(&tmp, &fin).ctx(|| format!("renaming {} to {}", tmp.display(), fin.display()))?;
-        sync_dir(&fin);
-        Ok(())
+        sys::write_atomic(&self.path_to_write(key)?, body, 0o666)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {

@@ -7,8 +7,10 @@
 
 pub mod file;
 pub mod pending;
+pub mod rate;
 pub mod retry;
 pub mod s3;
+pub mod sse;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -65,6 +67,10 @@ pub trait Store: Send + Sync {
     /// An object's size; `None` when it does not exist.
     fn size(&self, key: &str) -> Result<Option<u64>> {
         Ok(self.list(key)?.into_iter().find(|o| o.key == key).map(|o| o.size))
+    }
+    /// How the store encrypts archives at rest, for the manifest (`None`: as the bucket says).
+    fn server_side_encryption(&self) -> Option<sse::ServerSideEncryption> {
+        None
     }
 }
 
@@ -143,6 +149,43 @@ pub fn name_in_folder(name: Option<&str>, instance_id: &str, now: time::OffsetDa
     }
 }
 
+/// Refuse options that cannot apply where the archive goes: server-side encryption is the
+/// object store's, and a local file or a pipe would be written in the clear.
+pub fn check_options(loc: &Location, opts: &crate::spec::StoreOptions) -> Result<()> {
+    match loc {
+        Location::Object { .. } => Ok(()),
+        Location::Stdio | Location::File { .. } if opts.sse.is_set() => Err(Error::usage(
+            "--sse, --sse-kms-key-id and --sse-c-key-file ask the object store to encrypt: they apply to \
+             oss://, obs:// and s3:// locations, not to a local path or stdin/stdout",
+        )),
+        Location::Stdio | Location::File { .. } => Ok(()),
+    }
+}
+
+/// Open the store a location names, and the key within it (which may be a folder, ending in
+/// `/`, or empty for a local directory).
+pub fn open(loc: &Location, opts: &crate::spec::StoreOptions) -> Result<(Box<dyn Store>, String, bool)> {
+    check_options(loc, opts)?;
+    match loc {
+        Location::Stdio => Err(Error::usage("internal: stdin/stdout is not a store")),
+        Location::File { path, folder: true } => Ok((Box::new(file::FileStore::new(path)), String::new(), true)),
+        Location::File { path, folder: false } => {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| Error::usage(format!("{} does not name a file", path.display())))?;
+            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+            Ok((Box::new(file::FileStore::new(&dir)), name.to_string(), false))
+        }
+        Location::Object { scheme, bucket, key } => {
+            let store = s3::S3Store::new(*scheme, bucket, opts)?;
+            // A key ending in `/` (or no key) is a folder: ECP's BackupFilePath.
+            let folder = key.is_empty() || key.ends_with('/');
+            Ok((Box::new(store), key.clone(), folder))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,28 +207,5 @@ mod tests {
         );
         assert!(Location::parse("ftp://x/y").is_err());
         assert!(Location::parse("file://relative").is_err());
-    }
-}
-
-/// Open the store a location names, and the key within it (which may be a folder, ending in
-/// `/`, or empty for a local directory).
-pub fn open(loc: &Location, _opts: &crate::spec::StoreOptions) -> Result<(Box<dyn Store>, String, bool)> {
-    match loc {
-        Location::Stdio => Err(Error::usage("internal: stdin/stdout is not a store")),
-        Location::File { path, folder: true } => Ok((Box::new(file::FileStore::new(path)), String::new(), true)),
-        Location::File { path, folder: false } => {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| Error::usage(format!("{} does not name a file", path.display())))?;
-            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
-            Ok((Box::new(file::FileStore::new(&dir)), name.to_string(), false))
-        }
-        Location::Object { scheme, bucket, key } => {
-            let store = s3::S3Store::new(*scheme, bucket, _opts)?;
-            // A key ending in `/` (or no key) is a folder: ECP's BackupFilePath.
-            let folder = key.is_empty() || key.ends_with('/');
-            Ok((Box::new(store), key.clone(), folder))
-        }
     }
 }

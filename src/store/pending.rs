@@ -11,14 +11,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IoContext, Result};
+use crate::sys;
 
 /// The state directory on a device (the agent's own directory on /data).
 pub const DEVICE_STATE_DIR: &str = "/data/cpbackup/state";
@@ -66,8 +65,7 @@ impl StateDir {
         if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
             candidates.push(PathBuf::from(h).join(".local/state/cpbackup"));
         }
-        // SAFETY: getuid cannot fail and has no preconditions.
-        let uid = unsafe { libc::getuid() };
+        let (uid, _) = sys::ids();
         let tmp = std::env::temp_dir().join(format!("cpbackup-state-{uid}"));
         for c in &candidates {
             if writable(c) {
@@ -83,7 +81,7 @@ impl StateDir {
 
     /// Remember an upload; returns the record's file, to remove once the upload is over.
     pub fn save(&self, rec: &Record) -> Result<PathBuf> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        use std::os::unix::fs::DirBuilderExt;
         // The agent's own: 0700 and 0600, like the daemon's journal.
         fs::DirBuilder::new()
             .recursive(true)
@@ -92,26 +90,14 @@ impl StateDir {
             .ctx(|| format!("creating the state directory {}", self.dir.display()))?;
         let name = format!("upload-{}-{}.json", rec.pid, crate::manifest::random_id(12));
         let fin = self.dir.join(&name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
         let body = serde_json::to_vec_pretty(rec).unwrap_or_default();
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .ctx(|| format!("creating {}", tmp.display()))?;
+        let record = sys::Replacement::create(&fin, 0o600)?;
         // Locked before it is visible under its final name: no other agent can ever see this
         // record unlocked while the upload runs.
-        if !try_lock(&f) {
-            return Err(crate::error::Error::Io {
-                context: format!("locking {}", tmp.display()),
-                source: std::io::Error::last_os_error(),
-            });
+        if !record.try_lock().ctx(|| format!("locking the new record {name}"))? {
+            return Err(crate::error::Error::internal(format!("the new record {name} was locked by another")));
         }
-        f.write_all(&body).ctx(|| format!("writing {}", tmp.display()))?;
-        f.sync_all().ctx(|| format!("flushing {}", tmp.display()))?;
-        fs::rename(&tmp, &fin).ctx(|| format!("renaming {} to {}", tmp.display(), fin.display()))?;
+        let f = record.commit(&body)?;
         held().insert(fin.clone(), f);
         Ok(fin)
     }
@@ -142,7 +128,7 @@ impl StateDir {
             // Taking the lock means its owner is gone; keep holding it while the caller aborts
             // the upload, so two cleaners never race on one record.
             let Ok(f) = fs::File::open(&path) else { continue };
-            if try_lock(&f) {
+            if sys::try_lock(&f).unwrap_or(false) {
                 held().insert(path.clone(), f);
                 out.push((path, rec));
             }
@@ -185,11 +171,6 @@ fn held() -> std::sync::MutexGuard<'static, BTreeMap<PathBuf, fs::File>> {
     static HELD: Mutex<BTreeMap<PathBuf, fs::File>> = Mutex::new(BTreeMap::new());
     // A poisoned lock still holds valid files; carry on with them.
     HELD.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn try_lock(f: &fs::File) -> bool {
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
@@ -241,7 +222,7 @@ mod tests {
             .spawn()
             .expect("flock(1) from util-linux");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while fs::File::open(&live).map(|f| try_lock(&f)).unwrap_or(false) {
+        while fs::File::open(&live).map(|f| sys::try_lock(&f).unwrap()).unwrap_or(false) {
             // Not held yet (the child is starting); our probe lock went with the file.
             assert!(std::time::Instant::now() < deadline, "flock never took the lock");
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -253,7 +234,7 @@ mod tests {
         assert_eq!(stale[0].0, dead);
         assert_eq!(stale[0].1, rec(4242, 1));
         // While this process cleans it, nobody else can take it.
-        assert!(!try_lock(&fs::File::open(&dead).unwrap()));
+        assert!(!sys::try_lock(&fs::File::open(&dead).unwrap()).unwrap());
         remove(&dead);
         remove(&mine);
         // The holder is gone: its record is stale now.

@@ -20,7 +20,7 @@ use crate::android::{self, Phone, NOTES};
 use crate::support::daemon::{Daemon, INSTANCE};
 use crate::support::garage::{self, Garage};
 use crate::support::tree;
-use crate::support::{json as json_of, kill_group, path_str, run};
+use crate::support::{json as json_of, kill_group, run, Cli};
 
 const POINTS: u32 = 20;
 const MIB: usize = 1 << 20;
@@ -185,8 +185,7 @@ fn crash_export_at_20_points_then_run_again() {
     backup_tree(src.path(), 1);
     let export = |key: &str| {
         let mut c = g.cpbackup();
-        c.args(["export", "--root", path_str(src.path()), "--include", "/data/media/0", "--include"]);
-        c.args(["/data/data/com.example.app", "--to", &format!("s3://{bucket}/{key}")]);
+        c.export(src.path(), &["/data/media/0", "/data/data/com.example.app"], format!("s3://{bucket}/{key}"));
         c
     };
     let full = timed(|| export("full.tar.zst"));
@@ -210,14 +209,7 @@ fn crash_import_at_20_points_then_run_again() {
         (tmp.path().join("new"), tmp.path().join("old"), tmp.path().join("dst"), tmp.path().join("ref"));
     backup_tree(&new_src, 2);
     let url = format!("s3://{bucket}/new.tar.zst");
-    run(
-        g.cpbackup().args(["export", "--root", path_str(&new_src), "--include", "/data/media/0", "--include"]).args([
-            "/data/data/com.example.app",
-            "--to",
-            &url,
-        ]),
-        0,
-    );
+    run(g.cpbackup().export(&new_src, &["/data/media/0", "/data/data/com.example.app"], &url), 0);
     // The phone before: the same names with other bytes, and files the archive does not have.
     backup_tree(&old, 3);
     tree::Builder::new(&old).file("data/media/0/only-on-the-phone.txt", b"kept");
@@ -225,7 +217,7 @@ fn crash_import_at_20_points_then_run_again() {
     let before = contents(&old, &rels);
     let import = |root: &Path| {
         let mut c = g.cpbackup();
-        c.args(["import", "--root", path_str(root), "--from", &url]);
+        c.import(root, &url);
         c
     };
     let full = timed(|| {
@@ -239,7 +231,7 @@ fn crash_import_at_20_points_then_run_again() {
         reset(&old, &dst);
         kill_after(&mut import(&dst), at);
         // Run again: the next start settles what the killed one left.
-        run(g.cpbackup().args(["cleanup", "--root", path_str(&dst)]), 0);
+        run(g.cpbackup().cleanup(&dst), 0);
         assert_no_leftovers(&dst.join("data"));
         old_or_new(&contents(&dst, &rels), &before, &after, &format!("import killed at point {i}"))
     });
@@ -264,7 +256,7 @@ fn crash_backup_app_at_20_points_then_run_again() {
     let before = contents(&a.root, &app);
     let backup = |key: &str| {
         let mut c = on_phone(g, &a);
-        c.args(["backup-app", "--app", NOTES, "--root", path_str(&a.root), "--to", &format!("s3://{bucket}/{key}")]);
+        c.backup_app(&a.root, &[NOTES], format!("s3://{bucket}/{key}"));
         c
     };
     let full = timed(|| backup("full.ab"));
@@ -291,7 +283,7 @@ fn crash_recover_app_at_20_points_then_run_again() {
     let media = a.p("data/data/com.example.notes/files/media");
     tree::random_files(&media, 6, 5 * MIB, 5);
     let url = format!("s3://{bucket}/notes.ab");
-    run(on_phone(g, &a).args(["backup-app", "--app", NOTES, "--root", path_str(&a.root), "--to", &url]), 0);
+    run(on_phone(g, &a).backup_app(&a.root, &[NOTES], &url), 0);
 
     // The phone's data moves on after the backup: other bytes, a file the archive lacks.
     tree::random_files(&media, 6, 5 * MIB, 6);
@@ -303,7 +295,7 @@ fn crash_recover_app_at_20_points_then_run_again() {
     let before = contents(&a.root, &app);
     let recover = || {
         let mut c = on_phone(g, &a);
-        c.args(["recover-app", "--from", &url, "--root", path_str(&a.root)]);
+        c.recover_app(&a.root, &url);
         c
     };
     let full = timed(|| {
@@ -316,7 +308,7 @@ fn crash_recover_app_at_20_points_then_run_again() {
     kill_matrix("recover-app", full, |i, at| {
         reset(&pristine, &a.root);
         kill_after(&mut recover(), at);
-        run(on_phone(g, &a).args(["cleanup", "--root", path_str(&a.root)]), 0);
+        run(on_phone(g, &a).cleanup(&a.root), 0);
         for parent in ["data/data", "data/user_de/0", "data"] {
             assert_no_leftovers(&a.p(parent));
         }
@@ -427,15 +419,8 @@ fn crash_daemon_restores_at_20_points_each() {
     tree::random_files(&media, 6, 5 * MIB, 8);
     let files = format!("s3://{bucket}/files.tar.zst");
     let apps = format!("s3://{bucket}/notes.ab");
-    run(
-        on_phone(g, &a).args(["export", "--root", path_str(&a.root), "--include"]).args([
-            "/data/data/com.example.notes",
-            "--to",
-            &files,
-        ]),
-        0,
-    );
-    run(on_phone(g, &a).args(["backup-app", "--app", NOTES, "--root", path_str(&a.root), "--to", &apps]), 0);
+    run(on_phone(g, &a).export(&a.root, &["/data/data/com.example.notes"], &files), 0);
+    run(on_phone(g, &a).backup_app(&a.root, &[NOTES], &apps), 0);
     tree::random_files(&media, 6, 5 * MIB, 9);
     fs::write(a.p("data/data/com.example.notes/files/written-later.txt"), "later\n").unwrap();
     let app = ["data/data/com.example.notes", "data/user_de/0/com.example.notes"];

@@ -261,14 +261,52 @@ fn authentication_limits_and_errors_in_the_vendors_shapes() {
     let (code, v) = d.post("/ecp/BackupFile", json!({"AndroidInstanceIdList": [INSTANCE]}));
     assert_eq!(code, 400);
     assert!(v["Message"].as_str().unwrap().contains("BackupFilePath"), "{v}");
+    // The command line's rules are checked on the request: 400 naming the field and the
+    // rule, and no task made.
+    let (_, v) = d.post("/ecp/DescribeTasks", json!({}));
+    let tasks_before = v["TotalCount"].clone();
+    for (body, field, rule) in [
+        (
+            json!({"SourceFilePathList": ["/data/data", "/etc/passwd"]}),
+            "SourceFilePathList[1]",
+            "only paths under /data",
+        ),
+        (
+            json!({"SourceFilePathList": ["/data"], "ExcludeSourceFilePathList": ["cache"]}),
+            "ExcludeSourceFilePathList[0]",
+            "absolute",
+        ),
+        (
+            json!({"SourceFilePathList": ["/data"], "BackupFileName": "my backup"}),
+            "BackupFileName",
+            "not a valid object path",
+        ),
+    ] {
+        let mut body = body;
+        body["AndroidInstanceIdList"] = json!([INSTANCE]);
+        body["BackupFilePath"] = json!("oss://bkt/x/");
+        let (code, v) = d.post("/ecp/BackupFile", body);
+        assert_eq!((code, &v["Code"]), (400, &json!("InvalidParameter")), "{v}");
+        let msg = v["Message"].as_str().unwrap();
+        assert!(msg.starts_with(field) && msg.contains(rule), "{field}, {rule}: {v}");
+    }
+    let (code, v) = d.post(
+        "/cph/batch-storage",
+        json!({"storage_infos": [{"phone_id": INSTANCE, "include_files": ["/system/app"], "bucket_name": "bkt", "object_path": "x.tar"}]}),
+    );
+    assert_eq!((code, &v["error_code"]), (400, &json!("CPS.0002")), "{v}");
+    assert!(v["error_msg"].as_str().unwrap().starts_with("storage_infos[0].include_files[0]: "), "{v}");
+    let (_, v) = d.post("/ecp/DescribeTasks", json!({}));
+    assert_eq!(v["TotalCount"], tasks_before, "a refused request made a task: {v}");
+    // Whether a path exists is the task's to find out when it runs.
     let (code, v) = d.post(
         "/ecp/BackupFile",
-        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": "oss://bkt/x/", "SourceFilePathList": ["/system"]}),
+        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": "oss://bkt/x/", "SourceFilePathList": ["/data/not-here"]}),
     );
-    assert_eq!(code, 200, "accepted; the task itself fails on the path rule: {v}");
+    assert_eq!(code, 200, "accepted; the task itself fails on the missing path: {v}");
     let t = d.wait(v["Data"][0]["TaskId"].as_str().unwrap(), &["Failed"]);
     assert_eq!(t["ErrorCode"], "InvalidParameter");
-    assert!(t["ErrorMsg"].as_str().unwrap().contains("/system"), "{t}");
+    assert!(t["ErrorMsg"].as_str().unwrap().contains("/data/not-here"), "{t}");
     // That task's status callbacks, signed with the wrong secret, were refused by the control
     // plane's own check: it does check.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -557,4 +595,420 @@ fn backup_app_and_recover_app_onto_another_phone() {
         use std::os::unix::fs::MetadataExt;
         assert_eq!(std::fs::metadata(&note).unwrap().uid(), 10250, "owner from the fresh install");
     }
+}
+
+/// A record and an archive in the bucket, as an earlier run would have left them.
+fn seed(store: &dyn cpbackup::store::Store, key: &str, instance: &str, schedule: &str, created: &str, status: &str) {
+    let m = json!({
+        "BackupFileId": format!("bf-{}", key.replace(['/', '.', '_'], "-")),
+        "BackupFileName": key.rsplit('/').next().unwrap(),
+        "AndroidInstanceId": instance,
+        "ScheduleId": schedule,
+        "Status": status,
+        "GmtCreated": created,
+        "GmtModified": created,
+        "BackupFilePath": key,
+    });
+    store.put(key, b"an archive").unwrap();
+    store.put(&format!("{key}.manifest.json"), m.to_string().as_bytes()).unwrap();
+}
+
+fn schedule(d: &Daemon, id: &str) -> Value {
+    let (code, v) = d.get("/schedules");
+    assert_eq!(code, 200, "{v}");
+    v["Schedules"].as_array().unwrap().iter().find(|s| s["id"] == id).cloned().unwrap_or(Value::Null)
+}
+
+/// Wait until the schedule's last run is another than `not`; that run's task id.
+fn next_run(d: &Daemon, id: &str, not: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = schedule(d, id);
+        let t = s["last_task_id"].as_str().unwrap_or("").to_string();
+        if !t.is_empty() && t != not {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "schedule {id} did not run within {within:?}: {s}; log:\n{}",
+            std::fs::read_to_string(&d.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn schedules_run_on_time_forget_after_success_only_and_survive_a_restart() {
+    use cpbackup::store::Store;
+    let g = garage::shared();
+    let bucket = g.bucket("daemon-sched");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    app_tree(&root, 0);
+    let store = g.store(&bucket);
+    // Earlier backups of the schedule (the two oldest go with keep.last = 2), and records
+    // retention must leave alone: another schedule's, a failed one, another phone's.
+    for day in 1..=3 {
+        let key = format!("sched/{INSTANCE}_2026010{day}030000.tar.zst");
+        seed(&store, &key, INSTANCE, "every-minute", &format!("2026-01-0{day} 03:00:00"), "AVAILABLE");
+    }
+    seed(
+        &store,
+        &format!("sched/{INSTANCE}_20251201030000.tar.zst"),
+        INSTANCE,
+        "other",
+        "2025-12-01 03:00:00",
+        "AVAILABLE",
+    );
+    seed(
+        &store,
+        &format!("sched/{INSTANCE}_20251202030000.tar.zst"),
+        INSTANCE,
+        "every-minute",
+        "2025-12-02 03:00:00",
+        "BACKUP_FAILED",
+    );
+    seed(
+        &store,
+        "sched/acp-other_20251203030000.tar.zst",
+        "acp-other",
+        "every-minute",
+        "2025-12-03 03:00:00",
+        "AVAILABLE",
+    );
+    for day in 1..=2 {
+        let key = format!("failing/{INSTANCE}_2026010{day}030000.tar.zst");
+        seed(&store, &key, INSTANCE, "failing", &format!("2026-01-0{day} 03:00:00"), "AVAILABLE");
+    }
+    let extra = format!(
+        "endpoint = \"{}\"\nregion = \"garage\"\n\n\
+         [[schedule]]\nid = \"every-minute\"\ncron = \"* * * * *\"\njitter_secs = 0\n\
+         body = {{ BackupFilePath = \"oss://{bucket}/sched/\", SourceFilePathList = [\"/data/data/com.example.app\"] }}\n\
+         keep = {{ last = 2 }}\n\n\
+         [[schedule]]\nid = \"failing\"\ncron = \"* * * * *\"\n\
+         body = {{ BackupFilePath = \"oss://{bucket}/failing/\", SourceFilePathList = [\"/data/not-here\"] }}\n\
+         keep = {{ last = 1 }}\n",
+        g.endpoint()
+    );
+    let started = Instant::now();
+    let d = Daemon::start(g, dir.path(), &root, "", &extra);
+    let s = schedule(&d, "every-minute");
+    assert_eq!(s["from_config"], true, "{s}");
+    assert!(!s["next_run"].as_str().unwrap().is_empty(), "{s}");
+
+    // It fires within a minute of its time, as an ordinary task.
+    let first = next_run(&d, "every-minute", "", Duration::from_secs(75));
+    assert!(started.elapsed() < Duration::from_secs(75));
+    let t = d.wait(&first, &["Finished", "Failed"]);
+    assert_eq!(t["TaskStatus"], "Finished", "{t}");
+    let m: Value = serde_json::from_str(t["Result"].as_str().unwrap()).unwrap();
+    assert_eq!(m["ScheduleId"], "every-minute", "{m}");
+    let failed = next_run(&d, "failing", "", Duration::from_secs(30));
+    let t = d.wait(&failed, &["Finished", "Failed"]);
+    assert_eq!(t["TaskStatus"], "Failed", "{t}");
+
+    // After the run succeeded, retention: the two oldest of this schedule's backups go.
+    let gone =
+        |key: &str| store.get(&format!("{key}.manifest.json")).unwrap().is_none() && store.get(key).unwrap().is_none();
+    let deadline = Instant::now() + Duration::from_secs(75);
+    while !(gone(&format!("sched/{INSTANCE}_20260101030000.tar.zst"))
+        && gone(&format!("sched/{INSTANCE}_20260102030000.tar.zst")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no retention after the run; log:\n{}",
+            std::fs::read_to_string(&d.log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for key in [
+        format!("sched/{INSTANCE}_20251201030000.tar.zst"),
+        format!("sched/{INSTANCE}_20251202030000.tar.zst"),
+        "sched/acp-other_20251203030000.tar.zst".to_string(),
+    ] {
+        assert!(!gone(&key), "retention deleted {key}, which is not this schedule's to forget");
+    }
+    // The failing schedule's retention never ran: a later run of it has started, so its
+    // first run's end was seen, and its older backups are all there.
+    next_run(&d, "failing", &failed, Duration::from_secs(75));
+    for day in 1..=2 {
+        assert!(!gone(&format!("failing/{INSTANCE}_2026010{day}030000.tar.zst")), "retention after a failed run");
+    }
+
+    // The API: bad requests name the field, config schedules are the config's.
+    let body = json!({"BackupFilePath": format!("oss://{bucket}/api/"), "SourceFilePathList": ["/data/data"]});
+    let (code, v) = d.post("/schedules", json!({"id": "api-nightly", "cron": "0 3 * *", "body": body}));
+    assert_eq!((code, v["Code"].as_str()), (400, Some("InvalidParameter")), "{v}");
+    assert!(v["Message"].as_str().unwrap().starts_with("cron: "), "{v}");
+    let (code, v) = d.post("/schedules", json!({"id": "api-nightly", "cron": "0 3 * * *", "body": {"BackupFilePath": format!("oss://{bucket}/api/"), "SourceFilePathList": ["/system"]}}));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["Message"].as_str().unwrap().starts_with("body.SourceFilePathList[0]: "), "{v}");
+    let (code, v) = d.post(
+        "/schedules",
+        json!({"id": "api-nightly", "cron": "0 3 * * *", "jitter_secs": 3600, "body": body, "keep": {"daily": 7}}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["Schedules"][0]["id"], "api-nightly");
+    let del = |d: &Daemon, id: &str| {
+        answer(
+            ureq::delete(&format!("{}/schedules/{id}", d.base)).set("Authorization", &format!("Bearer {TOKEN}")).call(),
+        )
+    };
+    assert_eq!(del(&d, "every-minute").0, 409);
+    assert_eq!(del(&d, "no-such").0, 404);
+
+    // Stopped across a minute's time: at the next start the missed run runs at once, once;
+    // the schedules made over the API are still there.
+    let before = schedule(&d, "every-minute")["last_task_id"].as_str().unwrap().to_string();
+    let api = schedule(&d, "api-nightly");
+    let (config, _) = d.kill();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    std::thread::sleep(Duration::from_secs(60 - now % 60 + 1));
+    let d = Daemon::spawn(g, config, dir.path());
+    let missed = next_run(&d, "every-minute", &before, Duration::from_secs(15));
+    assert_ne!(missed, before);
+    let again = schedule(&d, "api-nightly");
+    assert_eq!((&again["cron"], &again["keep"], &again["next_run"]), (&api["cron"], &api["keep"], &api["next_run"]));
+    assert_eq!(del(&d, "api-nightly").0, 200);
+    assert!(schedule(&d, "api-nightly").is_null());
+}
+
+/// A test CA and the PEM files of certificates it signs.
+struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        TestCa { issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap() }
+    }
+
+    fn write(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.issuer.pem()).unwrap();
+        path.to_path_buf()
+    }
+
+    /// A certificate for `name` (a server's when `server`, else a client's), valid from
+    /// `from` to `to` (years), as (cert.pem, key.pem) under `dir`.
+    fn issue(&self, dir: &Path, file: &str, name: &str, server: bool, years: (i32, i32)) -> (PathBuf, PathBuf) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.extended_key_usages =
+            vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+        p.not_before = rcgen::date_time_ymd(years.0, 1, 1);
+        p.not_after = rcgen::date_time_ymd(years.1, 1, 1);
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        (c, k)
+    }
+}
+
+/// curl, as an operator would use it: the HTTP status, or None when no answer came (the TLS
+/// handshake failed), and the body.
+fn curl(args: &[&str]) -> (Option<u16>, String) {
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
+        .args(args)
+        .env_remove("AWS_CA_BUNDLE")
+        .output()
+        .unwrap_or_else(|e| panic!("curl: {e}: this test needs curl (apt-get install curl)"));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+    (o.status.success().then(|| code.trim().parse().unwrap()), body.to_string())
+}
+
+#[test]
+fn api_over_tls_with_client_certificates_and_a_reload() {
+    let g = garage::shared();
+    let bucket = g.bucket("daemon-tls");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    app_tree(&root, 200);
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let server_ca = TestCa::new("cpbackup test server CA");
+    let server_ca_pem = server_ca.write(&pki.join("server-ca.pem"));
+    let (server_cert, server_key) = server_ca.issue(&pki, "server", "127.0.0.1", true, (2020, 2099));
+    let client_ca = TestCa::new("cpbackup test client CA");
+    let client_ca_pem = client_ca.write(&pki.join("client-ca.pem"));
+    let (client, client_key) = client_ca.issue(&pki, "client", "control-plane", false, (2020, 2099));
+    let (expired, expired_key) = client_ca.issue(&pki, "expired", "control-plane", false, (2020, 2021));
+    let (stranger, stranger_key) =
+        TestCa::new("another CA").issue(&pki, "stranger", "control-plane", false, (2020, 2099));
+    let p = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let extra = format!(
+        "endpoint = \"{}\"\nregion = \"garage\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\nclient_ca_file = \"{}\"\nauth = \"mtls\"\n",
+        g.endpoint(),
+        p(&server_cert),
+        p(&server_key),
+        p(&client_ca_pem)
+    );
+    let d = Daemon::start(g, dir.path(), &root, "", &extra);
+    let base = d.base.replace("http://", "https://");
+    let url = |path: &str| format!("{base}{path}");
+    let tasks = url("/ecp/DescribeTasks");
+    let with = |cert: &PathBuf, key: &PathBuf, ca: &PathBuf, u: &str| {
+        curl(&["--cacert", &p(ca), "--cert", &p(cert), "--key", &p(key), "-d", "{}", u])
+    };
+
+    // auth = "mtls": a client certificate from the client CA is the credential.
+    let (code, body) = with(&client, &client_key, &server_ca_pem, &tasks);
+    assert_eq!(code, Some(200), "{body}");
+    assert!(body.contains("\"TotalCount\""), "{body}");
+    let (code, body) = curl(&["--cacert", &p(&server_ca_pem), "-d", "{}", &tasks]);
+    assert_eq!(code, Some(401), "without a client certificate: {body}");
+    assert!(body.contains("client certificate"), "{body}");
+    let (code, body) = curl(&["--cacert", &p(&server_ca_pem), &url("/healthz")]);
+    assert_eq!((code, body.trim()), (Some(200), "ok"), "/healthz needs no credential");
+    assert_eq!(
+        with(&expired, &expired_key, &server_ca_pem, &tasks).0,
+        None,
+        "an expired client certificate is refused"
+    );
+    assert_eq!(
+        with(&stranger, &stranger_key, &server_ca_pem, &tasks).0,
+        None,
+        "a certificate from another CA is refused"
+    );
+    assert_eq!(
+        curl(&["-d", "{}", &d.base.replace("https://", "http://")]).0.filter(|c| *c < 400),
+        None,
+        "no plain HTTP"
+    );
+
+    // A reload while a backup runs: new connections get the new certificate, the task goes on.
+    let backup = format!(
+        "{{\"AndroidInstanceIdList\": [\"{INSTANCE}\"], \"BackupFilePath\": \"oss://{bucket}/tls/\", \"SourceFilePathList\": [\"/data/media/0\"]}}"
+    );
+    let (code, v) = curl(&[
+        "--cacert",
+        &p(&server_ca_pem),
+        "--cert",
+        &p(&client),
+        "--key",
+        &p(&client_key),
+        "-d",
+        &backup,
+        &url("/ecp/BackupFile"),
+    ]);
+    assert_eq!(code, Some(200), "{v}");
+    let v: Value = serde_json::from_str(&v).unwrap();
+    let id = v["Data"][0]["TaskId"].as_str().unwrap().to_string();
+    let status = |id: &str| {
+        let (_, body) = with(&client, &client_key, &server_ca_pem, &tasks);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["Data"].as_array().unwrap().iter().find(|t| t["TaskId"] == id).map(|t| t["TaskStatus"].clone()).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&id) == "Waiting" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let new_ca = TestCa::new("cpbackup test server CA, renewed");
+    let new_ca_pem = new_ca.write(&pki.join("new-ca.pem"));
+    let (renewed, renewed_key) = new_ca.issue(&pki, "renewed", "127.0.0.1", true, (2020, 2099));
+    std::fs::copy(&renewed, &server_cert).unwrap();
+    std::fs::copy(&renewed_key, &server_key).unwrap();
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while with(&client, &client_key, &new_ca_pem, &tasks).0 != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate is not served; log:\n{}",
+            std::fs::read_to_string(&d.log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(with(&client, &client_key, &server_ca_pem, &tasks).0, None, "the old certificate is no longer served");
+    let (_, body) = with(&client, &client_key, &new_ca_pem, &tasks);
+    assert!(body.contains(&format!("\"TaskId\":\"{id}\"")), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let t = v["Data"].as_array().unwrap().iter().find(|t| t["TaskId"] == id).cloned().unwrap();
+    assert_eq!(t["TaskStatus"], "Processing", "the backup spans the reload: {t}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, body) = with(&client, &client_key, &new_ca_pem, &tasks);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let t = v["Data"].as_array().unwrap().iter().find(|t| t["TaskId"] == id).cloned().unwrap();
+        if t["TaskStatus"] != "Processing" {
+            assert_eq!(t["TaskStatus"], "Finished", "the task ran through the reload: {t}");
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A reload that fails keeps what is served.
+    std::fs::write(&server_cert, "not a certificate").unwrap();
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(with(&client, &client_key, &new_ca_pem, &tasks).0, Some(200));
+    drop(d);
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("SIGHUP: TLS certificates reloaded") && log.contains("still serving the certificates read before"),
+        "{log}"
+    );
+
+    // auth = "both": the certificate and the token.
+    std::fs::copy(&renewed, &server_cert).unwrap();
+    let cfg = dir.path().join("cpbackup.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("auth = \"mtls\"", "auth = \"both\"");
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::spawn(g, cfg.clone(), dir.path());
+    let tasks = d.base.replace("http://", "https://") + "/ecp/DescribeTasks";
+    let (code, body) = with(&client, &client_key, &new_ca_pem, &tasks);
+    assert_eq!(code, Some(401), "a certificate without the token: {body}");
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let (code, body) = curl(&["--cacert", &p(&new_ca_pem), "-H", &bearer, "-d", "{}", &tasks]);
+    assert_eq!(code, Some(401), "the token without a certificate: {body}");
+    let (code, body) = curl(&[
+        "--cacert",
+        &p(&new_ca_pem),
+        "--cert",
+        &p(&client),
+        "--key",
+        &p(&client_key),
+        "-H",
+        &bearer,
+        "-d",
+        "{}",
+        &tasks,
+    ]);
+    assert_eq!(code, Some(200), "{body}");
+    drop(d);
+
+    // Plain HTTP beyond loopback works, with a warning at start.
+    let open = dir.path().join("open.toml");
+    std::fs::write(
+        &open,
+        format!("listen = \"0.0.0.0:0\"\ntoken = \"{TOKEN}\"\nstate_dir = \"{}\"\n", dir.path().join("s2").display()),
+    )
+    .unwrap();
+    let log = dir.path().join("open.log");
+    let mut child = g
+        .cpbackup()
+        .args(["daemon", "--config", path_str(&open)])
+        .env_remove("CPBACKUP_STATE_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("listening on 0.0.0.0:"), "{line}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("without TLS"), "no warning for plain HTTP beyond loopback:\n{text}");
 }

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use crate::android::{self, NOTES};
 use crate::support::tree::{self, Ignore};
-use crate::support::{cpbackup, path_str, run, stderr};
+use crate::support::{cpbackup, run, stderr, Cli};
 
 const MIB: usize = 1 << 20;
 
@@ -53,7 +53,7 @@ fn assert_no_staging(dir: &Path) {
 
 /// Free bytes on the filesystem of `p`.
 fn free(p: &Path) -> u64 {
-    cpbackup::archive::unpack::free_bytes(p).unwrap()
+    cpbackup::sys::free_bytes(p).unwrap()
 }
 
 #[test]
@@ -63,7 +63,7 @@ fn diskfull_import_refuses_or_stops_and_keeps_the_data() {
     let src = tmp.path().join("src");
     tree::random_files(&src.join("data/media/0/big"), 6, 8 * MIB, 91);
     let archive = tmp.path().join("big.tar.zst");
-    run(cpbackup().args(["export", "--root", path_str(&src), "--include", "/data/media/0", "--to"]).arg(&archive), 0);
+    run(cpbackup().export(&src, &["/data/media/0"], &archive), 0);
 
     // The phone: its /data on a 40 MiB filesystem, 6 MiB of it the user's own.
     let root = tmp.path().join("phone");
@@ -75,19 +75,14 @@ fn diskfull_import_refuses_or_stops_and_keeps_the_data() {
     let free_before = free(&root.join("data"));
 
     // 1. With the manifest: refused before a byte is written.
-    let out = run(cpbackup().args(["import", "--root", path_str(&root), "--from"]).arg(&archive), 1);
+    let out = run(cpbackup().import(&root, &archive), 1);
     let e = stderr(&out);
     assert!(e.contains("not enough free space") && e.contains("free some space"), "{e}");
     tree::assert_same(&before, &tree::snapshot(&root, "data/media"), Ignore::default());
     assert_no_staging(&root.join("data"));
 
     // 2. On stdin, with no manifest to tell the size: it stops when the filesystem is full.
-    let mut child = cpbackup()
-        .args(["import", "--root", path_str(&root), "--from", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cpbackup().import(&root, "-").stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let bytes = fs::read(&archive).unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let feeder = std::thread::spawn(move || {
@@ -115,7 +110,7 @@ fn diskfull_recover_app_stops_and_keeps_the_installed_app() {
     let ab = tmp.path().join("notes.ab");
     let mut c = cpbackup();
     c.env("PATH", android::path_env()).env("FAKEROID_ROOT", &a.root);
-    run(c.args(["backup-app", "--app", NOTES, "--root", path_str(&a.root), "--to"]).arg(&ab), 0);
+    run(c.backup_app(&a.root, &[NOTES], &ab), 0);
 
     // The app's data shrinks to 4 MiB, and /data/data moves onto a 40 MiB filesystem.
     fs::remove_dir_all(&media).unwrap();
@@ -132,7 +127,7 @@ fn diskfull_recover_app_stops_and_keeps_the_installed_app() {
     for from in [ab.clone(), PathBuf::from("-")] {
         let mut c = cpbackup();
         c.env("PATH", android::path_env()).env("FAKEROID_ROOT", &a.root);
-        c.args(["recover-app", "--root", path_str(&a.root), "--from"]).arg(&from);
+        c.recover_app(&a.root, &from);
         if from == Path::new("-") {
             c.stdin(fs::File::open(&ab).unwrap());
         }

@@ -16,7 +16,7 @@ use crate::support::daemon::{Daemon, INSTANCE};
 use crate::support::faultproxy::{dies_after, every, in_turn, Fault, Proxy, Request};
 use crate::support::garage::{self, Garage};
 use crate::support::tree::{self, Ignore};
-use crate::support::{json, path_str, run, stderr};
+use crate::support::{json, run, stderr, Cli};
 
 const MIB: usize = 1 << 20;
 
@@ -100,7 +100,7 @@ fn faults_within_the_budget_export_and_import_200_mib() {
     let proxy = Proxy::start(g.nodes[0].s3_port, every(4, any, flaky()));
     let mut c = g.cpbackup();
     with_fast_retries(&mut c, &proxy);
-    c.args(["export", "--root", path_str(src.path()), "--include", "/data/media/0", "--to", &url, "--json"]);
+    c.export(src.path(), &["/data/media/0"], &url).arg("--json");
     let m = json(&run(&mut c, 0));
     assert_eq!(m["Status"], "AVAILABLE");
     assert!(m["ArchiveSize"].as_u64().unwrap() >= 200 * MIB as u64, "{m}");
@@ -120,7 +120,7 @@ fn faults_within_the_budget_export_and_import_200_mib() {
     let dst = tempfile::tempdir().unwrap();
     let mut c = g.cpbackup();
     with_fast_retries(&mut c, &proxy);
-    c.args(["import", "--root", path_str(dst.path()), "--from", &url, "--json"]);
+    c.import(dst.path(), &url).arg("--json");
     let out = run(&mut c, 0);
     let r = json(&out);
     assert_eq!(r["ChecksumVerified"], true);
@@ -147,7 +147,7 @@ fn faults_beyond_the_budget_fail_cleanly_and_keep_the_data() {
     let url = format!("s3://{bucket}/over.tar.zst");
     let mut c = g.cpbackup();
     with_fast_retries(&mut c, &proxy);
-    c.args(["export", "--root", path_str(src.path()), "--include", "/data/media/0", "--to", &url]);
+    c.export(src.path(), &["/data/media/0"], &url);
     let out = run(&mut c, 1);
     let e = stderr(&out);
     assert!(e.contains("SlowDown") && e.contains("5 attempts"), "the reason and the budget: {e}");
@@ -159,19 +159,7 @@ fn faults_beyond_the_budget_fail_cleanly_and_keep_the_data() {
     // Import: a good archive, but every GET of it after the first is reset. The tree already
     // at the destination stays as it was, and no staging is left.
     let good = format!("s3://{bucket}/good.tar.zst");
-    let m = json(&run(
-        g.cpbackup().args([
-            "export",
-            "--root",
-            path_str(src.path()),
-            "--include",
-            "/data/media/0",
-            "--to",
-            &good,
-            "--json",
-        ]),
-        0,
-    ));
+    let m = json(&run(g.cpbackup().export(src.path(), &["/data/media/0"], &good).arg("--json"), 0));
     let dst = tempfile::tempdir().unwrap();
     let b = tree::Builder::new(dst.path());
     b.file("data/media/0/big/blob0.bin", b"the phone's own copy");
@@ -180,7 +168,7 @@ fn faults_beyond_the_budget_fail_cleanly_and_keep_the_data() {
     let proxy = Proxy::start(g.nodes[0].s3_port, dies_after("good.tar.zst", 4 * MIB as u64));
     let mut c = g.cpbackup();
     with_fast_retries(&mut c, &proxy);
-    c.args(["import", "--root", path_str(dst.path()), "--from", &good]);
+    c.import(dst.path(), &good);
     let out = run(&mut c, 1);
     let e = stderr(&out);
     assert!(e.contains("GetObject") && e.contains(&good), "names the request that failed: {e}");
@@ -224,7 +212,7 @@ fn faults_within_the_budget_backup_app_and_recover_app_200_mib() {
 
     let proxy = Proxy::start(g.nodes[0].s3_port, every(4, any, flaky()));
     let mut c = on_phone(g, &a, &proxy);
-    c.args(["backup-app", "--app", NOTES, "--root", path_str(&a.root), "--to", &url, "--json"]);
+    c.backup_app(&a.root, &[NOTES], &url).arg("--json");
     let m = json(&run(&mut c, 0));
     assert_eq!(m["Status"], "AVAILABLE");
     assert!(m["ArchiveSize"].as_u64().unwrap() >= 200 * MIB as u64, "{m}");
@@ -236,7 +224,7 @@ fn faults_within_the_budget_backup_app_and_recover_app_200_mib() {
     let b = Phone::new(10300, 33, "arm64-v8a,armeabi-v7a,armeabi");
     let proxy = Proxy::start(g.nodes[0].s3_port, flaky_download("notes.ab"));
     let mut c = on_phone(g, &b, &proxy);
-    c.args(["recover-app", "--from", &url, "--root", path_str(&b.root), "--json"]);
+    c.recover_app(&b.root, &url).arg("--json");
     let out = run(&mut c, 0);
     let r = json(&out);
     assert_eq!(proxy.faults().len(), 8, "the download met only {:?}", proxy.faults());
@@ -257,7 +245,7 @@ fn faults_beyond_the_budget_in_recover_app_keep_the_installed_app() {
     let url = format!("s3://{bucket}/notes.ab");
     let pass = Proxy::start(g.nodes[0].s3_port, |_: &Request| Fault::Pass);
     let mut c = on_phone(g, &a, &pass);
-    c.args(["backup-app", "--app", NOTES, "--root", path_str(&a.root), "--to", &url]);
+    c.backup_app(&a.root, &[NOTES], &url);
     run(&mut c, 0);
 
     // The same phone, its app changed since: a recovery that cannot finish must leave it so.
@@ -266,7 +254,7 @@ fn faults_beyond_the_budget_in_recover_app_keep_the_installed_app() {
     let before = tree::snapshot(&a.root, app);
     let proxy = Proxy::start(g.nodes[0].s3_port, dies_after("notes.ab", 2 * MIB as u64));
     let mut c = on_phone(g, &a, &proxy);
-    c.args(["recover-app", "--from", &url, "--root", path_str(&a.root)]);
+    c.recover_app(&a.root, &url);
     let out = run(&mut c, 1);
     assert!(stderr(&out).contains("GetObject"), "{}", stderr(&out));
     tree::assert_same(&before, &tree::snapshot(&a.root, app), Ignore::default());
@@ -289,7 +277,7 @@ fn faults_beyond_the_budget_fail_daemon_tasks_with_the_reason() {
     let apps = format!("s3://{bucket}/notes.ab");
     let pass = Proxy::start(g.nodes[0].s3_port, |_: &Request| Fault::Pass);
     let mut c = on_phone(g, &a, &pass);
-    run(c.args(["backup-app", "--app", NOTES, "--root", path_str(&a.root), "--to", &apps]), 0);
+    run(c.backup_app(&a.root, &[NOTES], &apps), 0);
 
     // Parts from the second on meet SlowDown; GETs of the archive die after 2 MiB.
     let key = |r: &Request| r.part_number().is_some_and(|n| n >= 2);

@@ -6,15 +6,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::support::tree::{self, Ignore};
-use crate::support::{cpbackup, path_str, require, run};
+use crate::support::{cpbackup, require, run, Cli};
 
 const APP: &str = "data/data/com.example.app";
 
 fn export(root: &Path, dest: &Path) {
-    run(
-        cpbackup().args(["export", "--root", path_str(root), "--include", &format!("/{APP}"), "--to", path_str(dest)]),
-        0,
-    );
+    run(cpbackup().export(root, &[&format!("/{APP}")], dest), 0);
 }
 
 fn sh(script: &str) -> std::process::Output {
@@ -102,7 +99,7 @@ fn cpbackup_imports_what_gnu_tar_writes() {
         let archive = out.path().join(name);
         sh(&format!("tar {flags} --numeric-owner -cf '{}' -C '{}' {APP}", archive.display(), src.path().display()));
         let dst = tempfile::tempdir().unwrap();
-        run(cpbackup().args(["import", "--root", path_str(dst.path()), "--from", path_str(&archive)]), 0);
+        run(cpbackup().import(dst.path(), &archive), 0);
         let mut ignore = gnu_ignore();
         if name == "gnu.tar" {
             // The GNU format stores whole seconds only.
@@ -132,7 +129,8 @@ fn tar_over_stdout_matches_the_file() {
     let src = tempfile::tempdir().unwrap();
     tree::Builder::new(src.path()).file("data/d/f", b"content");
     let o = cpbackup()
-        .args(["export", "--root", path_str(src.path()), "--include", "/data/d", "--to", "-", "--format", "tar"])
+        .export(src.path(), &["/data/d"], "-")
+        .args(["--format", "tar"])
         .stderr(Stdio::piped())
         .output()
         .unwrap();
@@ -151,7 +149,7 @@ fn reads_ab_versions_1_to_5_compressed_or_not() {
     tree::Builder::new(src.path()).file("data/d/f", b"from an old phone");
     let out = tempfile::tempdir().unwrap();
     let tar = out.path().join("x.tar");
-    run(cpbackup().args(["export", "--root", path_str(src.path()), "--include", "/data/d", "--to", path_str(&tar)]), 0);
+    run(cpbackup().export(src.path(), &["/data/d"], &tar), 0);
     let tar_bytes = fs::read(&tar).unwrap();
     for version in 1..=5 {
         for compressed in [false, true] {
@@ -164,7 +162,7 @@ fn reads_ab_versions_1_to_5_compressed_or_not() {
             let file = out.path().join(format!("v{version}-{compressed}.ab"));
             fs::write(&file, &ab).unwrap();
             let dst = tempfile::tempdir().unwrap();
-            run(cpbackup().args(["import", "--root", path_str(dst.path()), "--from", path_str(&file)]), 0);
+            run(cpbackup().import(dst.path(), &file), 0);
             assert_eq!(
                 fs::read(dst.path().join("data/d/f")).unwrap(),
                 b"from an old phone",

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::tree::{self, Ignore};
-use crate::support::{cpbackup, path_str};
+use crate::support::{cpbackup, path_str, Cli};
 
 // ---------------------------------------------------------------------------------------------
 // Building archives
@@ -343,7 +343,7 @@ impl Fixture {
     fn import(&self, name: &str, w: Wrap, archive: &[u8]) -> Ran {
         let file = self.base.path().join(format!("{name}.{}", w.ext()));
         fs::write(&file, archive).unwrap();
-        let r = run_bounded(cpbackup().args(["import", "--root", path_str(&self.root), "--from", path_str(&file)]));
+        let r = run_bounded(cpbackup().import(&self.root, &file));
         fs::remove_file(&file).unwrap();
         r
     }
@@ -841,7 +841,7 @@ fn an_archive_of_zero_blocks_only_restores_nothing() {
         let mut c = cpbackup();
         let file = fx.base.path().join(format!("zeros.{}", w.ext()));
         fs::write(&file, wrap(&[0u8; 1024], w)).unwrap();
-        c.args(["import", "--json", "--root", path_str(&fx.root), "--from", path_str(&file)]);
+        c.import(&fx.root, &file).arg("--json");
         let r = run_bounded(&mut c);
         assert_eq!(r.code, Some(0), "{w:?}: {}", r.stderr);
         let v: Value = serde_json::from_str(&r.stdout).unwrap();
@@ -1070,11 +1070,7 @@ fn two_hundred_thousand_entries_complete_in_bounded_memory() {
     // Half the usual memory: the binary's own 60 MiB, and at most ~300 bytes per entry. The
     // time is the filesystem's (200,000 creates, 10-15 s here) and grows with the machine's
     // load: a generous limit, so that only a hang fails.
-    let r = run_limited(
-        cpbackup().args(["import", "--root", path_str(&fx.root), "--from", path_str(&file)]),
-        3 * TIME,
-        MEMORY / 2,
-    );
+    let r = run_limited(cpbackup().import(&fx.root, &file), 3 * TIME, MEMORY / 2);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(fs::read_dir(fx.root.join("data/many")).unwrap().count(), N);
     assert_no_staging(&fx.root);
@@ -1155,7 +1151,7 @@ impl AppFixture {
         fs::write(&file, ab).unwrap();
         let mut c = cpbackup();
         c.env("PATH", crate::android::path_env()).env("FAKEROID_ROOT", &self.phone.root);
-        c.args(["recover-app", "--json", "--root", path_str(&self.phone.root), "--from", path_str(&file)]);
+        c.recover_app(&self.phone.root, &file).arg("--json");
         let r = run_bounded(&mut c);
         fs::remove_file(&file).unwrap();
         r
@@ -1301,4 +1297,104 @@ fn recover_app_skips_links_and_foreign_entries_without_following_them() {
         }
         fx.assert_contained(&format!("links ({w:?})"));
     }
+}
+
+/// `levels` directories `d`, each in the one above, under `top`, with a file `leaf` at the
+/// bottom: made one level at a time relative to the level above, since the whole path is longer
+/// than any file-system call takes.
+fn deep_tree(top: &Path, levels: usize) {
+    use std::os::unix::io::{AsRawFd, FromRawFd};
+    fs::create_dir(top).unwrap();
+    let mut dir = fs::File::open(top).unwrap();
+    for _ in 0..levels {
+        // SAFETY: mkdirat and openat relative to a descriptor this File owns, with a
+        // NUL-terminated name; the new descriptor is owned by the File made from it.
+        dir = unsafe {
+            assert_eq!(libc::mkdirat(dir.as_raw_fd(), c"d".as_ptr(), 0o755), 0, "{}", io::Error::last_os_error());
+            let fd = libc::openat(dir.as_raw_fd(), c"d".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+            assert!(fd >= 0, "{}", io::Error::last_os_error());
+            fs::File::from_raw_fd(fd)
+        };
+    }
+    // SAFETY: as above.
+    let fd = unsafe {
+        libc::openat(dir.as_raw_fd(), c"leaf".as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC, 0o644)
+    };
+    assert!(fd >= 0, "{}", io::Error::last_os_error());
+    // SAFETY: the descriptor was just opened and is owned by nothing else.
+    drop(unsafe { fs::File::from_raw_fd(fd) });
+}
+
+/// The owner (uid, gid) of every level of a tree made by `deep_tree`, top first, the leaf last.
+fn deep_owners(top: &Path) -> Vec<(u32, u32)> {
+    use std::os::unix::io::{AsRawFd, FromRawFd};
+    let mut dir = fs::File::open(top).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let m = dir.metadata().unwrap();
+        out.push((m.uid(), m.gid()));
+        // SAFETY: openat relative to a descriptor this File owns, with a NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(dir.as_raw_fd(), c"d".as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        };
+        if fd < 0 {
+            // SAFETY: as above.
+            let leaf = unsafe {
+                libc::openat(dir.as_raw_fd(), c"leaf".as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            };
+            assert!(leaf >= 0, "level {} has neither d nor leaf", out.len());
+            // SAFETY: the descriptor was just opened and is owned by nothing else.
+            let m = unsafe { fs::File::from_raw_fd(leaf) }.metadata().unwrap();
+            out.push((m.uid(), m.gid()));
+            return out;
+        }
+        // SAFETY: as above.
+        dir = unsafe { fs::File::from_raw_fd(fd) };
+    }
+}
+
+/// A tree 10,000 directories deep (a path of 20,000 bytes, five times what a file-system call
+/// takes) in a package's staged data when the owner step walks it: it appears there while pm
+/// installs the app (a hook of the fake pm moves it in, as any root process could). The owner
+/// step, and everything after it, walks it level by level without recursion under the 2 MiB
+/// stack of a daemon worker: the package is recovered, every level owned by the app, nothing
+/// left behind.
+#[test]
+fn a_tree_ten_thousand_levels_deep_goes_through_the_owner_step() {
+    crate::support::require(&["unzip"]);
+    const LEVELS: usize = 10_000;
+    let fx = AppFixture::new();
+    let deep = fx.phone.root.parent().unwrap().join("deep");
+    deep_tree(&deep, LEVELS);
+    let hooks = fx.phone.p(".fakeroid/hooks");
+    fs::create_dir_all(&hooks).unwrap();
+    let hook = hooks.join("pm-install-commit");
+    fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nfor d in \"$FAKEROID_ROOT\"/data/data/.cpbackup-app-*-{FIXTURE_PKG}; do mv {} \"$d/deep\"; done\n",
+            path_str(&deep)
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let r = fx.recover("deep", &wrap(&fixture_tar(), Wrap::Ab));
+    let placed = fx.phone.p(&format!("data/data/{FIXTURE_PKG}/deep"));
+    let owners = if placed.exists() { deep_owners(&placed) } else { Vec::new() };
+    let app = fs::metadata(fx.phone.p(&format!("data/data/{FIXTURE_PKG}"))).ok().map(|m| (m.uid(), m.gid()));
+    // GNU rm walks any depth; the test's own temp-dir removal does not.
+    for p in [&placed, &deep] {
+        let st = Command::new("rm").arg("-rf").arg(p).status().unwrap();
+        assert!(st.success(), "rm -rf {}", p.display());
+    }
+    assert_eq!(r.code, Some(0), "stderr:\n{}", r.stderr);
+    assert!(r.stderr.len() < 4096, "a flood of output:\n{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["Apps"][0]["Status"], "RECOVERED", "{v}");
+    assert!(!deep.exists() || fs::read_dir(&deep).is_err(), "the hook did not move the tree in");
+    assert_eq!(owners.len(), LEVELS + 2, "levels of the recovered tree (the top, {LEVELS} below it, the leaf)");
+    let app = app.expect("the app's data dir");
+    assert!(owners.iter().all(|o| *o == app), "a level not owned by the app {app:?}");
+    fx.assert_contained("deep");
 }

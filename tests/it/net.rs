@@ -1,6 +1,8 @@
 //! The network as a phone sees it (issue 6): no `/etc/resolv.conf`, no `/etc/ssl`. Names are
 //! resolved through the name servers given (`--dns`, `CPBACKUP_DNS`) — here a DNS responder of
-//! the test's own on loopback that knows `garage.test` — and TLS trusts the CA store of the phone
+//! the test's own on loopback that knows `garage.test` — else through the phone's netd, asked on
+//! its `dev/socket/dnsproxyd` under `--root` — here a netd of the test's own speaking bionic's
+//! getaddrinfo protocol on a Unix socket in the fake phone — and TLS trusts the CA store of the phone
 //! under `--root` (`system/etc/security/cacerts`, Android 14's `apex/com.android.conscrypt/cacerts`),
 //! else bundled roots: a CA made by the test, behind a TLS proxy of the test's own in front of
 //! Garage, is trusted only when the fake phone carries it.
@@ -8,7 +10,9 @@
 //! Everything goes through the binary, so the same tests run the aarch64 build under qemu.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -85,6 +89,73 @@ fn answer(q: &[u8], names: &[(String, [u8; 4])]) -> Option<(Vec<u8>, String)> {
         _ => "other",
     };
     Some((r, format!("{name}/{t}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// netd of the test's own: `dev/socket/dnsproxyd` in a fake phone, answering bionic's `getaddrinfo`
+// command (`getaddrinfo NAME ^ FLAGS FAMILY SOCKTYPE PROTOCOL NETID\0`) as netd's
+// DnsProxyListener does: `222\0` and one addrinfo per address, or `401\0` and EAI_NODATA for
+// names it does not know. Each connection stays open after the answer, as netd leaves it. Logs
+// every command.
+
+struct Netd {
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl Netd {
+    fn start(root: &Path, names: &[(&str, [u8; 4])]) -> Netd {
+        let dir = root.join("dev/socket");
+        fs::create_dir_all(&dir).unwrap();
+        let listener = UnixListener::bind(dir.join("dnsproxyd")).unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let log = asked.clone();
+        let names: Vec<(String, [u8; 4])> = names.iter().map(|(n, ip)| (n.to_string(), *ip)).collect();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let (log, names) = (log.clone(), names.clone());
+                std::thread::spawn(move || {
+                    let mut cmd = Vec::new();
+                    let mut b = [0u8; 1];
+                    while conn.read_exact(&mut b).is_ok() && b[0] != 0 {
+                        cmd.push(b[0]);
+                    }
+                    let cmd = String::from_utf8_lossy(&cmd).into_owned();
+                    let host = cmd.split(' ').nth(1).unwrap_or("").to_string();
+                    log.lock().unwrap().push(cmd);
+                    let _ = conn.write_all(&netd_answer(names.iter().find(|(n, _)| *n == host).map(|(_, ip)| *ip)));
+                    let _ = conn.read(&mut b); // until the client hangs up
+                });
+            }
+        });
+        Netd { asked }
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+fn netd_answer(ip: Option<[u8; 4]>) -> Vec<u8> {
+    let be = |m: &mut Vec<u8>, v: u32| m.extend_from_slice(&v.to_be_bytes());
+    let Some(ip) = ip else {
+        let mut m = b"401\0".to_vec();
+        be(&mut m, 4);
+        m.extend_from_slice(&7i32.to_ne_bytes()); // EAI_NODATA, in netd's byte order
+        return m;
+    };
+    let mut m = b"222\0".to_vec();
+    // more, ai_flags, AF_INET, SOCK_STREAM, IPPROTO_TCP, then a sockaddr_in of 16 bytes.
+    for v in [1, 0, 2, 1, 6, 16] {
+        be(&mut m, v);
+    }
+    m.extend_from_slice(&2u16.to_ne_bytes());
+    m.extend_from_slice(&[0, 0]);
+    m.extend_from_slice(&ip);
+    m.extend_from_slice(&[0; 8]);
+    be(&mut m, 0); // no canonical name
+    be(&mut m, 0); // the end
+    m
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,4 +346,51 @@ fn net_tls_trusts_the_phones_cacerts_and_nothing_else() {
     let r = json(&run(&mut c, 0));
     assert_eq!(r["ChecksumVerified"], true);
     same(src.path(), dst.path());
+}
+
+#[test]
+fn net_names_resolve_through_the_phones_netd_unless_servers_are_given() {
+    let g = garage::shared();
+    let bucket = g.bucket("netd");
+    let src = tempfile::tempdir().unwrap();
+    small_tree(src.path());
+    let netd = Netd::start(src.path(), &[("garage.test", [127, 0, 0, 1])]);
+    let socket = src.path().join("dev/socket/dnsproxyd");
+    let endpoint = format!("http://garage.test:{}", garage_addr(g).port());
+    let export = |endpoint: &str, name: &str| {
+        let url = format!("s3://{bucket}/phone/{name}.tar.zst");
+        let mut c = g.cpbackup();
+        c.args(["export", "--root", path_str(src.path()), "--include", "/data/media/0", "--to", &url, "--json"]);
+        c.args(["--endpoint", endpoint, "--path-style"]).env_remove("CPBACKUP_DNS");
+        c.env("CPBACKUP_RETRY_ATTEMPTS", "1");
+        c
+    };
+
+    // `version` says which resolver the phone under --root gets.
+    let mut c = crate::support::cpbackup();
+    c.args(["version", "--root", path_str(src.path())]).env_remove("CPBACKUP_DNS");
+    let v = String::from_utf8_lossy(&run(&mut c, 0).stdout).into_owned();
+    assert!(v.contains(&format!("dns: netd at {}", socket.display())), "{v}");
+
+    // The store's host name is resolved by the phone's netd, asked as bionic asks it.
+    let m = json(&run(&mut export(&endpoint, "netd"), 0));
+    assert_eq!(m["Status"], "AVAILABLE");
+    assert!(
+        netd.asked().iter().any(|q| q == "getaddrinfo garage.test ^ 1024 0 1 0 0"),
+        "the agent asked netd: {:?}",
+        netd.asked()
+    );
+
+    // A name netd does not know: the error says netd was asked, and how to ask others.
+    let err = stderr(&run(&mut export("http://nowhere.test:9", "nowhere"), 1));
+    assert!(err.contains("cannot resolve \"nowhere.test\" (no such host") && err.contains("netd at"), "{err}");
+    assert!(err.contains("--dns"), "says how to fix it: {err}");
+
+    // --dns wins over netd: the given server is asked, netd is not.
+    let dns = Dns::start(&[("garage.test", [127, 0, 0, 1])]);
+    let before = netd.asked().len();
+    let m = json(&run(export(&endpoint, "dns").args(["--dns", &dns.addr.to_string()]), 0));
+    assert_eq!(m["Status"], "AVAILABLE");
+    assert!(dns.asked().iter().any(|q| q == "garage.test/A"), "{:?}", dns.asked());
+    assert_eq!(netd.asked().len(), before, "netd was not asked: {:?}", netd.asked());
 }

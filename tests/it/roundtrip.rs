@@ -7,20 +7,14 @@ use std::path::Path;
 use std::process::Stdio;
 
 use crate::support::tree::{self, Ignore};
-use crate::support::{cpbackup, json, path_str, run, stderr};
+use crate::support::{cpbackup, json, path_str, run, stderr, Cli};
 
 fn export(root: &Path, dest: &Path, includes: &[&str], extra: &[&str]) -> serde_json::Value {
-    let mut c = cpbackup();
-    c.args(["export", "--root", path_str(root), "--to", path_str(dest), "--json"]);
-    for i in includes {
-        c.args(["--include", i]);
-    }
-    c.args(extra);
-    json(&run(&mut c, 0))
+    json(&run(cpbackup().export(root, includes, dest).arg("--json").args(extra), 0))
 }
 
 fn import(root: &Path, src: &Path) -> serde_json::Value {
-    json(&run(cpbackup().args(["import", "--root", path_str(root), "--from", path_str(src), "--json"]), 0))
+    json(&run(cpbackup().import(root, src).arg("--json"), 0))
 }
 
 fn roundtrip(format: &str) {
@@ -60,17 +54,7 @@ fn roundtrip(format: &str) {
         let f = dst.path().join("data/data/com.example.app/files/small.txt");
         assert!(xattr::get(&f, "user.cpbackup.test").unwrap().is_none(), "xattrs restored without --restore-xattrs");
         let dst2 = tempfile::tempdir().unwrap();
-        run(
-            cpbackup().args([
-                "import",
-                "--restore-xattrs",
-                "--root",
-                path_str(dst2.path()),
-                "--from",
-                path_str(&archive),
-            ]),
-            0,
-        );
+        run(cpbackup().import(dst2.path(), &archive).arg("--restore-xattrs"), 0);
         let f = dst2.path().join("data/data/com.example.app/files/small.txt");
         assert_eq!(xattr::get(&f, "user.cpbackup.test").unwrap().as_deref(), Some(&b"value\x00with nul"[..]));
         tree::assert_same(
@@ -132,17 +116,9 @@ fn format_defaults_to_tar_zst_and_follows_the_flag() {
 fn streams_through_stdout_and_stdin() {
     let src = tempfile::tempdir().unwrap();
     tree::full_case_tree(src.path());
-    let exp = cpbackup()
-        .args(["export", "--root", path_str(src.path()), "--include", "/data/data", "--to", "-"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let exp = cpbackup().export(src.path(), &["/data/data"], "-").stdout(Stdio::piped()).spawn().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let imp = cpbackup()
-        .args(["import", "--root", path_str(dst.path()), "--from", "-"])
-        .stdin(exp.stdout.unwrap())
-        .output()
-        .unwrap();
+    let imp = cpbackup().import(dst.path(), "-").stdin(exp.stdout.unwrap()).output().unwrap();
     assert!(imp.status.success(), "{}", stderr(&imp));
     tree::assert_same(
         &tree::snapshot(src.path(), "data/data"),
@@ -199,26 +175,17 @@ fn path_rules_are_enforced_with_clear_errors() {
         ("/data/../etc", ".."),
         ("/data/nope", "does not exist"),
     ] {
-        let o = run(
-            cpbackup().args(["export", "--root", path_str(src.path()), "--include", path, "--to", path_str(&dest)]),
-            2,
-        );
+        let o = run(cpbackup().export(src.path(), &[path], &dest), 2);
         let e = stderr(&o);
         assert!(e.contains(path) && e.contains(rule), "{path}: {e}");
         assert!(!dest.exists(), "nothing written on bad input");
     }
     let long = format!("/data/{}", "a".repeat(4100));
-    let o = run(
-        cpbackup().args(["export", "--root", path_str(src.path()), "--include", &long, "--to", path_str(&dest)]),
-        2,
-    );
+    let o = run(cpbackup().export(src.path(), &[&long], &dest), 2);
     assert!(stderr(&o).contains("4096"));
     // Usage errors from the argument parser are exit 2 too.
     run(cpbackup().args(["export", "--to", path_str(&dest), "--bogus"]), 2);
-    let o = run(
-        cpbackup().args(["export", "--root", path_str(src.path()), "--include", "/data/x", "--to", "ftp://x/y"]),
-        2,
-    );
+    let o = run(cpbackup().export(src.path(), &["/data/x"], "ftp://x/y"), 2);
     assert!(stderr(&o).contains("ftp://x/y"));
 }
 
@@ -288,16 +255,10 @@ fn unreadable_files_are_warnings_and_the_backup_goes_on() {
     fs::set_permissions(out.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let archive = out.path().join("u.tar");
     let mut c = std::process::Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).args(crate::support::bin_argv()).args([
-        "export",
-        "--root",
-        path_str(src.path()),
-        "--include",
-        "/data/d",
-        "--to",
-        path_str(&archive),
-        "--json",
-    ]);
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(crate::support::bin_argv())
+        .export(src.path(), &["/data/d"], &archive)
+        .arg("--json");
     let o = run(&mut c, 0);
     let m = json(&o);
     assert_eq!(m["Status"], "PART_BACKUP_FINISHED");
@@ -337,7 +298,7 @@ fn assert_import_fails_and_keeps(archive: &Path, code: i32, expect: &str) {
     d.file("data/data/p/files/a", b"precious");
     d.file("data/data/p/files/sub/b", b"also precious");
     let before = tree::snapshot(dst.path(), "data");
-    let o = run(cpbackup().args(["import", "--root", path_str(dst.path()), "--from", path_str(archive)]), code);
+    let o = run(cpbackup().import(dst.path(), archive), code);
     let e = stderr(&o);
     assert!(e.contains(expect), "expected {expect:?} in: {e}");
     tree::assert_same(&before, &tree::snapshot(dst.path(), "data"), Ignore::default());

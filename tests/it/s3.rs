@@ -7,7 +7,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use cpbackup::store::Store;
 
 use crate::support::garage::{self, Garage};
 use crate::support::tree::{self, Ignore};
-use crate::support::{json, path_str, run, stderr};
+use crate::support::{json, path_str, run, stderr, Cli};
 
 const MIB: usize = 1 << 20;
 
@@ -27,10 +27,7 @@ fn random_tree(root: &Path, files: usize, each: usize, seed: u64) {
 }
 
 fn export(g: &Garage, root: &Path, to: &str, extra: &[&str]) -> serde_json::Value {
-    let mut c = g.cpbackup();
-    c.args(["export", "--root", path_str(root), "--include", "/data/media/0", "--to", to, "--json"]);
-    c.args(extra);
-    json(&run(&mut c, 0))
+    json(&run(g.cpbackup().export(root, &["/data/media/0"], to).arg("--json").args(extra), 0))
 }
 
 fn snapshot_equal(a: &Path, b: &Path, rel: &str) {
@@ -45,10 +42,8 @@ fn s3_multipart_round_trip_export_import_verify() {
     tree::full_case_tree(src.path());
     random_tree(src.path(), 2, 10 * MIB, 1);
     let url = format!("s3://{bucket}/backups/full.tar.zst");
-    let mut c = g.cpbackup();
-    c.args(["export", "--root", path_str(src.path()), "--to", &url, "--json"]);
-    c.args(["--include", "/data/user/0/com.example.app", "--include", "/data/media/0"]);
-    let m = json(&run(&mut c, 0));
+    let includes = ["/data/user/0/com.example.app", "/data/media/0"];
+    let m = json(&run(g.cpbackup().export(src.path(), &includes, &url).arg("--json"), 0));
     assert_eq!(m["Status"], "AVAILABLE");
     assert_eq!(m["UploadType"], "S3");
     assert_eq!(m["BackupFilePath"], url);
@@ -70,7 +65,7 @@ fn s3_multipart_round_trip_export_import_verify() {
     assert_no_records(&g.state_dir);
 
     let dst = tempfile::tempdir().unwrap();
-    let r = json(&run(g.cpbackup().args(["import", "--root", path_str(dst.path()), "--from", &url, "--json"]), 0));
+    let r = json(&run(g.cpbackup().import(dst.path(), &url).arg("--json"), 0));
     assert_eq!(r["ChecksumVerified"], true);
     assert_eq!(r["Entries"], m["EntryCount"]);
     snapshot_equal(src.path(), dst.path(), "data/data/com.example.app");
@@ -97,7 +92,7 @@ fn s3_small_archive_is_one_put_and_oss_obs_schemes_work() {
         let (_, etag) = g.store(&bucket).head(&format!("one/a-{scheme}.tar")).unwrap().unwrap();
         assert!(!etag.contains('-'), "a single PUT, not multipart: {etag}");
         let dst = tempfile::tempdir().unwrap();
-        let r = json(&run(g.cpbackup().args(["import", "--root", path_str(dst.path()), "--from", &url, "--json"]), 0));
+        let r = json(&run(g.cpbackup().import(dst.path(), &url).arg("--json"), 0));
         assert_eq!(r["ChecksumVerified"], true);
         assert_eq!(fs::read(dst.path().join("data/media/0/a.txt")).unwrap(), b"tiny\n");
     }
@@ -126,10 +121,7 @@ fn s3_folder_keys_name_the_object() {
     let m = export(g, src.path(), &format!("s3://{bucket}"), &["--name", "top.tar"]);
     assert_eq!(m["BackupFilePath"], format!("s3://{bucket}/top.tar"));
     // Restoring needs the archive, not the folder.
-    let out = run(
-        g.cpbackup().args(["import", "--root", path_str(src.path()), "--from", &format!("s3://{bucket}/backups/")]),
-        2,
-    );
+    let out = run(g.cpbackup().import(src.path(), format!("s3://{bucket}/backups/")), 2);
     assert!(stderr(&out).contains("is a folder"), "{}", stderr(&out));
 }
 
@@ -145,37 +137,14 @@ fn s3_names_and_rules_are_checked() {
         ("s3://good-bucket/a b.tar", "\"a b.tar\""),
         ("oss://good-bucket/ü.tar", ". / - _ + # ="),
     ] {
-        let out = run(g.cpbackup().args(["export", "--root", root, "--include", "/data/media/0", "--to", to]), 2);
+        let out = run(g.cpbackup().export(root, &["/data/media/0"], to), 2);
         assert!(stderr(&out).contains(needle), "{to}: {}", stderr(&out));
     }
-    let out = run(
-        g.cpbackup().args([
-            "export",
-            "--root",
-            root,
-            "--include",
-            "/data/media/0",
-            "--to",
-            "s3://good-bucket/",
-            "--name",
-            "bad name.tar",
-        ]),
-        2,
-    );
+    let out =
+        run(g.cpbackup().export(root, &["/data/media/0"], "s3://good-bucket/").args(["--name", "bad name.tar"]), 2);
     assert!(stderr(&out).contains("bad name.tar"), "{}", stderr(&out));
     // A bucket that does not exist: the export fails (exit 1) saying so, and leaves nothing open.
-    let out = run(
-        g.cpbackup().args([
-            "export",
-            "--root",
-            root,
-            "--include",
-            "/data/media/0",
-            "--to",
-            "s3://no-such-bucket-here/x.tar",
-        ]),
-        1,
-    );
+    let out = run(g.cpbackup().export(root, &["/data/media/0"], "s3://no-such-bucket-here/x.tar"), 1);
     assert!(stderr(&out).contains("NoSuchBucket"), "{}", stderr(&out));
     assert_no_records(&g.state_dir);
     // No credentials at all: a clear message, not a hang on instance metadata.
@@ -202,7 +171,7 @@ fn s3_secrets_never_reach_logs_manifests_or_records() {
     let url = format!("s3://{bucket}/s.tar");
     let mut c = g.cpbackup();
     c.env("CPBACKUP_STATE_DIR", state.path()).env("RUST_LOG", "trace");
-    c.args(["-vv", "export", "--root", path_str(src.path()), "--include", "/data/media/0", "--to", &url, "--json"]);
+    c.arg("-vv").export(src.path(), &["/data/media/0"], &url).arg("--json");
     let out = run(&mut c, 0);
     let err = stderr(&out);
     assert!(
@@ -220,16 +189,7 @@ fn s3_secrets_never_reach_logs_manifests_or_records() {
     // A failing run's error and the records it leaves say nothing secret either.
     let mut c = g.cpbackup();
     c.env("CPBACKUP_STATE_DIR", state.path()).env("RUST_LOG", "trace");
-    c.args([
-        "-vv",
-        "export",
-        "--root",
-        path_str(src.path()),
-        "--include",
-        "/data/media/0",
-        "--to",
-        "s3://no-such-bucket-here/s.tar",
-    ]);
+    c.arg("-vv").export(src.path(), &["/data/media/0"], "s3://no-such-bucket-here/s.tar");
     let out = run(&mut c, 1);
     assert!(!stderr(&out).contains(&garage::SECRET[..16]));
     for e in fs::read_dir(state.path()).into_iter().flatten().flatten() {
@@ -343,20 +303,8 @@ fn s3_list_filters_and_pages_over_many_records() {
     let src = tempfile::tempdir().unwrap();
     tree::Builder::new(src.path()).file("data/media/0/a.txt", b"x\n");
     for n in ["one.tar", "two.tar"] {
-        run(
-            g.cpbackup().args([
-                "export",
-                "--root",
-                path_str(src.path()),
-                "--include",
-                "/data/media/0",
-                "--to",
-                &format!("{}/", path_str(dir.path())),
-                "--name",
-                n,
-            ]),
-            0,
-        );
+        let to = format!("{}/", path_str(dir.path()));
+        run(g.cpbackup().export(src.path(), &["/data/media/0"], to).args(["--name", n]), 0);
     }
     let local = list(g, &format!("{}/", path_str(dir.path())), &[]);
     assert_eq!(local["TotalCount"], 2);
@@ -388,13 +336,7 @@ fn s3_delete_removes_archive_then_manifest() {
 }
 
 fn assert_no_records(state: &Path) {
-    let left: Vec<PathBuf> = fs::read_dir(state)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("upload-")))
-        .collect();
+    let left = garage::upload_records(state);
     // Records of uploads still running in other tests are fine; ours are gone, which the
     // callers check through ListMultipartUploads. Here: no record of a dead process.
     for p in left {
@@ -405,15 +347,30 @@ fn assert_no_records(state: &Path) {
 }
 
 fn records_in(state: &Path) -> usize {
-    fs::read_dir(state)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("upload-"))
-        .count()
+    garage::upload_records(state).len()
+}
+
+/// Stop `child` (SIGSTOP) and wait until it is stopped; false when it ended instead.
+fn pause(child: &std::process::Child) -> bool {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: signalling and waiting for a child of this test; WNOWAIT leaves it waitable.
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WSTOPPED | libc::WEXITED | libc::WNOWAIT);
+        info.si_code == libc::CLD_STOPPED
+    }
+}
+
+fn resume(child: &std::process::Child) {
+    // SAFETY: signalling a child of this test.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
 }
 
 /// Start an export of `root` in the background and wait until its multipart upload is open.
+/// The export is returned stopped (SIGSTOP; `resume` it or kill it): it is looked at only
+/// while stopped, so it cannot finish its upload between the look and what the caller does
+/// next (a loaded machine once let a 128 MiB export complete before the test's abort).
 fn export_until_multipart(
     g: &Garage,
     bucket: &str,
@@ -424,27 +381,19 @@ fn export_until_multipart(
     let store = g.store(bucket);
     let mut c = g.cpbackup();
     c.env("CPBACKUP_STATE_DIR", state);
-    c.args([
-        "export",
-        "--root",
-        path_str(root),
-        "--include",
-        "/data/media/0",
-        "--to",
-        &format!("s3://{bucket}/{key}"),
-        "--parts-in-flight",
-        "1",
-    ]);
+    c.export(root, &["/data/media/0"], format!("s3://{bucket}/{key}")).args(["--parts-in-flight", "1"]);
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = c.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        assert!(pause(&child), "the export ended before its multipart upload was seen open");
         // Open in the store, and recorded by the agent (it records right after the store answers).
         if let Some((_, id)) = store.open_uploads(key).unwrap().into_iter().next() {
             if records_in(state) > 0 {
                 return (child, id);
             }
         }
+        resume(&child);
         assert!(Instant::now() < deadline, "the export never opened a multipart upload");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -460,6 +409,7 @@ fn s3_part_refused_aborts_the_upload_and_records_the_failure() {
     let (child, id) = export_until_multipart(g, &bucket, src.path(), "r.tar", state.path());
     // The store drops the upload under the agent's feet: every later part is refused (NoSuchUpload).
     g.store(&bucket).abort_upload("r.tar", &id).unwrap();
+    resume(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("NoSuchUpload"), "{}", stderr(&out));
@@ -498,15 +448,7 @@ fn s3_killed_agent_leaves_nothing_open_after_the_next_start() {
     assert_eq!(store.open_uploads("k1.tar").unwrap().len(), 1);
     let mut c = g.cpbackup();
     c.env("CPBACKUP_STATE_DIR", state.path());
-    c.args([
-        "export",
-        "--root",
-        path_str(small.path()),
-        "--include",
-        "/data/media/0",
-        "--to",
-        &format!("s3://{bucket}/other.tar"),
-    ]);
+    c.export(small.path(), &["/data/media/0"], format!("s3://{bucket}/other.tar"));
     run(&mut c, 0);
     assert!(store.open_uploads("").unwrap().is_empty(), "the next start aborted the left-over upload");
     assert!(store.head("k1.tar").unwrap().is_none(), "no object under the killed export's key");
@@ -581,7 +523,7 @@ fn s3_download_resumes_after_a_dropped_connection() {
     let dst = tempfile::tempdir().unwrap();
     let mut c = g.cpbackup();
     c.env("CPBACKUP_ENDPOINT", format!("http://127.0.0.1:{port}")).env("RUST_LOG", "warn");
-    c.args(["import", "--root", path_str(dst.path()), "--from", &url, "--json"]);
+    c.import(dst.path(), &url).arg("--json");
     let out = run(&mut c, 0);
     let r = json(&out);
     assert_eq!(cuts.load(Ordering::SeqCst), 1, "the proxy cut the download once");
@@ -609,8 +551,7 @@ fn s3_three_node_cluster_keeps_working_with_a_node_down() {
         assert_eq!(m["Status"], "AVAILABLE");
         for url in [key.clone(), format!("s3://{bucket}/before.tar.zst")] {
             let dst = tempfile::tempdir().unwrap();
-            let r =
-                json(&run(g.cpbackup().args(["import", "--root", path_str(dst.path()), "--from", &url, "--json"]), 0));
+            let r = json(&run(g.cpbackup().import(dst.path(), &url).arg("--json"), 0));
             assert_eq!(r["ChecksumVerified"], true);
             snapshot_equal(src.path(), dst.path(), "data/media/0");
         }

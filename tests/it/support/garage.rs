@@ -331,6 +331,19 @@ fn set_test_credentials() {
     });
 }
 
+/// The upload records (`upload-*.json`) in a state directory, sorted by name.
+pub fn upload_records(state: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(state)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("upload-")))
+        .collect();
+    v.sort();
+    v
+}
+
 /// The single-node server shared by every test of this binary.
 pub fn shared() -> &'static Garage {
     static G: OnceLock<Garage> = OnceLock::new();

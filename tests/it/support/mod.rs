@@ -8,6 +8,7 @@ pub mod faultproxy;
 pub mod garage;
 pub mod tree;
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -31,6 +32,52 @@ pub fn cpbackup() -> Command {
     c.args(parts);
     c.env_remove("RUST_LOG").env_remove("AWS_CA_BUNDLE").stdin(Stdio::null());
     c
+}
+
+/// cpbackup's commands on a `Command` (`cpbackup()`, a Garage's, a fake phone's): each test
+/// names the root, the paths and the destination, and adds only what is its own
+/// (`cpbackup().export(root, &["/data/media/0"], to).arg("--json")`).
+pub trait Cli {
+    /// `export --root ROOT --include PATH… --to TO`
+    fn export(&mut self, root: impl AsRef<OsStr>, includes: &[&str], to: impl AsRef<OsStr>) -> &mut Command;
+    /// `import --root ROOT --from FROM`
+    fn import(&mut self, root: impl AsRef<OsStr>, from: impl AsRef<OsStr>) -> &mut Command;
+    /// `backup-app --app PKG… --root ROOT --to TO`
+    fn backup_app(&mut self, root: impl AsRef<OsStr>, apps: &[&str], to: impl AsRef<OsStr>) -> &mut Command;
+    /// `recover-app --root ROOT --from FROM`
+    fn recover_app(&mut self, root: impl AsRef<OsStr>, from: impl AsRef<OsStr>) -> &mut Command;
+    /// `cleanup --root ROOT`
+    fn cleanup(&mut self, root: impl AsRef<OsStr>) -> &mut Command;
+}
+
+impl Cli for Command {
+    fn export(&mut self, root: impl AsRef<OsStr>, includes: &[&str], to: impl AsRef<OsStr>) -> &mut Command {
+        self.arg("export").arg("--root").arg(root).arg("--to").arg(to);
+        for path in includes {
+            self.args(["--include", path]);
+        }
+        self
+    }
+
+    fn import(&mut self, root: impl AsRef<OsStr>, from: impl AsRef<OsStr>) -> &mut Command {
+        self.arg("import").arg("--root").arg(root).arg("--from").arg(from)
+    }
+
+    fn backup_app(&mut self, root: impl AsRef<OsStr>, apps: &[&str], to: impl AsRef<OsStr>) -> &mut Command {
+        self.arg("backup-app").arg("--root").arg(root).arg("--to").arg(to);
+        for app in apps {
+            self.args(["--app", app]);
+        }
+        self
+    }
+
+    fn recover_app(&mut self, root: impl AsRef<OsStr>, from: impl AsRef<OsStr>) -> &mut Command {
+        self.arg("recover-app").arg("--root").arg(root).arg("--from").arg(from)
+    }
+
+    fn cleanup(&mut self, root: impl AsRef<OsStr>) -> &mut Command {
+        self.arg("cleanup").arg("--root").arg(root)
+    }
 }
 
 /// Run and return the output, asserting the exit code.

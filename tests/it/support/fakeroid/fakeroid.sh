@@ -6,12 +6,17 @@
 #   $FAKEROID_ROOT/.fakeroid/received/ID/     copies of what install-write received (for tests)
 #   $FAKEROID_ROOT/.fakeroid/fail/NAME        fault injection: pm-install-commit, pm-uninstall, restorecon
 #   $FAKEROID_ROOT/.fakeroid/log              every call with its arguments, one per line
+#   $FAKEROID_ROOT/.fakeroid/hooks/TOOL-CMD   a test's script, run with the call's arguments
+#                                             before the tool acts (e.g. hooks/pm-install-commit)
 set -u
 : "${FAKEROID_ROOT:?FAKEROID_ROOT must name the fake phone root}"
 R=$FAKEROID_ROOT
 S=$R/.fakeroid
 mkdir -p "$S/packages" "$S/sessions" "$S/received" "$S/fail"
 printf '%s\n' "$FAKEROID_TOOL $*" >> "$S/log"
+if [ -x "$S/hooks/$FAKEROID_TOOL-${1:-}" ]; then
+    "$S/hooks/$FAKEROID_TOOL-${1:-}" "$@" || exit 1
+fi
 
 pkg_field() { # PKG FIELD
     sed -n "s/^$2=//p" "$S/packages/$1" 2>/dev/null | head -n 1

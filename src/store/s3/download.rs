@@ -1,0 +1,248 @@
+//! The ranged download: a HEAD for size and ETag, then GETs of `RANGE` bytes, `RANGES_IN_FLIGHT`
+//! at once, handed on in order through a bounded channel to a synchronous reader. Each range
+//! resumes on its own from its last byte after a dropped connection or a stalled body. Under
+//! `--limit-rate` the ranges are a quarter of a second's worth, each asked for only when the
+//! transfer's token bucket lets its bytes come.
+//!
+//! It must never splice two versions of an object (every GET carries `If-Match` on the ETag),
+//! never accept an answer for bytes other than those asked for, and never hold more than
+//! `RANGE × (RANGES_IN_FLIGHT + 2)` bytes.
+//!
+//! `get_range` is the other read: one GET of a few bytes (a repository's blobs), whole in memory.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::client::{causes, sdk_error};
+use super::sse::CustomerKeyed;
+use super::Shared;
+use crate::error::{Error, Result};
+use crate::store::rate::Limiter;
+
+/// Downloads fetch ranges of this size, `RANGES_IN_FLIGHT` at once. Memory is
+/// `RANGE × (RANGES_IN_FLIGHT + 2)` at most: those in flight, one handed over and one read.
+const RANGE: u64 = 2 << 20;
+const RANGES_IN_FLIGHT: usize = 2;
+
+/// The synchronous end of a download: blocks handed on by the background `fetch`.
+pub(super) struct S3Reader {
+    rx: mpsc::Receiver<Result<Bytes>>,
+    cur: Bytes,
+    task: JoinHandle<()>,
+    /// The runtime the fetch task runs on lives as long as the reader.
+    _rt: Arc<Runtime>,
+}
+
+impl S3Reader {
+    /// Start streaming `key` (of `size` bytes, ETag `etag`, as a HEAD found it), at the
+    /// pace of `limiter` when there is one.
+    pub(super) fn start(
+        rt: Arc<Runtime>,
+        sh: Arc<Shared>,
+        key: &str,
+        (size, etag): (u64, String),
+        limiter: Option<Arc<Limiter>>,
+    ) -> S3Reader {
+        let (tx, rx) = mpsc::channel(1);
+        let from = Arc::new(Object { sh, key: key.to_string(), etag, limiter });
+        let task = rt.spawn(fetch(from, size, tx));
+        S3Reader { rx, cur: Bytes::new(), task, _rt: rt }
+    }
+}
+
+impl Read for S3Reader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len());
+        out[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+impl Drop for S3Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The size of the ranges: `RANGE`, or under a cap about a quarter of a second's worth
+/// (64 KiB at least).
+fn range_size(limiter: Option<&Limiter>) -> u64 {
+    match limiter {
+        None => RANGE,
+        Some(l) => (l.rate() / 4).clamp(64 << 10, RANGE) >> 16 << 16,
+    }
+}
+
+/// The object a download reads, and how.
+struct Object {
+    sh: Arc<Shared>,
+    key: String,
+    /// The ETag the HEAD found: every GET asks for this version (`If-Match`).
+    etag: String,
+    /// `--limit-rate`: the bucket every range of this download shares.
+    limiter: Option<Arc<Limiter>>,
+}
+
+/// Stream the object into `tx`: ranges of `RANGE` bytes, `RANGES_IN_FLIGHT` of them fetched at
+/// once (one stream leaves the store's side idle between its blocks), handed on in order.
+async fn fetch(from: Arc<Object>, size: u64, tx: mpsc::Sender<Result<Bytes>>) {
+    let range = range_size(from.limiter.as_deref());
+    let mut starts = (0..size).step_by(range as usize);
+    let mut pending = VecDeque::new();
+    loop {
+        while pending.len() < RANGES_IN_FLIGHT {
+            let Some(start) = starts.next() else { break };
+            let end = (start + range).min(size);
+            // Under a cap, a range is asked for only when the bucket lets its bytes come: the
+            // server sends a range as fast as it can into buffers the agent does not control,
+            // so the pace is set by when ranges are asked for, in ranges small enough to
+            // keep it even.
+            if let Some(limiter) = &from.limiter {
+                limiter.take((end - start) as usize).await;
+            }
+            pending.push_back(tokio::spawn(fetch_range(from.clone(), start, end)));
+        }
+        let Some(next) = pending.pop_front() else { return };
+        let got = match next.await {
+            Ok(got) => got,
+            Err(e) => Err(Error::Store {
+                what: format!("GetObject {}", from.sh.url(&from.key)),
+                reason: e.to_string(),
+                retryable: false,
+            }),
+        };
+        let failed = got.is_err();
+        if tx.send(got).await.is_err() || failed {
+            for p in pending {
+                p.abort();
+            }
+            return; // the reader is gone, or told why the download stopped
+        }
+    }
+}
+
+/// Bytes `start..end` of `key`. A dropped connection or a stalled body resumes from the last
+/// byte received (`If-Match` on the ETag, so a replaced object is noticed rather than
+/// spliced); the retry budget counts failures in a row, so a long download on a flaky link is
+/// not cut short by faults spread over hours.
+async fn fetch_range(from: Arc<Object>, start: u64, end: u64) -> Result<Bytes> {
+    let (sh, key, etag) = (&from.sh, from.key.as_str(), from.etag.as_str());
+    let what = format!("GetObject {}", sh.url(key));
+    let mut block = BytesMut::with_capacity((end - start) as usize);
+    let mut failures = 0u32;
+    loop {
+        let offset = start + block.len() as u64;
+        let range = format!("bytes={offset}-{}", end - 1);
+        let mut req = sh.client.get_object().bucket(&sh.bucket).key(key).range(range);
+        req = req.customer_key(sh.sse.customer_key.as_ref());
+        if !etag.is_empty() {
+            req = req.if_match(etag);
+        }
+        let err = match req.send().await {
+            Err(e) => {
+                let mut err = sdk_error(&what, e);
+                if let Error::Store { reason, retryable, .. } = &mut err {
+                    if reason.starts_with("PreconditionFailed") {
+                        *reason = format!("{reason}: the object was replaced while it was being read");
+                        *retryable = false;
+                    }
+                }
+                err
+            }
+            Ok(o) if !o.content_range().is_some_and(|r| r.starts_with(&format!("bytes {offset}-"))) => Error::Store {
+                what: what.clone(),
+                reason: format!(
+                    "asked for bytes {offset}-{} and got {:?}: the store does not honour Range requests",
+                    end - 1,
+                    o.content_range().unwrap_or("the whole object")
+                ),
+                retryable: false,
+            },
+            Ok(o) => {
+                let mut body = o.body;
+                loop {
+                    match body.try_next().await {
+                        Ok(Some(chunk)) => {
+                            let room = (end - start) as usize - block.len();
+                            block.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                            failures = 0;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(
+                                "{what}: the body broke at byte {}: {}",
+                                start + block.len() as u64,
+                                causes(&e)
+                            );
+                            break;
+                        }
+                    }
+                }
+                let offset = start + block.len() as u64;
+                if offset >= end {
+                    return Ok(block.freeze());
+                }
+                Error::Store {
+                    what: what.clone(),
+                    reason: format!("the connection ended at byte {offset} of {end}"),
+                    retryable: true,
+                }
+            }
+        };
+        failures += 1;
+        if !err.is_retryable() || failures >= sh.policy.max_attempts {
+            return Err(err);
+        }
+        let wait = sh.policy.delay(failures);
+        tracing::warn!("{what}: {err}; resuming at byte {} in {wait:?}", start + block.len() as u64);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Up to `len` bytes of `key` from `offset` in one ranged GET (a repository's blobs and a
+/// pack's trailer): fewer only where the object ends. Retried whole as any small request.
+pub(super) async fn get_range(sh: &Shared, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let last = offset + len - 1;
+    // Without the customer key: a repository's objects are stored as manifests are (`put`).
+    sh.request(&sh.policy, "GetObject", key, |what, _| async move {
+        let what = format!("{what} bytes {offset}-{last}");
+        let req = sh.client.get_object().bucket(&sh.bucket).key(key).range(format!("bytes={offset}-{last}"));
+        let o = req.send().await.map_err(|e| sdk_error(&what, e))?;
+        if !o.content_range().is_some_and(|r| r.starts_with(&format!("bytes {offset}-"))) {
+            return Err(Error::Store {
+                reason: format!(
+                    "got {:?}: the store does not honour Range requests",
+                    o.content_range().unwrap_or("the whole object")
+                ),
+                what,
+                retryable: false,
+            });
+        }
+        let body = o.body.collect().await.map_err(|e| Error::Store {
+            what: what.clone(),
+            reason: format!("reading the body: {}", causes(&e)),
+            retryable: true,
+        })?;
+        let mut b = body.into_bytes().to_vec();
+        b.truncate(len as usize);
+        Ok(b)
+    })
+    .await
+}
