@@ -235,6 +235,11 @@ struct ExportArgs {
     /// With --format repo: read every file, whatever the metadata cache says.
     #[arg(long)]
     rehash: bool,
+    /// A sealed repository's id key (32 bytes, or 64 hex digits), shared by the fleet's phones:
+    /// chunk ids are keyed by it, so they dedupe against each other and the store cannot
+    /// confirm guesses of content.
+    #[arg(long, value_name = "FILE", env = "CPBACKUP_ID_KEY_FILE")]
+    id_key_file: Option<PathBuf>,
     #[command(flatten)]
     dest: DestArgs,
 }
@@ -396,6 +401,8 @@ struct PruneArgs {
     grace: String,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    open: OpenArgs,
 }
 
 #[derive(Args)]
@@ -542,6 +549,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             let spec = ExportSpec {
                 format,
                 rehash: a.rehash,
+                id_key: a.id_key_file.as_deref().map(cpbackup::repo::seal::IdKey::read_file).transpose()?,
                 ..ExportSpec::new(a.dest.destination()?, a.includes, a.excludes, a.all)
             };
             let m = backup::export(&spec, &Progress::new(true))?;
@@ -679,7 +687,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Prune(a) => {
             let grace = cpbackup::repo::prune::parse_grace(&a.grace)?;
             let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
-            let repo = cpbackup::repo::Repo::open(store.as_ref(), &prefix)?;
+            let repo = cpbackup::repo::Repo::open(store.as_ref(), &prefix, &a.open.opening()?, &[])?;
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let done = cpbackup::repo::prune::prune(&repo, grace, now)?;
             println!("{}", serde_json::to_string_pretty(&done)?);

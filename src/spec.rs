@@ -66,6 +66,9 @@ pub struct ExportSpec {
     pub rehash: bool,
     /// Who the archive is sealed for (nobody: stored plain).
     pub sealing: Sealing,
+    /// A sealed repository's id key (`--id-key-file`): in memory only, never journaled.
+    #[serde(skip)]
+    pub id_key: Option<crate::repo::seal::IdKey>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

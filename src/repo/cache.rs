@@ -246,7 +246,7 @@ impl IndexCache {
 
     /// Bring the cache up to date with the index objects under `prefix`: start again if one
     /// it has read is gone, read those it has not. Returns how many it read.
-    pub fn sync(&mut self, store: &dyn Store, prefix: &str) -> Result<usize> {
+    pub fn sync(&mut self, store: &dyn Store, prefix: &str, keys: Option<&super::seal::Keys>) -> Result<usize> {
         self.flush()?;
         let mut present = BTreeSet::new();
         for o in store.list(&format!("{prefix}index/"))? {
@@ -276,7 +276,7 @@ impl IndexCache {
                         let got = store.get(&key).and_then(|b| {
                             let Some(b) = b else { return Ok(Vec::new()) };
                             let mut recs = Vec::new();
-                            index::decode(&b, &store.url(&key), &mut |l| recs.push(encode(&l)))?;
+                            index::decode(&b, &store.url(&key), keys, &mut |l| recs.push(encode(&l)))?;
                             Ok(recs)
                         });
                         match got {
@@ -484,12 +484,12 @@ mod tests {
         for k in 0..12u32 {
             let entries: Vec<Entry> = (k * 2000..(k + 1) * 2000).map(|i| loc(i, k as u8).entry).collect();
             let n = Name::random();
-            store.put(&index::key("", &n), &index::encode(&[(Name([k as u8; 16]), entries)]).unwrap()).unwrap();
+            store.put(&index::key("", &n), &index::encode(&[(Name([k as u8; 16]), entries)], None).unwrap()).unwrap();
             names.push(n);
         }
         let dir = state.path().join("c");
         let mut c = IndexCache::open(&dir).unwrap();
-        assert_eq!(c.sync(&store, "").unwrap(), 12);
+        assert_eq!(c.sync(&store, "", None).unwrap(), 12);
         assert_eq!(c.len(), 24_000);
         let all = |_: &Name| true;
         for i in (0..24_000).step_by(7) {
@@ -503,7 +503,7 @@ mod tests {
             let entries: Vec<Entry> = (100_000 + k * 10..100_000 + (k + 1) * 10).map(|i| loc(i, 50).entry).collect();
             let packs = [(Name([50; 16]), entries)];
             let n = Name::random();
-            store.put(&index::key("", &n), &index::encode(&packs).unwrap()).unwrap();
+            store.put(&index::key("", &n), &index::encode(&packs, None).unwrap()).unwrap();
             c.published(n, &packs).unwrap();
             c.flush().unwrap();
         }
@@ -512,7 +512,7 @@ mod tests {
         drop(c);
         // Reopened: nothing to read, everything found.
         let mut c = IndexCache::open(&dir).unwrap();
-        assert_eq!(c.sync(&store, "").unwrap(), 0, "the published objects count as read");
+        assert_eq!(c.sync(&store, "", None).unwrap(), 0, "the published objects count as read");
         assert_eq!(c.lookup(&loc(23_999, 0).entry.id, &all).unwrap(), Some(loc(23_999, 11)));
         // A second user of the same cache gets a private one.
         let other = IndexCache::open(&dir).unwrap();
@@ -520,14 +520,14 @@ mod tests {
         drop(other);
         // An index object gone from the store: the cache starts again.
         store.delete(&index::key("", &names[0])).unwrap();
-        assert_eq!(c.sync(&store, "").unwrap(), 21, "11 left of the first twelve and our ten");
+        assert_eq!(c.sync(&store, "", None).unwrap(), 21, "11 left of the first twelve and our ten");
         assert_eq!(c.lookup(&loc(5, 0).entry.id, &all).unwrap(), None);
         assert!(c.lookup(&loc(2005, 0).entry.id, &all).unwrap().is_some());
         drop(c);
         // A corrupt state: rebuilt.
         fs::write(dir.join("state.json"), b"{garbage").unwrap();
         let mut c = IndexCache::open(&dir).unwrap();
-        assert_eq!(c.sync(&store, "").unwrap(), 21);
+        assert_eq!(c.sync(&store, "", None).unwrap(), 21);
         assert!(c.lookup(&loc(2005, 0).entry.id, &all).unwrap().is_some());
     }
 }

@@ -22,11 +22,28 @@ pub struct Config {
     pub ids: String,
     pub chunker: Params,
     pub tree_chunker: Params,
+    /// A sealed repository: ids are HMAC-keyed, blobs and index objects sealed (see `seal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Sealed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Sealed {
+    /// A one-way value of the fleet's id key: a wrong key is told from the right one.
+    pub id_key_check: String,
 }
 
 impl Config {
-    pub fn new() -> Config {
-        Config { version: VERSION, ids: "sha256".into(), chunker: Params::FILES, tree_chunker: Params::TREES }
+    /// A plain repository's config, or with `id_key_check` a sealed one's.
+    pub fn new(id_key_check: Option<String>) -> Config {
+        Config {
+            version: VERSION,
+            ids: if id_key_check.is_some() { "hmac-sha256" } else { "sha256" }.into(),
+            chunker: Params::FILES,
+            tree_chunker: Params::TREES,
+            sealed: id_key_check.map(|c| Sealed { id_key_check: c }),
+        }
     }
 
     fn check(&self, what: &str) -> Result<()> {
@@ -37,7 +54,7 @@ impl Config {
                 self.version
             )));
         }
-        if self.ids != "sha256" {
+        if self.ids != if self.sealed.is_some() { "hmac-sha256" } else { "sha256" } {
             return Err(bad(format!("makes chunk ids with {:?}, which this cpbackup does not know", self.ids)));
         }
         if !self.chunker.check() || !self.tree_chunker.check() {
@@ -49,7 +66,7 @@ impl Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config::new()
+        Config::new(None)
     }
 }
 
@@ -70,11 +87,11 @@ pub fn read(store: &dyn Store, prefix: &str) -> Result<Option<Config>> {
 }
 
 /// The config, made when the folder has none yet.
-pub fn open_or_init(store: &dyn Store, prefix: &str) -> Result<Config> {
+pub fn open_or_init(store: &dyn Store, prefix: &str, want: &Config) -> Result<Config> {
     if let Some(c) = read(store, prefix)? {
         return Ok(c);
     }
-    let c = Config::new();
+    let c = want.clone();
     let body = serde_json::to_vec_pretty(&c).map_err(|e| Error::internal(format!("config: {e}")))?;
     store.put(&key(prefix), &body)?;
     // Whatever is there now is the repository's config (another writer may have won).
@@ -95,14 +112,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = FileStore::new(d.path());
         assert_eq!(read(&s, "r/").unwrap(), None);
-        let c = open_or_init(&s, "r/").unwrap();
+        let c = open_or_init(&s, "r/", &Config::new(None)).unwrap();
         let first = std::fs::read(d.path().join("r/config.json")).unwrap();
-        assert_eq!(open_or_init(&s, "r/").unwrap(), c);
+        assert_eq!(open_or_init(&s, "r/", &Config::new(None)).unwrap(), c);
         // A racing writer writes the same bytes.
-        assert_eq!(serde_json::to_vec_pretty(&Config::new()).unwrap(), first);
+        assert_eq!(serde_json::to_vec_pretty(&Config::new(None)).unwrap(), first);
         s.put("r/config.json", br#"{"Version": 9, "Ids": "sha256", "Chunker": {"Min": 1, "Avg": 2, "Max": 3}, "TreeChunker": {"Min": 1, "Avg": 2, "Max": 3}}"#).unwrap();
         assert!(read(&s, "r/").unwrap_err().to_string().contains("version 9"));
         s.put("r/config.json", b"not json").unwrap();
-        assert!(open_or_init(&s, "r/").is_err(), "never overwritten");
+        assert!(open_or_init(&s, "r/", &Config::new(None)).is_err(), "never overwritten");
     }
 }

@@ -12,6 +12,7 @@
 use super::blob::Kind;
 use super::id::{Id, Name};
 use super::pack::{Entry, Located};
+use super::seal::Keys;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"cpbkidx1";
@@ -28,7 +29,7 @@ pub fn name_of(key: &str) -> Option<Name> {
 }
 
 /// Encode the entries of some packs.
-pub fn encode(packs: &[(Name, Vec<Entry>)]) -> Result<Vec<u8>> {
+pub fn encode(packs: &[(Name, Vec<Entry>)], keys: Option<&Keys>) -> Result<Vec<u8>> {
     let mut raw = MAGIC.to_vec();
     for (name, entries) in packs {
         raw.extend_from_slice(&name.0);
@@ -42,11 +43,23 @@ pub fn encode(packs: &[(Name, Vec<Entry>)]) -> Result<Vec<u8>> {
             raw.extend_from_slice(&e.id.0);
         }
     }
-    zstd::bulk::compress(&raw, 3).map_err(|e| Error::internal(format!("zstd: {e}")))
+    let z = zstd::bulk::compress(&raw, 3).map_err(|e| Error::internal(format!("zstd: {e}")))?;
+    match keys {
+        Some(k) => k.seal_index(&z),
+        None => Ok(z),
+    }
 }
 
 /// Decode an index object, calling `each` for every blob it locates.
-pub fn decode(bytes: &[u8], what: &str, each: &mut dyn FnMut(Located)) -> Result<()> {
+pub fn decode(bytes: &[u8], what: &str, keys: Option<&Keys>, each: &mut dyn FnMut(Located)) -> Result<()> {
+    let opened;
+    let bytes = match keys {
+        Some(k) => {
+            opened = k.open_index(bytes, what)?;
+            &opened[..]
+        }
+        None => bytes,
+    };
     let raw = zstd::bulk::decompress(bytes, MAX_DECODED)
         .map_err(|e| Error::archive(what, format!("is not an index object: {e}")))?;
     let bad = |why: &str| Error::archive(what, format!("is not a valid index object: {why}"));
@@ -90,14 +103,14 @@ mod tests {
             raw: 9,
         };
         let packs = vec![(Name([1; 16]), vec![e(1, 0), e(2, 7)]), (Name([2; 16]), vec![e(3, 0)])];
-        let bytes = encode(&packs).unwrap();
+        let bytes = encode(&packs, None).unwrap();
         let mut got = Vec::new();
-        decode(&bytes, "i", &mut |l| got.push(l)).unwrap();
+        decode(&bytes, "i", None, &mut |l| got.push(l)).unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(got[2], Located { pack: Name([2; 16]), entry: e(3, 0) });
-        assert!(decode(b"garbage", "i", &mut |_| {}).is_err());
+        assert!(decode(b"garbage", "i", None, &mut |_| {}).is_err());
         let cut = zstd::bulk::compress(&[MAGIC.as_slice(), &[1u8; 19]].concat(), 3).unwrap();
-        assert!(decode(&cut, "i", &mut |_| {}).is_err());
+        assert!(decode(&cut, "i", None, &mut |_| {}).is_err());
         let n = Name::random();
         assert_eq!(name_of(&key("a/", &n)), Some(n));
     }

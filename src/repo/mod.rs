@@ -5,6 +5,7 @@
 //! config.json            format version, chunker parameters, id mode (written once, if absent)
 //! data/XX/<random>       packs of ~16 MiB: compressed blobs, their own index at the end
 //! index/<random>         index objects: blob id -> pack, offset, length
+//! keys/<random>, keys/id-…  a sealed repository's data keys and id key, wrapped with age
 //! marks/<random>         prune's marks: packs no snapshot reached, and when
 //! NAME.manifest.json     snapshot records (Format "repo"), beside archive manifests
 //! ```
@@ -19,6 +20,7 @@
 //! - [`pack`]: the pack layout and the writer that fills one.
 //! - [`index`]: index objects.
 //! - [`cache`]: the local index cache (sorted runs in the state directory).
+//! - [`seal`]: a sealed repository's keys; blobs and index objects sealed and opened.
 
 //! - [`tree`]: per-directory trees.
 //! - [`config`]: the repository's `config.json`.
@@ -43,6 +45,7 @@ pub mod ops;
 pub mod pack;
 pub mod prune;
 pub mod read;
+pub mod seal;
 pub mod tree;
 pub mod write;
 
@@ -63,18 +66,52 @@ pub struct Repo<'a> {
     pub prefix: String,
     pub config: config::Config,
     pub hasher: id::Hasher,
+    /// A sealed repository's keys for this run.
+    pub keys: Option<seal::Keys>,
 }
 
 impl<'a> Repo<'a> {
-    /// The repository in `prefix`, made when the folder holds none.
-    pub fn open_or_init(store: &'a dyn Store, prefix: &str) -> Result<Repo<'a>> {
+    /// The repository in `prefix`, made when the folder holds none; with `seal` (an id key and
+    /// recipients) a sealed one. A sealed export into a plain repository, or the reverse, or
+    /// another fleet's id key, is refused before anything is written.
+    pub fn open_or_init(
+        store: &'a dyn Store,
+        prefix: &str,
+        seal: Option<(&seal::IdKey, &crate::crypt::Sealing)>,
+    ) -> Result<Repo<'a>> {
         let prefix = folder(prefix);
-        let config = config::open_or_init(store, &prefix)?;
-        Ok(Repo { store, prefix, config, hasher: id::Hasher::Sha256 })
+        let want = config::Config::new(seal.map(|(id, _)| id.check_value()));
+        let config = config::open_or_init(store, &prefix, &want)?;
+        let shown = store.url(&prefix);
+        match (&config.sealed, seal) {
+            (None, None) => Ok(Repo { store, prefix, config, hasher: id::Hasher::Sha256, keys: None }),
+            (Some(_), None) => Err(Error::usage(format!(
+                "{shown} is a sealed repository: export to it with --recipient (or --recipients-file) and \
+                 --id-key-file, as its other writers do"
+            ))),
+            (None, Some(_)) => Err(Error::usage(format!(
+                "{shown} holds unsealed snapshots: a sealed export needs a repository of its own (another folder)"
+            ))),
+            (Some(s), Some((id, sealing))) => {
+                if s.id_key_check != id.check_value() {
+                    return Err(Error::usage(format!(
+                        "--id-key-file is not the id key of the repository {shown}: give the fleet's id key"
+                    )));
+                }
+                let keys = seal::Keys::for_writing(store, &prefix, id, sealing)?;
+                Ok(Repo { store, prefix, config, hasher: keys.hasher(), keys: Some(keys) })
+            }
+        }
     }
 
-    /// The repository in `prefix`; an error when there is none.
-    pub fn open(store: &'a dyn Store, prefix: &str) -> Result<Repo<'a>> {
+    /// The repository in `prefix`; an error when there is none. A sealed one is opened with
+    /// `opening` (`made_for`: the recipients a record names, for the error when none fits).
+    pub fn open(
+        store: &'a dyn Store,
+        prefix: &str,
+        opening: &crate::crypt::Opening,
+        made_for: &[String],
+    ) -> Result<Repo<'a>> {
         let prefix = folder(prefix);
         let config = config::read(store, &prefix)?.ok_or_else(|| {
             Error::usage(format!(
@@ -82,7 +119,21 @@ impl<'a> Repo<'a> {
                 store.url(&prefix)
             ))
         })?;
-        Ok(Repo { store, prefix, config, hasher: id::Hasher::Sha256 })
+        let keys = match &config.sealed {
+            None => None,
+            Some(_) if opening.is_empty() => {
+                return Err(Error::Key {
+                    what: store.url(&prefix),
+                    reason: format!(
+                        "is a sealed repository{}: pass --identity FILE with its secret key",
+                        if made_for.is_empty() { String::new() } else { format!(" (for {})", made_for.join(", ")) }
+                    ),
+                });
+            }
+            Some(s) => Some(seal::Keys::for_reading(store, &prefix, &s.id_key_check, opening, made_for)?),
+        };
+        let hasher = keys.as_ref().map_or(id::Hasher::Sha256, seal::Keys::hasher);
+        Ok(Repo { store, prefix, config, hasher, keys })
     }
 }
 

@@ -101,8 +101,24 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
             spec.to.trim_end_matches('/')
         )));
     }
+    let seal = match (&spec.id_key, spec.sealing.is_some()) {
+        (Some(id), true) => Some((id, &spec.sealing)),
+        (None, false) => None,
+        (None, true) => {
+            return Err(Error::usage(
+                "a sealed snapshot needs the fleet's repository id key too: --id-key-file FILE (or \
+                 CPBACKUP_ID_KEY_FILE); its chunk ids are keyed by it",
+            ))
+        }
+        (Some(_), false) => {
+            return Err(Error::usage(
+                "--id-key-file goes with --recipient / --recipients-file / --passphrase-file: a repository is \
+                 sealed for someone",
+            ))
+        }
+    };
     let counted = Counted::new(store.as_ref());
-    let repo = Repo::open_or_init(&counted, &prefix)?;
+    let repo = Repo::open_or_init(&counted, &prefix, seal)?;
     let now = time::OffsetDateTime::now_utc();
     // Two snapshots of one phone within a second must not share a record: a random tail.
     let name = match &spec.name {
@@ -128,6 +144,7 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
         format: Some(Format::Repo),
         upload_type: store.kind().to_string(),
         upload_endpoint: store.endpoint(),
+        encryption: crate::crypt::Encryption::of(&spec.sealing, false),
         backup_file_path: store.url(&repo.prefix),
         ..crate::version::stamp(Manifest::default())
     };
@@ -225,6 +242,13 @@ pub struct Found {
     pub record: Manifest,
 }
 
+impl Found {
+    /// The recipients the record says the snapshot is sealed for.
+    pub fn made_for(&self) -> Vec<String> {
+        self.record.encryption.as_ref().map(|e| e.recipients.clone()).unwrap_or_default()
+    }
+}
+
 /// The snapshot `from` names, `None` when it names an archive (or nothing a snapshot could be).
 pub fn find(from: &str, backup_file_id: Option<&str>, opts: &StoreOptions) -> Result<Option<Found>> {
     let loc = Location::parse(from)?;
@@ -290,10 +314,11 @@ fn unmatched(filter: &Filter, seen: &[bool], what: &str) -> Result<()> {
 pub fn import(found: Found, spec: &ImportSpec, progress: &Progress) -> Result<Report> {
     let root = if spec.root.as_os_str().is_empty() { Path::new("/") } else { spec.root.as_path() };
     let filter = Filter::new(&spec.includes)?;
-    let mut unpacker = Unpacker::new(root, unpack::Options { restore_xattrs: spec.restore_xattrs })?;
     let shown = found.store.url(&found.record_key);
     let counted = Counted::new(found.store.as_ref());
-    let repo = Repo::open(&counted, &found.prefix)?;
+    // Keys first: without one that fits, nothing is staged or touched.
+    let repo = Repo::open(&counted, &found.prefix, &spec.opening, &found.made_for())?;
+    let mut unpacker = Unpacker::new(root, unpack::Options { restore_xattrs: spec.restore_xattrs })?;
     let tree = found.root()?;
     if filter.is_all() {
         progress.set_total(found.record.file_size);
@@ -306,7 +331,7 @@ pub fn import(found: Found, spec: &ImportSpec, progress: &Progress) -> Result<Re
         let tops: Vec<&[u8]> = tops.iter().map(Vec::as_slice).collect();
         unpacker.check_space(&tops, found.record.file_size)?;
     }
-    let mut blobs = Blobs::new(&counted, &repo.prefix, repo.hasher.clone());
+    let mut blobs = Blobs::of(&repo);
     let seen = read::entries(&mut blobs, &tree, &filter, &mut |item, data| {
         progress.check_cancel()?;
         progress.entry(item.size);
@@ -379,9 +404,9 @@ pub fn listed(item: &crate::archive::read::Item) -> Listed {
 pub fn ls(found: Found, spec: &LsSpec, each: &mut dyn FnMut(Listed)) -> Result<Stats> {
     let filter = Filter::new(&spec.includes)?;
     let counted = Counted::new(found.store.as_ref());
-    let repo = Repo::open(&counted, &found.prefix)?;
+    let repo = Repo::open(&counted, &found.prefix, &spec.opening, &found.made_for())?;
     let tree = found.root()?;
-    let mut blobs = Blobs::new(&counted, &repo.prefix, repo.hasher.clone());
+    let mut blobs = Blobs::of(&repo);
     let seen = read::walk(&mut blobs, &tree, &filter, &mut |path, node, _| {
         let (kind, target) = match node.kind {
             NodeKind::Dir | NodeKind::Implicit => ("d", String::new()),
@@ -416,14 +441,14 @@ pub fn ls(found: Found, spec: &LsSpec, each: &mut dyn FnMut(Listed)) -> Result<S
 /// exists; with `read_data`, every chunk is downloaded and hashed too.
 pub fn verify(found: Found, spec: &VerifySpec, progress: &Progress) -> Result<Report> {
     let counted = Counted::new(found.store.as_ref());
-    let repo = Repo::open(&counted, &found.prefix)?;
+    let repo = Repo::open(&counted, &found.prefix, &spec.opening, &found.made_for())?;
     let tree = found.root()?;
     let shown = counted.url(&found.record_key);
     let state = StateDir::resolve(spec.store.state_dir.as_deref());
     let mut cache = super::cache::IndexCache::open(
         &super::cache_dir(state.path(), found.store.as_ref(), &repo.prefix).join("index"),
     )?;
-    cache.sync(&counted, &repo.prefix)?;
+    cache.sync(&counted, &repo.prefix, repo.keys.as_ref())?;
     let packs: HashSet<Name> =
         counted.list(&format!("{}data/", repo.prefix))?.iter().filter_map(|o| pack::name_of(&o.key)).collect();
     let mut problems: Vec<String> = Vec::new();
@@ -438,7 +463,7 @@ pub fn verify(found: Found, spec: &VerifySpec, progress: &Progress) -> Result<Re
     for l in &tree {
         check(l, &mut problems)?;
     }
-    let mut blobs = Blobs::new(&counted, &repo.prefix, repo.hasher.clone());
+    let mut blobs = Blobs::of(&repo);
     let mut entries = 0u64;
     let mut bytes = 0u64;
     let mut buf = Vec::new();

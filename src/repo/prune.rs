@@ -20,6 +20,7 @@ use serde::Serialize;
 use super::id::Name;
 use super::pack::{self, Entry, Located};
 use super::read::{self, Blobs, Filter};
+use super::seal::Keys;
 use super::{index, marks, Repo};
 use crate::archive::Format;
 use crate::error::{Error, Result};
@@ -62,7 +63,7 @@ pub fn parse_grace(s: &str) -> Result<i64> {
 pub fn referenced(repo: &Repo<'_>) -> Result<(usize, HashSet<Name>)> {
     let mut packs = HashSet::new();
     let mut n = 0;
-    let mut blobs = Blobs::new(repo.store, &repo.prefix, repo.hasher.clone());
+    let mut blobs = Blobs::of(repo);
     for (key, m) in crate::catalog::records(repo.store, &repo.prefix)? {
         if m.format != Some(Format::Repo) {
             continue;
@@ -115,7 +116,7 @@ pub fn prune(repo: &Repo<'_>, grace_secs: i64, now: i64) -> Result<Pruned> {
         done_marks.push(key.clone());
     }
     if !deleted.is_empty() {
-        out.indexes_rewritten = rewrite_indexes(store, prefix, &deleted)?;
+        out.indexes_rewritten = rewrite_indexes(store, prefix, repo.keys.as_ref(), &deleted)?;
     }
     // Only now: a writer listing the index after this sees none of the deleted packs.
     for key in done_marks {
@@ -137,13 +138,13 @@ pub fn prune(repo: &Repo<'_>, grace_secs: i64, now: i64) -> Result<Pruned> {
 }
 
 /// Index objects naming a deleted pack: a new one without it, then the old one removed.
-fn rewrite_indexes(store: &dyn Store, prefix: &str, deleted: &HashSet<Name>) -> Result<usize> {
+fn rewrite_indexes(store: &dyn Store, prefix: &str, keys: Option<&Keys>, deleted: &HashSet<Name>) -> Result<usize> {
     let mut n = 0;
     for o in store.list(&format!("{prefix}index/"))? {
         let Some(bytes) = store.get(&o.key)? else { continue };
         let mut packs: Vec<(Name, Vec<Entry>)> = Vec::new();
         let mut touched = false;
-        index::decode(&bytes, &store.url(&o.key), &mut |l| {
+        index::decode(&bytes, &store.url(&o.key), keys, &mut |l| {
             if deleted.contains(&l.pack) {
                 touched = true;
                 return;
@@ -157,7 +158,7 @@ fn rewrite_indexes(store: &dyn Store, prefix: &str, deleted: &HashSet<Name>) -> 
             continue;
         }
         if !packs.is_empty() {
-            store.put(&index::key(prefix, &Name::random()), &index::encode(&packs)?)?;
+            store.put(&index::key(prefix, &Name::random()), &index::encode(&packs, keys)?)?;
         }
         store.delete(&o.key)?;
         n += 1;

@@ -13,7 +13,9 @@ use std::io::{self, Read};
 use super::blob;
 use super::id::{Hasher, Name};
 use super::pack::{self, Located};
+use super::seal::Keys;
 use super::tree::{self, Node, NodeKind};
+use super::Repo;
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -39,6 +41,7 @@ pub struct Blobs<'a> {
     store: &'a dyn Store,
     prefix: String,
     hasher: Hasher,
+    keys: Option<&'a Keys>,
     data: Option<Window>,
     trees: Option<Window>,
     /// How far the next sequential data read reaches.
@@ -47,7 +50,12 @@ pub struct Blobs<'a> {
 
 impl<'a> Blobs<'a> {
     pub fn new(store: &'a dyn Store, prefix: &str, hasher: Hasher) -> Blobs<'a> {
-        Blobs { store, prefix: prefix.to_string(), hasher, data: None, trees: None, grow: 0 }
+        Blobs { store, prefix: prefix.to_string(), hasher, keys: None, data: None, trees: None, grow: 0 }
+    }
+
+    /// The blobs of `repo`, opened with its keys when it is sealed.
+    pub fn of(repo: &'a Repo<'_>) -> Blobs<'a> {
+        Blobs { keys: repo.keys.as_ref(), ..Blobs::new(repo.store, &repo.prefix, repo.hasher.clone()) }
     }
 
     /// A blob's stored bytes; `ahead`: how many bytes from its offset the caller will want.
@@ -96,8 +104,15 @@ impl<'a> Blobs<'a> {
     pub fn read(&mut self, loc: &Located, ahead: u64, out: &mut Vec<u8>) -> Result<()> {
         let what = format!("blob {:?} in {}", loc.entry.id, self.store.url(&pack::key(&self.prefix, &loc.pack)));
         let hasher = self.hasher.clone();
+        let (keys, store, prefix) = (self.keys, self.store, self.prefix.clone());
         let stored = self.stored(loc, ahead)?;
-        blob::decode(stored, loc.entry.compressed, loc.entry.raw, &what, out)?;
+        match keys {
+            Some(k) => {
+                let opened = k.open_blob(store, &prefix, &loc.entry.id, stored, &what)?;
+                blob::decode(&opened, loc.entry.compressed, loc.entry.raw, &what, out)?;
+            }
+            None => blob::decode(stored, loc.entry.compressed, loc.entry.raw, &what, out)?,
+        }
         if hasher.id(out) != loc.entry.id {
             return Err(Error::archive(what, "does not hash to its id: the repository is damaged"));
         }

@@ -40,7 +40,7 @@ fn make_tree(root: &Path) {
 }
 
 fn snapshot(store: &dyn Store, root: &Path, state: &Path, n: u32) -> Written {
-    let repo = Repo::open_or_init(store, "fleet/").unwrap();
+    let repo = Repo::open_or_init(store, "fleet/", None).unwrap();
     let (sel, _) = Selection::new(root, &["/data/data".into(), "/data/media".into()], &[]).unwrap();
     let opts = Options {
         cache_dir: super::cache_dir(state, store, "fleet/"),
@@ -163,7 +163,7 @@ fn prune_marks_waits_then_deletes_and_never_what_a_record_reaches() {
     let store = FileStore::new(&t.path().join("bucket"));
     let a = snapshot(&store, &root, &state, 1);
     a.commit_cache();
-    let repo = Repo::open(&store, "fleet/").unwrap();
+    let repo = Repo::open(&store, "fleet/", &Default::default(), &[]).unwrap();
     let packs = |s: &FileStore| s.list("fleet/data/").unwrap().len();
     let before = packs(&store);
     assert!(before >= 2);

@@ -188,7 +188,7 @@ pub fn snapshot(
     // Marks first, then the index: a pack deleted after the listing is still marked here.
     let marked = marks::marked(store, &repo.prefix)?;
     let mut cache = IndexCache::open(&opts.cache_dir.join("index"))?;
-    let read = cache.sync(store, &repo.prefix)?;
+    let read = cache.sync(store, &repo.prefix, repo.keys.as_ref())?;
     tracing::debug!(
         "index cache: read {read} new index objects; {} blobs known, {} packs marked",
         cache.len(),
@@ -255,7 +255,7 @@ pub fn snapshot(
             outs.push(orx);
             std::thread::Builder::new()
                 .name(format!("compress-{i}"))
-                .spawn_scoped(s, move || compress(rx, otx))
+                .spawn_scoped(s, move || compress(rx, otx, repo.keys.as_ref()))
                 .map_err(|e| Error::internal(format!("starting a thread: {e}")))?;
         }
         let (utx, urx) = sync_channel::<PackOut>(0);
@@ -520,8 +520,8 @@ impl Walker<'_, '_> {
     }
 }
 
-/// A compressor: new chunks of each batch encoded in place.
-fn compress(rx: Receiver<Batch>, tx: SyncSender<Batch>) {
+/// A compressor: new chunks of each batch encoded in place (and sealed, in a sealed repository).
+fn compress(rx: Receiver<Batch>, tx: SyncSender<Batch>, keys: Option<&super::seal::Keys>) {
     let mut enc = match blob::Encoder::new() {
         Ok(e) => e,
         Err(e) => {
@@ -533,8 +533,11 @@ fn compress(rx: Receiver<Batch>, tx: SyncSender<Batch>) {
     for batch in rx {
         let batch = batch.and_then(|mut evs| {
             for ev in &mut evs {
-                if let Ev::Chunk(Chunk::New { data, compressed, .. }) = ev {
+                if let Ev::Chunk(Chunk::New { id, data, compressed, .. }) = ev {
                     *compressed = enc.encode(data, &mut out)?;
+                    if let Some(k) = keys {
+                        k.seal_blob(id, &mut out)?;
+                    }
                     std::mem::swap(data, &mut out);
                 }
             }
@@ -759,6 +762,9 @@ impl<'a, 's> Builder<'a, 's> {
             }
             None => {
                 let compressed = self.enc.encode(data, &mut self.out)?;
+                if let Some(k) = &self.shared.repo.keys {
+                    k.seal_blob(&id, &mut self.out)?;
+                }
                 let out = std::mem::take(&mut self.out);
                 let l = self.add(Kind::Tree, id, &out, compressed, data.len() as u32);
                 self.out = out;
@@ -829,7 +835,7 @@ fn publish(shared: &Shared<'_>, stored: &mut Vec<(Name, Vec<Entry>)>) -> Result<
         return Ok(());
     }
     let name = Name::random();
-    let body = index::encode(stored)?;
+    let body = index::encode(stored, shared.repo.keys.as_ref())?;
     shared.repo.store.put(&index::key(&shared.repo.prefix, &name), &body)?;
     let mut k = shared.lock();
     k.cache.published(name, stored)?;

@@ -320,3 +320,130 @@ fn repo_writers_and_prune_at_the_same_time() {
         run(&mut c, 0);
     }
 }
+
+/// Every file under `dir`, whatever its depth: (path, bytes).
+fn objects(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push((p.clone(), fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn repo_sealed_objects_hide_content_phones_sharing_an_id_key_dedupe_and_a_wrong_identity_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let (owner_key, owner) = crate::encryption::keygen(t.path(), "owner");
+    let (stranger_key, _) = crate::encryption::keygen(t.path(), "stranger");
+    let id_key = t.path().join("fleet.idkey");
+    fs::write(&id_key, format!("{}\n", "5a".repeat(32))).unwrap();
+    let mut perm = fs::metadata(&id_key).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o600);
+    fs::set_permissions(&id_key, perm).unwrap();
+
+    // Phone A: incompressible files (stored as they are when unsealed) and a recognisable name;
+    // phone B: a clone of A with a little data of its own.
+    let a = t.path().join("phone-a");
+    tree::random_files(&a.join("data/media/0/photos"), 4, 2 * MIB, 11);
+    let secret_name = "recognisable-ledger-name.txt";
+    fs::create_dir_all(a.join("data/data/com.bank/files")).unwrap();
+    fs::write(a.join("data/data/com.bank/files").join(secret_name), "balance: 1,000,000\n".repeat(2000)).unwrap();
+    let b = t.path().join("phone-b");
+    fs::create_dir_all(&b).unwrap();
+    assert!(Command::new("cp").arg("-a").arg(a.join("data")).arg(&b).status().unwrap().success());
+    tree::random_files(&b.join("data/media/0/own"), 1, 256 * 1024, 12);
+
+    let repo = t.path().join("repo");
+    let to = format!("{}/", path_str(&repo));
+    let sealed = ["--recipient", owner.as_str(), "--id-key-file", path_str(&id_key)];
+    let mut args = sealed.to_vec();
+    args.extend(["--instance-id", "acp-a"]);
+    let first = export(local(&t.path().join("state-a")), &a, &to, &args);
+    assert_eq!(first["Status"], "AVAILABLE", "{first}");
+    assert_eq!(first["Encryption"]["Recipients"][0], owner.as_str(), "{first}");
+
+    // No object of the repository holds a recognisable piece of what it stores; the id key is
+    // nowhere in it unwrapped.
+    let photo = fs::read(a.join("data/media/0/photos/blob1.bin")).unwrap();
+    let pieces: Vec<&[u8]> = vec![&photo[4096..4160], &photo[MIB..MIB + 64], secret_name.as_bytes(), b"balance: 1,0"];
+    let stored = objects(&repo);
+    assert!(stored.iter().any(|(p, _)| p.to_string_lossy().contains("/keys/id-")), "a wrapped id key");
+    for (p, body) in &stored {
+        if p.to_string_lossy().ends_with(".manifest.json") {
+            continue;
+        }
+        for piece in &pieces {
+            assert!(!body.windows(piece.len()).any(|w| w == *piece), "{} holds plaintext", p.display());
+        }
+        assert!(!body.windows(64).any(|w| w == "5a".repeat(32).as_bytes()), "{} holds the id key", p.display());
+    }
+
+    // Phone B, another state directory (no cache of A's): what A stored is found by id.
+    let mut args = sealed.to_vec();
+    args.extend(["--instance-id", "acp-b"]);
+    let second = export(local(&t.path().join("state-b")), &b, &to, &args);
+    let (s1, s2) = (&first["Snapshot"], &second["Snapshot"]);
+    assert!(s2["ChunksReused"].as_u64().unwrap() > s2["ChunksNew"].as_u64().unwrap(), "{s1} {s2}");
+    assert!(
+        s2["BytesUploaded"].as_u64().unwrap() * 4 < s1["BytesUploaded"].as_u64().unwrap(),
+        "phone B uploads only its own data: {s1} {s2}"
+    );
+
+    // A plain export into the sealed repository, or a sealed one with another id key: refused.
+    let mut c = local(&t.path().join("state-a"));
+    c.args(["export", "--root", path_str(&a), "--to", &to, "--format", "repo", "--include", "/data/media"]);
+    let e = stderr(&run(&mut c, 2));
+    assert!(e.contains("sealed repository"), "{e}");
+    let other_key = t.path().join("other.idkey");
+    fs::write(&other_key, "a5".repeat(32)).unwrap();
+    let mut c = local(&t.path().join("state-a"));
+    c.args(["export", "--root", path_str(&a), "--to", &to, "--format", "repo", "--include", "/data/media"]);
+    c.args(["--recipient", owner.as_str(), "--id-key-file", path_str(&other_key)]);
+    let e = stderr(&run(&mut c, 2));
+    assert!(e.contains("not the id key"), "{e}");
+
+    let id_b = second["BackupFileId"].as_str().unwrap();
+    // Without a key, or with a stranger's: exit 2 naming the recipient, nothing made.
+    for keys in [vec![], vec!["--identity", path_str(&stranger_key)]] {
+        let out = t.path().join("refused");
+        let mut c = local(&t.path().join("state-r"));
+        c.args(["import", "--from", &to, "--backup-file-id", id_b, "--root", path_str(&out)]);
+        c.args(&keys);
+        let e = stderr(&run(&mut c, 2));
+        assert!(e.contains(&owner), "the error names the recipient: {e}");
+        assert!(!out.exists() || fs::read_dir(&out).unwrap().next().is_none(), "nothing touched");
+    }
+
+    // The owner's identity opens it: import, ls, verify --read-data, prune.
+    let out = t.path().join("restored");
+    fs::create_dir_all(&out).unwrap();
+    let mut c = local(&t.path().join("state-r"));
+    c.args(["import", "--from", &to, "--backup-file-id", id_b, "--root", path_str(&out), "--json"]);
+    c.args(["--identity", path_str(&owner_key)]);
+    run(&mut c, 0);
+    same(&b, &out, "data/data");
+    same(&b, &out, "data/media");
+    let mut c = local(&t.path().join("state-r"));
+    c.args(["ls", "--from", &to, "--backup-file-id", id_b, "--identity", path_str(&owner_key)]);
+    let listed = String::from_utf8(run(&mut c, 0).stdout).unwrap();
+    assert!(listed.contains(secret_name), "{listed}");
+    let mut c = local(&t.path().join("state-r"));
+    c.args(["verify", "--from", &to, "--backup-file-id", id_b, "--read-data", "--json"]);
+    c.args(["--identity", path_str(&owner_key)]);
+    let v = json(&run(&mut c, 0));
+    assert_eq!(v["ChecksumVerified"], true, "{v}");
+    let mut c = local(&t.path().join("state-r"));
+    c.args(["prune", "--in", &to, "--identity", path_str(&owner_key)]);
+    run(&mut c, 0);
+    let mut c = local(&t.path().join("state-r"));
+    c.args(["prune", "--in", &to, "--identity", path_str(&stranger_key)]);
+    run(&mut c, 2);
+}
