@@ -78,6 +78,11 @@ impl Store for Counted<'_> {
         self.counts.requests.fetch_add(1 + l.len() as u64 / 1000, Relaxed);
         Ok(l)
     }
+    fn list_top(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let l = self.inner.list_top(prefix)?;
+        self.counts.requests.fetch_add(1 + l.len() as u64 / 1000, Relaxed);
+        Ok(l)
+    }
     fn delete(&self, key: &str) -> Result<()> {
         self.req();
         self.inner.delete(key)

@@ -418,7 +418,7 @@ pub fn ls(found: Found, spec: &LsSpec, each: &mut dyn FnMut(Listed)) -> Result<S
             path: format!("/{}", String::from_utf8_lossy(path)),
             kind,
             size: node.size,
-            mode: format!("{:04o}", node.mode),
+            mode: format!("{:04o}", node.mode & tree::PERMS),
             uid: node.uid,
             gid: node.gid,
             mtime: node.mtime,

@@ -362,14 +362,15 @@ pub fn entries(blobs: &mut Blobs<'_>, root: &[Located], filter: &Filter, each: &
     walk(blobs, root, filter, &mut |path, node, blobs| {
         let meta = Meta {
             path: path.to_vec(),
-            mode: node.mode,
+            mode: node.mode & tree::PERMS,
             uid: node.uid,
             gid: node.gid,
             mtime: node.mtime,
             mtime_nsec: node.mtime_nsec,
             xattrs: node.xattrs.clone(),
         };
-        let file = |meta| Item { meta, kind: Kind::File { sparse: false }, size: node.size };
+        let sparse = node.mode & tree::SPARSE != 0;
+        let file = |meta| Item { meta, kind: Kind::File { sparse }, size: node.size };
         match node.kind {
             NodeKind::Dir | NodeKind::Implicit => each(Item { meta, kind: Kind::Dir, size: 0 }, &mut io::empty()),
             NodeKind::Symlink => {

@@ -58,6 +58,12 @@ impl NodeKind {
     }
 }
 
+/// A file node's `mode` bit beyond the permissions: the file had holes when it was read
+/// (allocated blocks short of its size), so a restore writes its zero blocks as holes.
+pub const SPARSE: u32 = 1 << 16;
+/// The permission bits of a node's `mode`.
+pub const PERMS: u32 = 0o7777;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub name: Vec<u8>,

@@ -332,7 +332,10 @@ struct Walker<'a, 's> {
 
 fn node_of(name: &[u8], kind: NodeKind, m: &fs::Metadata, host: &Path) -> Node {
     let mut n = Node::new(name.to_vec(), kind);
-    n.mode = m.mode() & 0o7777;
+    n.mode = m.mode() & tree::PERMS;
+    if m.is_file() && m.blocks() * 512 < m.len() {
+        n.mode |= tree::SPARSE;
+    }
     n.uid = m.uid();
     n.gid = m.gid();
     n.mtime = m.mtime();

@@ -148,6 +148,32 @@ impl Store for FileStore {
 
     /// Like an object store's listing: every file whose key starts with `prefix`, in
     /// subdirectories too (only those the prefix reaches are read).
+    /// One directory read: the files directly in the prefix's directory.
+    fn list_top(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let dir_key = match prefix.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/"),
+            None => String::new(),
+        };
+        let dir = self.dir.join(&dir_key);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir_key.is_empty() => return Ok(Vec::new()),
+            Err(e) => return Err(Error::Io { context: format!("listing {}", dir.display()), source: e }),
+        };
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent.ctx(|| format!("listing {}", dir.display()))?;
+            let Ok(name) = ent.file_name().into_string() else { continue };
+            let key = format!("{dir_key}{name}");
+            if key.starts_with(prefix) && ent.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                let size = ent.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push(ObjectInfo { key, size });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let mut out = Vec::new();
         // Directories still to read, as key prefixes ("" or "a/b/").

@@ -64,6 +64,12 @@ pub trait Store: Send + Sync {
             .map_err(|e| Error::Io { context: format!("reading {}", self.url(key)), source: e })?;
         Ok(buf)
     }
+    /// The objects under `prefix` in its folder itself, not in folders below it (the records
+    /// of a repository's folder, never its `data/`): a listing with the delimiter `/`.
+    fn list_top(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let depth = prefix.matches('/').count();
+        Ok(self.list(prefix)?.into_iter().filter(|o| o.key.matches('/').count() == depth).collect())
+    }
     /// An object's size; `None` when it does not exist.
     fn size(&self, key: &str) -> Result<Option<u64>> {
         Ok(self.list(key)?.into_iter().find(|o| o.key == key).map(|o| o.size))

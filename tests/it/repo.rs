@@ -447,3 +447,39 @@ fn repo_sealed_objects_hide_content_phones_sharing_an_id_key_dedupe_and_a_wrong_
     c.args(["prune", "--in", &to, "--identity", path_str(&stranger_key)]);
     run(&mut c, 2);
 }
+
+#[test]
+fn repo_sparse_files_come_back_sparse_and_list_reads_only_records() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let (src, state, repo) = (t.path().join("phone"), t.path().join("state"), t.path().join("repo"));
+    let dir = src.join("data/data/com.sparse/files");
+    fs::create_dir_all(&dir).unwrap();
+    let f = fs::File::create(dir.join("disk.img")).unwrap();
+    f.set_len(64 * MIB as u64).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[7u8; 8192], 32 * MIB as u64).unwrap();
+    drop(f);
+    fs::create_dir_all(src.join("data/media")).unwrap();
+    let to = format!("{}/", path_str(&repo));
+    let m = export(local(&state), &src, &to, &["--name", "sparse"]);
+
+    // list: the records at the folder's top; data/ and index/ hold no record, and are not
+    // listed (a stray manifest-named object below the top is not a record).
+    fs::copy(repo.join("sparse.manifest.json"), repo.join("data/stray.manifest.json")).unwrap();
+    let mut c = cpbackup();
+    c.args(["list", "--in", &to, "--max-results", "100"]);
+    let l = json(&run(&mut c, 0));
+    assert_eq!(l["TotalCount"], 1, "{l}");
+
+    let out = t.path().join("restored");
+    fs::create_dir_all(&out).unwrap();
+    let mut c = local(&state);
+    c.args(["import", "--from", &to, "--backup-file-id", m["BackupFileId"].as_str().unwrap()]);
+    c.args(["--root", path_str(&out)]);
+    run(&mut c, 0);
+    let back = out.join("data/data/com.sparse/files/disk.img");
+    let meta = fs::metadata(&back).unwrap();
+    assert_eq!(meta.len(), 64 * MIB as u64);
+    assert!(meta.blocks() * 512 < 4 * MIB as u64, "restored with holes: {} blocks", meta.blocks());
+    assert_eq!(fs::read(&back).unwrap(), fs::read(dir.join("disk.img")).unwrap());
+}
