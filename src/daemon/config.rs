@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::protect::Settings;
 use super::schedule::ScheduleSpec;
 use crate::error::{Error, Result};
 use crate::manifest::Identity;
@@ -69,6 +70,21 @@ pub struct Config {
     pub io_level: u32,
     /// Backups the agent starts by itself (`[[schedule]]` tables).
     pub schedule: Vec<ScheduleSpec>,
+    /// age recipients every backup is sealed for unless its request names its own (`age1…`;
+    /// `CPBACKUP_RECIPIENTS`: comma-separated).
+    pub recipients: Vec<String>,
+    /// More recipients, one a line (age's recipients file format).
+    pub recipients_file: Option<PathBuf>,
+    /// `AES256` or `KMS`: the store's own encryption of each archive.
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    /// SSE-C: the 32-byte key (raw or base64) in this file (0600). Only ever from the config.
+    pub sse_c_key_file: Option<PathBuf>,
+    /// Bytes per second for a task's transfer (`20M`, `500k`), unless its request says.
+    pub limit_rate: Option<String>,
+    /// The six keys above, read and checked at load.
+    #[serde(skip)]
+    pub protection: Settings,
 }
 
 impl Default for Config {
@@ -103,6 +119,13 @@ impl Default for Config {
             io_class: IoClass::BestEffort,
             io_level: 7,
             schedule: Vec::new(),
+            recipients: Vec::new(),
+            recipients_file: None,
+            sse: None,
+            sse_kms_key_id: None,
+            sse_c_key_file: None,
+            limit_rate: None,
+            protection: Settings::default(),
         }
     }
 }
@@ -133,6 +156,8 @@ impl Auth {
 #[derive(Clone, Copy)]
 enum Kind {
     Text,
+    /// Comma-separated.
+    List,
     Number,
     Flag,
 }
@@ -167,6 +192,12 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("nice", Kind::Number),
     ("io_class", Kind::Text),
     ("io_level", Kind::Number),
+    ("recipients", Kind::List),
+    ("recipients_file", Kind::Text),
+    ("sse", Kind::Text),
+    ("sse_kms_key_id", Kind::Text),
+    ("sse_c_key_file", Kind::Text),
+    ("limit_rate", Kind::Text),
 ];
 
 impl Config {
@@ -194,6 +225,9 @@ impl Config {
                     ),
                     Kind::Flag => toml::Value::Boolean(matches!(v.as_str(), "1" | "true" | "yes")),
                     Kind::Text => toml::Value::String(v.clone()),
+                    Kind::List => toml::Value::Array(
+                        v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.to_string().into()).collect(),
+                    ),
                 };
                 table.insert(key.to_string(), value);
             }
@@ -210,6 +244,7 @@ impl Config {
             cfg.token = None;
         }
         cfg.check()?;
+        cfg.protection = Settings::load(&cfg)?;
         Ok(cfg)
     }
 
@@ -266,7 +301,8 @@ impl Config {
             path_style: self.path_style,
             parts_in_flight: self.parts_in_flight,
             state_dir: Some(self.state_dir.join("uploads")),
-            ..Default::default()
+            sse: self.protection.sse.clone(),
+            limit_rate: self.protection.limit_rate,
         }
     }
 

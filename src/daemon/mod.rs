@@ -12,6 +12,7 @@ pub mod config;
 pub mod cron;
 pub mod journal;
 pub mod listen;
+pub mod protect;
 pub mod report;
 pub mod runner;
 pub mod schedule;

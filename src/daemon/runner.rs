@@ -32,6 +32,11 @@ pub struct Runner {
     journal: Arc<Journal>,
     pub reporter: Arc<Reporter>,
     tasks: Mutex<BTreeMap<String, Task>>,
+    /// Held by every change to a known task, from reading it to putting the journaled
+    /// version back (`update`), so two changes never start from the same copy and the
+    /// later one never overwrites the earlier (a cancel and the task's own progress or end).
+    /// `tasks` itself is only held for a lookup or an insert, so readers never wait on a fsync.
+    changing: Mutex<()>,
     live: Mutex<HashMap<String, Progress>>,
     queue: Mutex<VecDeque<String>>,
     wake: tokio::sync::Notify,
@@ -52,6 +57,7 @@ impl Runner {
             journal,
             reporter,
             tasks: Mutex::new(BTreeMap::new()),
+            changing: Mutex::new(()),
             live: Mutex::new(HashMap::new()),
             queue: Mutex::new(VecDeque::new()),
             wake: tokio::sync::Notify::new(),
@@ -62,7 +68,8 @@ impl Runner {
 
     /// Load the journal and settle what a crash left: running tasks end `Failed` (their
     /// uploads aborted, their manifests marked failed, their staging removed), waiting ones
-    /// go back in the queue.
+    /// go back in the queue with the configured SSE-C key, except restores that were handed a
+    /// decryption identity, which the journal never held: they end `Failed`, IdentityRequired.
     pub fn recover(&self) -> Result<()> {
         let mut loaded = self.journal.load_tasks()?;
         loaded.sort_by(|a, b| a.created_time.cmp(&b.created_time).then(a.task_id.cmp(&b.task_id)));
@@ -97,7 +104,21 @@ impl Runner {
                     }
                     self.record(&mut t, "status")?;
                 }
-                TaskStatus::Waiting => lock(&self.queue).push_back(t.task_id.clone()),
+                TaskStatus::Waiting if t.needs_identity => {
+                    t.status = TaskStatus::Failed;
+                    t.finish_time = iso_now();
+                    t.error_code = "IdentityRequired".into();
+                    t.error_msg = "the agent restarted before this restore ran, and a decryption identity is kept \
+                                   in memory only: send the request again with its DecryptionIdentity"
+                        .into();
+                    self.record(&mut t, "status")?;
+                }
+                TaskStatus::Waiting => {
+                    if let Some(work) = t.work.as_mut() {
+                        self.cfg.protection.reattach(work);
+                    }
+                    lock(&self.queue).push_back(t.task_id.clone())
+                }
                 _ => {}
             }
             lock(&self.tasks).insert(t.task_id.clone(), t);
@@ -157,11 +178,29 @@ impl Runner {
         Ok(())
     }
 
+    /// Change a known task: `change` gets the current version and says whether it changed
+    /// it (false: leave it as it is); a changed task is journaled, its event queued, and put
+    /// back. Returns the task as it now stands.
+    fn update(&self, id: &str, kind: &str, change: impl FnOnce(&mut Task) -> bool) -> Option<Task> {
+        let _one_at_a_time = lock(&self.changing);
+        let mut t = lock(&self.tasks).get(id).cloned()?;
+        if !change(&mut t) {
+            return Some(t);
+        }
+        if let Err(e) = self.record(&mut t, kind) {
+            tracing::error!("journal: {e}");
+        }
+        lock(&self.tasks).insert(id.to_string(), t.clone());
+        Some(t)
+    }
+
     /// Accept a task. A client token or task id seen before returns that task instead.
     pub fn submit(&self, mut t: Task) -> Result<Task> {
         if !self.accepting.load(Ordering::SeqCst) {
             return Err(Error::usage("the agent is shutting down and takes no new tasks"));
         }
+        // Under `changing`, so two requests with one client token make one task.
+        let _one_at_a_time = lock(&self.changing);
         {
             let tasks = lock(&self.tasks);
             if let Some(existing) = tasks.get(&t.task_id) {
@@ -208,25 +247,22 @@ impl Runner {
     /// Cancel a task: a waiting one ends at once, a running one stops at its next entry (its
     /// upload is aborted, its staging removed) and ends `Failed` with code `Cancelled`.
     pub fn cancel(&self, id: &str) -> Option<Task> {
-        let mut t = lock(&self.tasks).get(id).cloned()?;
-        if t.status.is_final() {
-            return Some(t);
-        }
-        t.cancel_requested = true;
-        if let Some(p) = lock(&self.live).get(id) {
-            p.counters.cancel.store(true, Ordering::SeqCst);
-        } else if t.status == TaskStatus::Waiting {
-            lock(&self.queue).retain(|q| q != id);
-            t.status = TaskStatus::Failed;
-            t.error_code = "Cancelled".into();
-            t.error_msg = "cancelled before it started".into();
-            t.finish_time = iso_now();
-        }
-        if let Err(e) = self.record(&mut t, "status") {
-            tracing::error!("journal: {e}");
-        }
-        lock(&self.tasks).insert(id.to_string(), t.clone());
-        Some(t)
+        self.update(id, "status", |t| {
+            if t.status.is_final() {
+                return false;
+            }
+            t.cancel_requested = true;
+            if let Some(p) = lock(&self.live).get(id) {
+                p.counters.cancel.store(true, Ordering::SeqCst);
+            } else if t.status == TaskStatus::Waiting {
+                lock(&self.queue).retain(|q| q != id);
+                t.status = TaskStatus::Failed;
+                t.error_code = "Cancelled".into();
+                t.error_msg = "cancelled before it started".into();
+                t.finish_time = iso_now();
+            }
+            true
+        })
     }
 
     pub fn counts(&self) -> BTreeMap<&'static str, usize> {
@@ -269,19 +305,22 @@ impl Runner {
     }
 
     async fn run_one(self: &Arc<Self>, id: &str) {
-        let Some(mut t) = lock(&self.tasks).get(id).cloned() else { return };
-        if t.status != TaskStatus::Waiting {
-            return;
-        }
-        let Some(work) = t.work.clone() else { return };
         let progress = Progress::hidden();
-        lock(&self.live).insert(id.to_string(), progress.clone());
-        t.status = TaskStatus::Processing;
-        t.start_time = iso_now();
-        if let Err(e) = self.record(&mut t, "status") {
-            tracing::error!("journal: {e}");
-        }
-        lock(&self.tasks).insert(id.to_string(), t.clone());
+        let mut work = None;
+        let started = self.update(id, "status", |t| {
+            if t.status != TaskStatus::Waiting {
+                return false;
+            }
+            work = t.work.clone();
+            if work.is_none() {
+                return false;
+            }
+            lock(&self.live).insert(id.to_string(), progress.clone());
+            t.status = TaskStatus::Processing;
+            t.start_time = iso_now();
+            true
+        });
+        let (Some(t), Some(work)) = (started, work) else { return };
 
         // Progress events at most every `progress_interval_secs`.
         let ticker = {
@@ -298,16 +337,14 @@ impl Runner {
                         continue;
                     }
                     last = now.clone();
-                    let snapshot = lock(&me.tasks).get(&id).cloned();
-                    if let Some(mut t) = snapshot {
-                        if t.status != TaskStatus::Processing {
-                            return;
+                    let running = me.update(&id, "progress", |t| {
+                        t.status == TaskStatus::Processing && {
+                            t.progress = now;
+                            true
                         }
-                        t.progress = now;
-                        if let Err(e) = me.record(&mut t, "progress") {
-                            tracing::error!("journal: {e}");
-                        }
-                        lock(&me.tasks).insert(id.clone(), t);
+                    });
+                    if running.is_none_or(|t| t.status != TaskStatus::Processing) {
+                        return;
                     }
                 }
             })
@@ -333,35 +370,33 @@ impl Runner {
         counter.fetch_add(transferred, Ordering::Relaxed);
         lock(&self.live).remove(id);
 
-        let mut t = lock(&self.tasks).get(id).cloned().unwrap_or(t);
-        t.progress = progress_of(&progress);
-        t.finish_time = iso_now();
-        match outcome {
-            Ok(Ok(done)) => {
-                t.status = done.status;
-                t.result = done.result;
-                if !done.error_msg.is_empty() {
-                    t.error_code = "PartFailed".into();
-                    t.error_msg = done.error_msg;
+        self.update(id, "status", |t| {
+            t.progress = progress_of(&progress);
+            t.finish_time = iso_now();
+            match outcome {
+                Ok(Ok(done)) => {
+                    t.status = done.status;
+                    t.result = done.result;
+                    if !done.error_msg.is_empty() {
+                        t.error_code = "PartFailed".into();
+                        t.error_msg = done.error_msg;
+                    }
+                    t.progress.percent = 100;
                 }
-                t.progress.percent = 100;
+                Ok(Err(e)) => {
+                    t.status = TaskStatus::Failed;
+                    t.error_code = e.code().to_string();
+                    t.error_msg = e.to_string();
+                }
+                Err(why) => {
+                    let e = Error::internal(format!("the task stopped unexpectedly: {why}"));
+                    t.status = TaskStatus::Failed;
+                    t.error_code = e.code().to_string();
+                    t.error_msg = e.to_string();
+                }
             }
-            Ok(Err(e)) => {
-                t.status = TaskStatus::Failed;
-                t.error_code = e.code().to_string();
-                t.error_msg = e.to_string();
-            }
-            Err(why) => {
-                let e = Error::internal(format!("the task stopped unexpectedly: {why}"));
-                t.status = TaskStatus::Failed;
-                t.error_code = e.code().to_string();
-                t.error_msg = e.to_string();
-            }
-        }
-        if let Err(e) = self.record(&mut t, "status") {
-            tracing::error!("journal: {e}");
-        }
-        lock(&self.tasks).insert(id.to_string(), t);
+            true
+        });
         self.forget_expired();
     }
 

@@ -319,7 +319,8 @@ impl Scheduler {
         let cfg = &self.runner.cfg;
         let mut body = s.body.clone();
         body.client_token = format!("schedule:{}:{}", s.spec.id, format_slot(slot));
-        let (mut t, _) = ecp::backup_task(cfg, s.app, &body, "");
+        let (mut t, _) =
+            ecp::backup_task(cfg, s.app, &body, "").map_err(|e| Error::usage(format!("body.{}", e.message)))?;
         t.schedule_id = s.spec.id.clone();
         match t.work.as_mut() {
             Some(Work::Export { spec }) => spec.identity.schedule_id = s.spec.id.clone(),
@@ -356,9 +357,7 @@ impl Scheduler {
         let opts = cfg.store_options(s.body.upload_endpoint.as_deref());
         let (store, prefix, _) = store::open(&Location::parse(folder)?, &opts)?;
         // This phone's backups in the folder are named INSTANCE_TIME.EXT (`store::name_in_folder`).
-        let ours = store::name_in_folder(None, &cfg.instance_id, OffsetDateTime::now_utc(), "x");
-        let stem = ours.rsplit_once('_').map(|(stem, _)| stem).unwrap_or(&ours);
-        let prefix = format!("{prefix}{stem}_");
+        let prefix = format!("{prefix}{}_", store::name_stem(&cfg.instance_id));
         let mine: Vec<(String, OffsetDateTime)> = catalog::records(store.as_ref(), &prefix)?
             .into_iter()
             .filter(|(_, m)| {

@@ -2,7 +2,9 @@
 //! This is the journal's record format: every field has a default, so a task written by any
 //! earlier version still loads (a fixture in the tests holds such a file).
 //!
-//! It never holds a secret: credentials come from the environment, never from a request.
+//! What it journals never holds a secret: credentials come from the environment, never from a
+//! request; a request's decryption identity stays in the spec in memory (it does not
+//! serialize), and `needs_identity` records only that there was one.
 
 use serde::{Deserialize, Serialize};
 
@@ -158,6 +160,10 @@ pub struct Task {
     /// Sequence of the last event queued for this task.
     pub event_seq: u64,
     pub cancel_requested: bool,
+    /// The request handed over a decryption identity. It lives in memory only, so after a
+    /// restart the task cannot run: it ends Failed, `IdentityRequired`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub needs_identity: bool,
     pub work: Option<Work>,
 }
 
@@ -186,6 +192,7 @@ impl Default for Task {
             callback_url: String::new(),
             event_seq: 0,
             cancel_requested: false,
+            needs_identity: false,
             work: None,
         }
     }

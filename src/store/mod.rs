@@ -142,16 +142,35 @@ impl Location {
 }
 
 /// The object name for a backup written into a folder: `--name` when given, otherwise the
-/// instance id and the time (`acp-xxxx_20240520140000.tar.zst`).
+/// instance id and the time (`acp-xxxx_20240520140000.tar.zst`). A second name for the same
+/// phone in the same second (two requests to the daemon at once) gets `-2`, `-3`, … after the
+/// time, so it never replaces the first backup's archive.
 pub fn name_in_folder(name: Option<&str>, instance_id: &str, now: time::OffsetDateTime, ext: &str) -> String {
+    static LAST: std::sync::Mutex<(String, u32)> = std::sync::Mutex::new((String::new(), 0));
     match name {
         Some(n) => n.to_string(),
         None => {
             let f = time::macros::format_description!("[year][month][day][hour][minute][second]");
             let stamp = now.format(&f).unwrap_or_default();
-            let id = if instance_id.is_empty() { "cpbackup" } else { instance_id };
-            format!("{id}_{stamp}.{ext}")
+            let base = format!("{}_{stamp}", name_stem(instance_id));
+            let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+            if last.0 == base {
+                last.1 += 1;
+                format!("{base}-{}.{ext}", last.1)
+            } else {
+                *last = (base.clone(), 1);
+                format!("{base}.{ext}")
+            }
         }
+    }
+}
+
+/// What every name `name_in_folder` makes for this phone starts with, before `_TIME`.
+pub fn name_stem(instance_id: &str) -> &str {
+    if instance_id.is_empty() {
+        "cpbackup"
+    } else {
+        instance_id
     }
 }
 
@@ -195,6 +214,18 @@ pub fn open(loc: &Location, opts: &crate::spec::StoreOptions) -> Result<(Box<dyn
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_in_one_second_never_collide() {
+        let t = time::macros::datetime!(2031-05-20 14:00:00 UTC);
+        let a = name_in_folder(None, "acp-n1", t, "tar.zst");
+        let b = name_in_folder(None, "acp-n1", t, "tar.zst.age");
+        let c = name_in_folder(None, "acp-n1", t + time::Duration::SECOND, "tar.zst");
+        assert_eq!(a, "acp-n1_20310520140000.tar.zst");
+        assert_eq!(b, "acp-n1_20310520140000-2.tar.zst.age");
+        assert_eq!(c, "acp-n1_20310520140001.tar.zst");
+        assert_eq!(name_in_folder(Some("mine.tar"), "acp-n1", t, "tar"), "mine.tar");
+    }
 
     #[test]
     fn locations() {

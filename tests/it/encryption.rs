@@ -326,3 +326,164 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The daemon seals for the configured recipients (a request may name its own), encrypts on
+/// the store's side with the configured SSE-C key, checks a request's keys before any task
+/// exists, and opens a sealed archive with the identity a restore request hands over, which
+/// never reaches the journal, the log or a callback, and which a restart forgets: the waiting
+/// restore then ends `IdentityRequired`.
+#[test]
+fn encryption_through_the_daemon_with_the_identity_in_memory_only() {
+    use crate::support::daemon::{ControlPlane, Daemon, INSTANCE};
+    use serde_json::json;
+
+    let g = garage::shared();
+    let bucket = g.bucket("daemon-sealed");
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(tmp.path(), "owner");
+    let (_, other) = keygen(tmp.path(), "other");
+    let sse_key = tmp.path().join("sse-c.key");
+    fs::write(&sse_key, [7u8; 32]).unwrap();
+    fs::set_permissions(&sse_key, fs::Permissions::from_mode(0o600)).unwrap();
+    let root = tmp.path().join("root");
+    let b = tree::Builder::new(&root);
+    b.file("data/media/0/notes/secret-diary.txt", b"dear diary, the plaintext that must not be in the bucket");
+    b.file("data/media/0/big.bin", &cpbackup::demo::noise(6 << 20, 3));
+    let cp = ControlPlane::start(0);
+    let extra = format!(
+        "endpoint = \"{}\"\nregion = \"garage\"\nrecipients = [\"{public}\"]\nsse_c_key_file = \"{}\"\n",
+        g.endpoint(),
+        sse_key.display()
+    );
+    let d = Daemon::start(g, tmp.path(), &root, &cp.url, &extra);
+    drop(d);
+    let d = Daemon::spawn_env(g, tmp.path().join("cpbackup.toml"), tmp.path(), &[("RUST_LOG", "trace".into())]);
+    let folder = format!("oss://{bucket}/phones/");
+
+    // A request's keys are checked before a task exists: 400 naming the field, no echo of a secret.
+    let secret_text = fs::read_to_string(&key).unwrap();
+    let secret = secret_text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap().to_string();
+    let tail = secret[20..40].to_string();
+    let (_, before) = d.post("/ecp/DescribeTasks", json!({}));
+    for (recipients, says) in [(json!(["age1nope"]), "EncryptionRecipients"), (json!([secret.clone()]), "secret key")] {
+        let (code, v) = d.post(
+            "/ecp/BackupFile",
+            json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": folder, "SourceFilePathList": ["/data/media/0"],
+                   "EncryptionRecipients": recipients}),
+        );
+        assert_eq!((code, v["Code"].as_str()), (400, Some("InvalidParameter")), "{v}");
+        assert!(v["Message"].as_str().unwrap().contains(says), "{v}");
+        assert!(!v.to_string().contains(&tail), "the answer echoes the secret: {v}");
+    }
+    let (code, v) = d.post(
+        "/ecp/RecoveryFile",
+        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": format!("{folder}x.tar.zst.age"),
+               "DecryptionIdentity": "AGE-SECRET-KEY-1NOTAKEYATALL"}),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(v["Message"].as_str().unwrap().contains("DecryptionIdentity line 1") && !v.to_string().contains("NOTAKEY"));
+    let (_, after) = d.post("/ecp/DescribeTasks", json!({}));
+    assert_eq!(before["TotalCount"], after["TotalCount"], "a refused request made a task");
+
+    // Sealed for the configured recipient, encrypted by the store with the configured SSE-C key.
+    let (code, v) = d.post(
+        "/ecp/BackupFile",
+        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": folder, "SourceFilePathList": ["/data/media/0"]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let name = v["Data"][0]["BackupFileName"].as_str().unwrap().to_string();
+    assert!(name.ends_with(".tar.zst.age"), "{name}");
+    let bf = v["Data"][0]["BackupFileId"].as_str().unwrap().to_string();
+    let t = d.wait(v["Data"][0]["TaskId"].as_str().unwrap(), &["Finished", "Failed"]);
+    assert_eq!(t["TaskStatus"], "Finished", "{t}");
+    let m: serde_json::Value = serde_json::from_str(t["Result"].as_str().unwrap()).unwrap();
+    assert_eq!(m["Encryption"]["Recipients"], json!([public]), "{m}");
+    assert_eq!(m["ServerSideEncryption"]["Mode"], "SSE-C", "{m}");
+    // Without the SSE-C key the store refuses the object, with it the bytes are age's.
+    let from = format!("s3://{bucket}/phones/{name}");
+    let out = run(g.cpbackup().args(["verify", "--from", &from]), 2);
+    assert!(stderr(&out).contains("--sse-c-key-file"), "{}", stderr(&out));
+    // A request's own recipient replaces the configured one.
+    let (_, v) = d.post(
+        "/ecp/BackupFile",
+        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": folder, "SourceFilePathList": ["/data/media/0/notes"],
+               "EncryptionRecipients": [other], "ServerSideEncryption": "AES256"}),
+    );
+    let t = d.wait(v["Data"][0]["TaskId"].as_str().unwrap(), &["Finished", "Failed"]);
+    let m2: serde_json::Value = serde_json::from_str(t["Result"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (m2["Encryption"]["Recipients"].clone(), m2["ServerSideEncryption"]["Mode"].clone()),
+        (json!([other]), json!("AES256"))
+    );
+
+    // A restore without the identity: refused before the data is touched, naming the recipient.
+    fs::write(root.join("data/media/0/notes/secret-diary.txt"), b"changed").unwrap();
+    let recover = |identity: Option<&str>| {
+        let mut body = json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": folder, "BackupFileId": bf});
+        if let Some(i) = identity {
+            body["DecryptionIdentity"] = i.into();
+        }
+        let (code, v) = d.post("/ecp/RecoveryFile", body);
+        assert_eq!(code, 200, "{v}");
+        v["Data"][0]["TaskId"].as_str().unwrap().to_string()
+    };
+    let t = d.wait(&recover(None), &["Finished", "Failed"]);
+    assert_eq!(t["ErrorCode"], "DecryptionFailed", "{t}");
+    assert!(t["ErrorMessage"].to_string().contains(&public) || t.to_string().contains(&public), "{t}");
+    assert_eq!(fs::read(root.join("data/media/0/notes/secret-diary.txt")).unwrap(), b"changed");
+    // With it (ECP, then CPH's shape), the data comes back.
+    let t = d.wait(&recover(Some(&secret_text)), &["Finished", "Failed"]);
+    assert_eq!(t["TaskStatus"], "Finished", "{t}");
+    assert!(fs::read(root.join("data/media/0/notes/secret-diary.txt")).unwrap().starts_with(b"dear diary"));
+    let (code, v) = d.post(
+        "/cph/batch-restore",
+        json!({"restore_infos": [{"phone_id": INSTANCE, "bucket_name": bucket, "object_path": format!("phones/{name}"),
+               "decryption_identity": secret_text}]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let t = d.wait(v["jobs"][0]["job_id"].as_str().unwrap(), &["Finished", "Failed"]);
+    assert_eq!(t["TaskStatus"], "Finished", "{t}");
+
+    // A restore waiting behind a slow export when the agent is killed: after the restart it
+    // ends IdentityRequired, since the identity was in memory only.
+    let (_, v) = d.post(
+        "/ecp/BackupFile",
+        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": folder, "SourceFilePathList": ["/data/media/0"],
+               "LimitRate": "256k"}),
+    );
+    let slow = v["Data"][0]["TaskId"].as_str().unwrap().to_string();
+    d.wait(&slow, &["Processing"]);
+    let waiting = recover(Some(&secret_text));
+    assert_eq!(d.task(&waiting)["TaskStatus"], "Waiting");
+    let (config, log) = d.kill();
+    let mut logs = fs::read_to_string(&log).unwrap();
+    let d = Daemon::spawn_env(g, config, tmp.path(), &[("RUST_LOG", "trace".into())]);
+    let t = d.task(&waiting);
+    assert_eq!((t["TaskStatus"].as_str(), t["ErrorCode"].as_str()), (Some("Failed"), Some("IdentityRequired")), "{t}");
+    assert_eq!(d.task(&slow)["ErrorCode"], "AgentRestarted");
+    let (_, log) = d.kill();
+    logs.push_str(&fs::read_to_string(&log).unwrap());
+
+    // Nowhere: not the journal, not the log at trace level, not a callback.
+    assert!(logs.contains("TRACE"), "the log is not verbose");
+    assert!(!logs.contains(&tail), "the log shows the identity");
+    for e in walk(&tmp.path().join("state")) {
+        let text = fs::read(&e).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&text).contains(&tail), "{} holds the identity", e.display());
+    }
+    let events = cp.events();
+    assert!(!events.is_empty());
+    assert!(!format!("{events:?}").contains(&tail), "a callback carries the identity");
+    // And no plaintext in the bucket.
+    use cpbackup::store::Store;
+    let store = g.store(&bucket);
+    let mut archives = 0;
+    for o in store.list("phones/").unwrap() {
+        // The SSE-C objects cannot even be read without the key; the others are age's bytes.
+        if let Ok(Some(body)) = store.get(&o.key) {
+            archives += usize::from(o.key.ends_with(".age"));
+            assert!(!String::from_utf8_lossy(&body).contains("dear diary"), "{} holds plaintext", o.key);
+        }
+    }
+    assert!(archives >= 1, "no archive was readable to check");
+}

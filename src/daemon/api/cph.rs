@@ -17,9 +17,11 @@ use super::{bad, check_location, check_paths, check_reachable, parse, submit, Ap
 use crate::archive::Format;
 use crate::catalog::request_id;
 use crate::daemon::config::Config;
+use crate::daemon::protect::{self, Asked};
 use crate::daemon::runner::Runner;
 use crate::daemon::task::{new_task_id, Api, Task, TaskStatus, TaskType, Work};
 use crate::manifest;
+use crate::secret::Secret;
 use crate::spec::{Destination, ExportSpec, ImportSpec};
 
 // ---------------------------------------------------------------- requests
@@ -37,6 +39,29 @@ pub(super) struct StorageInfo {
     exclude_files: Vec<String>,
     bucket_name: String,
     object_path: String,
+    /// age recipients to seal the archive for, instead of the agent's configured ones.
+    #[serde(default)]
+    encryption_recipients: Vec<String>,
+    /// `AES256` or `KMS`, instead of the configured store encryption.
+    #[serde(default)]
+    server_side_encryption: Option<String>,
+    #[serde(default)]
+    sse_kms_key_id: Option<String>,
+    /// Bytes per second (`20M`), instead of the configured `limit_rate`.
+    #[serde(default)]
+    limit_rate: Option<String>,
+}
+
+impl StorageInfo {
+    fn asked(&self) -> Asked {
+        Asked {
+            recipients: self.encryption_recipients.clone(),
+            sse: self.server_side_encryption.clone(),
+            sse_kms_key_id: self.sse_kms_key_id.clone(),
+            limit_rate: self.limit_rate.clone(),
+            identity: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -49,6 +74,18 @@ pub(super) struct RestoreInfo {
     phone_id: String,
     bucket_name: String,
     object_path: String,
+    /// The text of an age identity file that opens a sealed archive: in memory for this job
+    /// only, never journaled, logged or sent back.
+    #[serde(default, deserialize_with = "protect::secret_field")]
+    decryption_identity: Option<Secret>,
+    #[serde(default)]
+    limit_rate: Option<String>,
+}
+
+impl RestoreInfo {
+    fn asked(&self) -> Asked {
+        Asked { limit_rate: self.limit_rate.clone(), identity: self.decryption_identity.clone(), ..Default::default() }
+    }
 }
 
 #[derive(Deserialize)]
@@ -152,7 +189,8 @@ impl Info for StorageInfo {
             return Err(bad(Api::Cph, format!("{field}.include_files is empty: name at least one path")));
         }
         check_paths(Api::Cph, &format!("{field}.include_files"), &self.include_files)?;
-        check_paths(Api::Cph, &format!("{field}.exclude_files"), &self.exclude_files)
+        check_paths(Api::Cph, &format!("{field}.exclude_files"), &self.exclude_files)?;
+        self.asked().check(&protect::CPH).map_err(|e| bad(Api::Cph, format!("{field}.{e}")))
     }
 }
 
@@ -164,8 +202,8 @@ impl Info for RestoreInfo {
     fn object(&self) -> String {
         format!("obs://{}/{}", self.bucket_name, self.object_path)
     }
-    fn check(&self, _field: &str) -> Result<(), ApiError> {
-        Ok(())
+    fn check(&self, field: &str) -> Result<(), ApiError> {
+        self.asked().check(&protect::CPH).map_err(|e| bad(Api::Cph, format!("{field}.{e}")))
     }
 }
 
@@ -205,41 +243,51 @@ pub(super) fn restore_infos(instance_id: &str, body: &[u8]) -> Result<Vec<(Resto
 // ---------------------------------------------------------------- the tasks a request makes
 
 /// The export a checked storage info makes, writing to `to`.
-fn storage_task(cfg: &Config, info: StorageInfo, to: String) -> Task {
+fn storage_task(cfg: &Config, info: StorageInfo, to: String) -> Result<Task, ApiError> {
     let task_id = new_task_id();
     let bf = manifest::new_backup_file_id();
+    let (sealing, _, store) = cfg
+        .protection
+        .for_task(cfg.store_options(None), &info.asked(), &protect::CPH)
+        .map_err(|e| bad(Api::Cph, e.to_string()))?;
     let dest = Destination {
         to: to.clone(),
         root: cfg.root.clone(),
         identity: cfg.identity(&task_id),
-        store: cfg.store_options(None),
+        store,
         backup_file_id: Some(bf.clone()),
+        sealing,
         ..Default::default()
     };
     let mut spec = ExportSpec::new(dest, info.include_files, info.exclude_files, false);
     // CPH's exports are tar objects; a name with another extension picks that format.
     spec.format = Format::from_name(&info.object_path).or(Some(Format::Tar));
-    Task {
+    Ok(Task {
         task_id,
         task_type: TaskType::BackupFile,
         backup_file_id: bf,
         backup_file_path: to,
         work: Some(Work::Export { spec }),
         ..Default::default()
-    }
+    })
 }
 
 /// The import a checked restore info makes, reading `from`.
-fn restore_task(cfg: &Config, from: String) -> Task {
-    let spec =
-        ImportSpec { from: from.clone(), root: cfg.root.clone(), store: cfg.store_options(None), ..Default::default() };
-    Task {
+fn restore_task(cfg: &Config, info: RestoreInfo, from: String) -> Result<Task, ApiError> {
+    let (_, opening, store) = cfg
+        .protection
+        .for_task(cfg.store_options(None), &info.asked(), &protect::CPH)
+        .map_err(|e| bad(Api::Cph, e.to_string()))?;
+    let needs_identity = !opening.is_empty();
+    let spec = ImportSpec { from: from.clone(), root: cfg.root.clone(), store, opening, ..Default::default() };
+    Ok(Task {
         task_id: new_task_id(),
         task_type: TaskType::RecoverFile,
         backup_file_path: from,
+        needs_identity,
         work: Some(Work::Import { spec, backup_file_id: None }),
         ..Default::default()
-    }
+    })
 }
 
 // ---------------------------------------------------------------- handlers
@@ -250,7 +298,7 @@ fn batch<I: Info>(
     r: &Runner,
     headers: &HeaderMap,
     infos: Vec<(I, Option<String>)>,
-    task: impl Fn(I, String) -> Task,
+    task: impl Fn(I, String) -> Result<Task, ApiError>,
 ) -> Result<Json<Batch>, ApiError> {
     for (i, (_, object)) in infos.iter().enumerate() {
         if let Some(object) = object {
@@ -259,10 +307,16 @@ fn batch<I: Info>(
     }
     let request_id = request_id();
     let token = client_token(headers);
-    let mut jobs = Vec::new();
+    // Every job made before any is submitted: a batch starts whole or not at all.
+    let mut made = Vec::with_capacity(infos.len());
     for (i, (info, object)) in infos.into_iter().enumerate() {
         let phone_id = info.phone_id().to_string();
-        let Some(object) = object else {
+        let t = object.map(|object| task(info, object)).transpose()?;
+        made.push((i, phone_id, t));
+    }
+    let mut jobs = Vec::new();
+    for (i, phone_id, t) in made {
+        let Some(mut t) = t else {
             let error_msg = format!("Invalid phone id: {phone_id} is not this phone");
             jobs.push(JobEntry {
                 phone_id,
@@ -272,7 +326,6 @@ fn batch<I: Info>(
             });
             continue;
         };
-        let mut t = task(info, object);
         t.request_id = request_id.clone();
         t.client_token = token.as_ref().map(|t| format!("{t}-{i}")).unwrap_or_default();
         t.api = Api::Cph;
@@ -298,7 +351,7 @@ pub(super) async fn restore(
     body: Bytes,
 ) -> Result<Json<Batch>, ApiError> {
     let infos = restore_infos(&r.cfg.instance_id, &body)?;
-    batch(&r, &headers, infos, |_, from| restore_task(&r.cfg, from))
+    batch(&r, &headers, infos, |info, from| restore_task(&r.cfg, info, from))
 }
 
 /// An idempotency key from the request headers (`X-Client-Token`, or `X-Request-Id`).

@@ -18,9 +18,11 @@ use serde::{Deserialize, Serialize};
 use super::{bad, check_location, check_packages, check_paths, check_reachable, parse, submit, ApiError};
 use crate::catalog::{self, request_id};
 use crate::daemon::config::Config;
+use crate::daemon::protect::{self, Asked};
 use crate::daemon::runner::Runner;
 use crate::daemon::task::{new_task_id, Api, Task, TaskProgress, Work};
 use crate::manifest::{self, Status};
+use crate::secret::Secret;
 use crate::spec::{BackupAppSpec, Destination, ExportSpec, ImportSpec, RecoverAppSpec, StoreOptions};
 use crate::store::{self, Location};
 
@@ -42,6 +44,25 @@ pub struct EcpBackup {
     pub upload_type: Option<String>,
     pub client_token: String,
     pub callback_url: String,
+    /// age recipients to seal the archive for, instead of the agent's configured ones.
+    pub encryption_recipients: Vec<String>,
+    /// `AES256` or `KMS`: the store's encryption, instead of the configured one.
+    pub server_side_encryption: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    /// Bytes per second (`20M`), instead of the configured `limit_rate`.
+    pub limit_rate: Option<String>,
+}
+
+impl EcpBackup {
+    fn asked(&self) -> Asked {
+        Asked {
+            recipients: self.encryption_recipients.clone(),
+            sse: self.server_side_encryption.clone(),
+            sse_kms_key_id: self.sse_kms_key_id.clone(),
+            limit_rate: self.limit_rate.clone(),
+            identity: None,
+        }
+    }
 }
 
 /// RecoveryFile and RecoverApp.
@@ -57,6 +78,17 @@ pub(super) struct EcpRecover {
     callback_url: String,
     /// RecoverApp only: restrict to these packages.
     source_app_list: Vec<String>,
+    /// The text of an age identity file that opens a sealed archive. Kept in memory for this
+    /// task only: never journaled, logged or sent back.
+    #[serde(deserialize_with = "protect::secret_field")]
+    decryption_identity: Option<Secret>,
+    limit_rate: Option<String>,
+}
+
+impl EcpRecover {
+    fn asked(&self) -> Asked {
+        Asked { limit_rate: self.limit_rate.clone(), identity: self.decryption_identity.clone(), ..Default::default() }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -328,6 +360,7 @@ fn check_backup(instance_id: &str, app: bool, req: &EcpBackup) -> Result<(bool, 
         check_paths(Api::Ecp, "SourceFilePathList", &req.source_file_path_list)?;
         check_paths(Api::Ecp, "ExcludeSourceFilePathList", &req.exclude_source_file_path_list)?;
     }
+    req.asked().check(&protect::ECP).map_err(|e| bad(Api::Ecp, e.to_string()))?;
     Ok((mine, others))
 }
 
@@ -344,6 +377,7 @@ fn check_recover(instance_id: &str, req: &EcpRecover) -> Result<(bool, Vec<Insta
     }
     if mine {
         check_packages(Api::Ecp, "SourceAppList", &req.source_app_list)?;
+        req.asked().check(&protect::ECP).map_err(|e| bad(Api::Ecp, e.to_string()))?;
     }
     Ok((mine, others))
 }
@@ -419,10 +453,19 @@ pub(crate) fn schedule_body(cfg: &Config, app: bool, body: &serde_json::Value) -
 /// The task a checked BackupFile / BackupApp request makes on this phone (`parent` is the
 /// request's batch task), and the name of the archive it will write. The object is named now,
 /// so the task knows its manifest's key from the start.
-pub(crate) fn backup_task(cfg: &Config, app: bool, req: &EcpBackup, parent: &str) -> (Task, String) {
+pub(crate) fn backup_task(cfg: &Config, app: bool, req: &EcpBackup, parent: &str) -> Result<(Task, String), ApiError> {
     let task_id = new_task_id();
     let bf = manifest::new_backup_file_id();
-    let ext = if app { "ab" } else { "tar.zst" };
+    let (sealing, _, store) = cfg
+        .protection
+        .for_task(cfg.store_options(req.upload_endpoint.as_deref()), &req.asked(), &protect::ECP)
+        .map_err(|e| bad(Api::Ecp, e.to_string()))?;
+    let ext = match (app, sealing.is_some()) {
+        (true, false) => "ab",
+        (true, true) => "ab.age",
+        (false, false) => "tar.zst",
+        (false, true) => "tar.zst.age",
+    };
     let (to, name) = if req.backup_file_path.ends_with('/') {
         let now = time::OffsetDateTime::now_utc();
         let name = store::name_in_folder(req.backup_file_name.as_deref(), &cfg.instance_id, now, ext);
@@ -437,10 +480,9 @@ pub(crate) fn backup_task(cfg: &Config, app: bool, req: &EcpBackup, parent: &str
         description: req.description.clone(),
         root: cfg.root.clone(),
         identity: cfg.identity(&task_id),
-        store: cfg.store_options(req.upload_endpoint.as_deref()),
+        store,
         backup_file_id: Some(bf.clone()),
-        // Sealing over the API is wired in with the rest of the encryption settings.
-        sealing: Default::default(),
+        sealing,
     };
     let work = if app {
         Work::BackupApp { spec: BackupAppSpec::new(dest, req.source_app_list.clone()) }
@@ -465,12 +507,16 @@ pub(crate) fn backup_task(cfg: &Config, app: bool, req: &EcpBackup, parent: &str
         work: Some(work),
         ..Default::default()
     };
-    (task, name)
+    Ok((task, name))
 }
 
 /// The task a checked RecoveryFile / RecoverApp request makes on this phone.
-fn recover_task(cfg: &Config, app: bool, req: &EcpRecover, parent: &str) -> Task {
-    let store = cfg.store_options(req.upload_endpoint.as_deref());
+fn recover_task(cfg: &Config, app: bool, req: &EcpRecover, parent: &str) -> Result<Task, ApiError> {
+    let (_, opening, store) = cfg
+        .protection
+        .for_task(cfg.store_options(req.upload_endpoint.as_deref()), &req.asked(), &protect::ECP)
+        .map_err(|e| bad(Api::Ecp, e.to_string()))?;
+    let needs_identity = !opening.is_empty();
     let from = req.backup_file_path.clone();
     let backup_file_id = req.backup_file_id.clone();
     let work = if app {
@@ -479,13 +525,15 @@ fn recover_task(cfg: &Config, app: bool, req: &EcpRecover, parent: &str) -> Task
             apps: req.source_app_list.clone(),
             root: cfg.root.clone(),
             store,
+            opening,
             ..Default::default()
         };
         Work::RecoverApp { spec, backup_file_id }
     } else {
-        Work::Import { spec: ImportSpec { from, root: cfg.root.clone(), store, ..Default::default() }, backup_file_id }
+        let spec = ImportSpec { from, root: cfg.root.clone(), store, opening, ..Default::default() };
+        Work::Import { spec, backup_file_id }
     };
-    Task {
+    Ok(Task {
         task_id: new_task_id(),
         parent_task_id: parent.to_string(),
         client_token: req.client_token.clone(),
@@ -494,9 +542,10 @@ fn recover_task(cfg: &Config, app: bool, req: &EcpRecover, parent: &str) -> Task
         backup_file_path: req.backup_file_path.clone(),
         instance_id: cfg.instance_id.clone(),
         callback_url: req.callback_url.clone(),
+        needs_identity,
         work: Some(work),
         ..Default::default()
-    }
+    })
 }
 
 // ---------------------------------------------------------------- handlers
@@ -512,7 +561,7 @@ pub(super) async fn action(
             if mine {
                 let endpoint = req.upload_endpoint.as_deref();
                 check_reachable(Api::Ecp, "BackupFilePath", &r.cfg, &req.backup_file_path, endpoint)?;
-                let (t, name) = backup_task(&r.cfg, app, &req, &batch);
+                let (t, name) = backup_task(&r.cfg, app, &req, &batch)?;
                 let t = submit(&r, t)?;
                 others.insert(0, InstanceEntry::task(&r.cfg.instance_id, &t, Some(name)));
             }
@@ -523,7 +572,7 @@ pub(super) async fn action(
             if mine {
                 let endpoint = req.upload_endpoint.as_deref();
                 check_reachable(Api::Ecp, "BackupFilePath", &r.cfg, &req.backup_file_path, endpoint)?;
-                let t = submit(&r, recover_task(&r.cfg, app, &req, &batch))?;
+                let t = submit(&r, recover_task(&r.cfg, app, &req, &batch)?)?;
                 others.insert(0, InstanceEntry::task(&r.cfg.instance_id, &t, None));
             }
             batch_answer(batch, others)

@@ -77,7 +77,7 @@ pub(crate) struct ApiError {
     status: StatusCode,
     api: Api,
     code: String,
-    message: String,
+    pub(crate) message: String,
 }
 
 #[derive(Serialize)]
