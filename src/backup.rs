@@ -34,6 +34,9 @@ const MAX_WARNINGS: usize = 1000;
 
 /// Export data paths into one archive (CPH batch-storage, ECP BackupFile).
 pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
+    if spec.format == Some(Format::Repo) {
+        return crate::repo::ops::export(spec, progress);
+    }
     let root = spec.root();
     let (mut selection, skipped) = if spec.all {
         Selection::all(root, &spec.excludes)?
@@ -324,6 +327,7 @@ fn write_archive(
         Format::Tar => (Codec::None, Flavor::Full),
         Format::TarZst => (Codec::zstd_default(), Flavor::Full),
         Format::Ab => (Codec::zlib_default(), Flavor::Full),
+        Format::Repo => return Err(Error::internal("a snapshot is not written as an archive")),
     };
     let mut stream = start_stream(sink, codec, format == Format::Ab, flavor, seal, progress)?;
     let mut links = HardLinks::default();
@@ -585,6 +589,6 @@ fn add_entry<W: Write>(
 
 /// Open without following links and without blocking (a FIFO swapped in after the walk's
 /// lstat must not hang the backup).
-fn open_for_read(path: &Path) -> io::Result<File> {
+pub(crate) fn open_for_read(path: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY).open(path)
 }

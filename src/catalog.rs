@@ -181,7 +181,7 @@ pub fn request_id() -> String {
 /// a bounded number at a time; an unreadable one is skipped with a warning.
 pub fn records(store: &dyn Store, prefix: &str) -> Result<Vec<(String, Manifest)>> {
     let keys: Vec<String> =
-        store.list(prefix)?.into_iter().map(|o| o.key).filter(|k| k.ends_with(manifest::SUFFIX)).collect();
+        store.list_top(prefix)?.into_iter().map(|o| o.key).filter(|k| k.ends_with(manifest::SUFFIX)).collect();
     let next = AtomicUsize::new(0);
     let found: Mutex<Vec<(usize, Manifest)>> = Mutex::new(Vec::with_capacity(keys.len()));
     let failed: Mutex<Option<Error>> = Mutex::new(None);

@@ -46,6 +46,7 @@ pub mod net;
 pub mod pipe;
 pub mod priority;
 pub mod progress;
+pub mod repo;
 pub mod restore;
 pub mod secret;
 pub mod select;

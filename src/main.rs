@@ -86,6 +86,12 @@ enum Command {
     List(ListArgs),
     /// Delete a backup file: its archive, then its manifest (ECP DeleteBackupFile).
     Delete(DeleteArgs),
+    /// List the entries of a snapshot or an archive without restoring.
+    Ls(LsArgs),
+    /// Remove snapshot records by a keep policy (per instance id); `prune` removes the data.
+    Forget(ForgetArgs),
+    /// Delete the packs no snapshot reaches, in two phases with a grace period (safe while phones write).
+    Prune(PruneArgs),
     /// Abort multipart uploads left open by an agent that was killed.
     Cleanup(CleanupArgs),
     /// Back up apps (APKs, data, cache) into one Android .ab (ECP BackupApp).
@@ -222,9 +228,18 @@ struct ExportArgs {
     /// The whole of /data but the agent's own and transient files (ECP BackupAll).
     #[arg(long, conflicts_with = "includes")]
     all: bool,
-    /// tar, tar.zst or ab; default from DEST's extension, else tar.zst.
+    /// tar, tar.zst, ab, or repo (an incremental snapshot into the repository in the folder
+    /// DEST); default from DEST's extension, else tar.zst.
     #[arg(long)]
     format: Option<String>,
+    /// With --format repo: read every file, whatever the metadata cache says.
+    #[arg(long)]
+    rehash: bool,
+    /// A sealed repository's id key (32 bytes, or 64 hex digits), shared by the fleet's phones:
+    /// chunk ids are keyed by it, so they dedupe against each other and the store cannot
+    /// confirm guesses of content.
+    #[arg(long, value_name = "FILE", env = "CPBACKUP_ID_KEY_FILE")]
+    id_key_file: Option<PathBuf>,
     #[command(flatten)]
     dest: DestArgs,
 }
@@ -300,9 +315,16 @@ struct RecoverAppArgs {
 
 #[derive(Args)]
 struct ImportArgs {
-    /// The archive: a path, file://PATH, or - for stdin.
+    /// The archive: a path, file://PATH, or - for stdin; or a snapshot's record, or the
+    /// repository's folder with --backup-file-id.
     #[arg(long, value_name = "SRC")]
     from: String,
+    /// The backup file (archive or snapshot) in the folder SRC.
+    #[arg(long)]
+    backup_file_id: Option<String>,
+    /// Restore only this device path and what is under it (repeat for more).
+    #[arg(long = "include", value_name = "PATH")]
+    includes: Vec<String>,
     #[arg(long, default_value = "/")]
     root: PathBuf,
     /// Apply archived extended attributes (SELinux labels among them).
@@ -321,10 +343,71 @@ struct VerifyArgs {
     #[arg(long, value_name = "SRC")]
     from: String,
     #[arg(long)]
+    backup_file_id: Option<String>,
+    /// For a snapshot: download and hash every chunk (default: check each is indexed and its pack exists).
+    #[arg(long)]
+    read_data: bool,
+    #[arg(long)]
     json: bool,
     #[command(flatten)]
     store: StoreArgs,
     /// Without a key, a sealed archive's stored bytes are still checked against its manifest.
+    #[command(flatten)]
+    open: OpenArgs,
+}
+
+#[derive(Args)]
+struct LsArgs {
+    /// A snapshot's record or an archive, or the folder with --backup-file-id.
+    #[arg(long, value_name = "SRC")]
+    from: String,
+    #[arg(long)]
+    backup_file_id: Option<String>,
+    /// Only this device path and what is under it (repeat for more).
+    #[arg(long = "include", value_name = "PATH")]
+    includes: Vec<String>,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    open: OpenArgs,
+}
+
+#[derive(Args)]
+struct ForgetArgs {
+    /// The repository's folder.
+    #[arg(long = "in", value_name = "URL_PREFIX")]
+    location: String,
+    #[arg(long, default_value_t = 0)]
+    keep_last: u32,
+    #[arg(long, default_value_t = 0)]
+    keep_daily: u32,
+    #[arg(long, default_value_t = 0)]
+    keep_weekly: u32,
+    #[arg(long, default_value_t = 0)]
+    keep_monthly: u32,
+    /// Only this instance's snapshots (each instance is kept by the policy on its own).
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// The repository's folder.
+    #[arg(long = "in", value_name = "URL_PREFIX")]
+    location: String,
+    /// How long a pack stays marked before it is deleted: longer than any backup runs.
+    #[arg(long, default_value = "24h")]
+    grace: String,
+    #[command(flatten)]
+    store: StoreArgs,
     #[command(flatten)]
     open: OpenArgs,
 }
@@ -470,7 +553,12 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Export(a) => {
             let format = a.format.as_deref().map(Format::parse).transpose()?;
             let json = a.dest.json;
-            let spec = ExportSpec { format, ..ExportSpec::new(a.dest.destination()?, a.includes, a.excludes, a.all) };
+            let spec = ExportSpec {
+                format,
+                rehash: a.rehash,
+                id_key: a.id_key_file.as_deref().map(cpbackup::repo::seal::IdKey::read_file).transpose()?,
+                ..ExportSpec::new(a.dest.destination()?, a.includes, a.excludes, a.all)
+            };
             let m = backup::export(&spec, &Progress::new(true))?;
             let what = format!("{} entries", m.entry_count);
             print_manifest(&m, &spec.to, json, &what)?;
@@ -481,13 +569,21 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 from: a.from,
                 root: a.root,
                 restore_xattrs: a.restore_xattrs,
+                includes: a.includes,
+                backup_file_id: a.backup_file_id,
                 opening: a.open.opening()?,
             };
             let report = restore::import(&spec, &Progress::new(true))?;
             print_report(&report, a.json, "restored")?;
         }
         Command::Verify(a) => {
-            let spec = VerifySpec { store: a.store.options(Some(&a.from))?, from: a.from, opening: a.open.opening()? };
+            let spec = VerifySpec {
+                store: a.store.options(Some(&a.from))?,
+                from: a.from,
+                backup_file_id: a.backup_file_id,
+                read_data: a.read_data,
+                opening: a.open.opening()?,
+            };
             let report = restore::verify(&spec, &Progress::new(true))?;
             print_report(&report, a.json, "verified")?;
         }
@@ -562,6 +658,48 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
             let page = cpbackup::catalog::list(store.as_ref(), &prefix, &q)?;
             println!("{}", serde_json::to_string_pretty(&page)?);
+        }
+        Command::Ls(a) => {
+            let spec = cpbackup::spec::LsSpec {
+                store: a.store.options(Some(&a.from))?,
+                from: a.from,
+                backup_file_id: a.backup_file_id,
+                includes: a.includes,
+                opening: a.open.opening()?,
+            };
+            let mut out = std::io::stdout().lock();
+            let mut failed = None;
+            restore::ls(&spec, &mut |e| {
+                let line = if a.json { serde_json::to_string(&e).unwrap_or_default() } else { e.line() };
+                if failed.is_none() {
+                    failed = writeln!(out, "{line}").err();
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+        }
+        Command::Forget(a) => {
+            let policy = cpbackup::repo::forget::Policy {
+                last: a.keep_last,
+                daily: a.keep_daily,
+                weekly: a.keep_weekly,
+                monthly: a.keep_monthly,
+                ..Default::default()
+            };
+            let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
+            let prefix = cpbackup::repo::folder(&prefix);
+            let done =
+                cpbackup::repo::forget::forget(store.as_ref(), &prefix, &policy, a.instance_id.as_deref(), a.dry_run)?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
+        }
+        Command::Prune(a) => {
+            let grace = cpbackup::repo::prune::parse_grace(&a.grace)?;
+            let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
+            let repo = cpbackup::repo::Repo::open(store.as_ref(), &prefix, &a.open.opening()?, &[])?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let done = cpbackup::repo::prune::prune(&repo, grace, now)?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
         }
         Command::Delete(a) => {
             let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;

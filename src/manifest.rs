@@ -117,6 +117,9 @@ pub struct Manifest {
     pub failure_reason: String,
     pub warnings: Vec<String>,
     pub warning_count: u64,
+    /// A snapshot's root tree and what writing it cost (`Format: "repo"` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<crate::repo::ops::SnapshotInfo>,
     /// How the store encrypts the archive at rest (`--sse*`): the mode and the KMS key id,
     /// never a key. Absent when the bucket's own settings apply.
     #[serde(skip_serializing_if = "Option::is_none")]

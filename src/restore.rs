@@ -42,6 +42,9 @@ pub struct Report {
     pub restart_required: bool,
     pub warnings: Vec<String>,
     pub manifest: Option<Manifest>,
+    /// A snapshot's costs: requests and bytes downloaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<crate::repo::write::Stats>,
 }
 
 /// An archive to read, and its manifest when there is one.
@@ -158,10 +161,15 @@ fn set_status(src: &Source, status: Status, reason: &str) {
 /// Import an archive into `--root` (CPH batch-restore, ECP RecoveryFile).
 pub fn import(spec: &ImportSpec, progress: &Progress) -> Result<Report> {
     let root = spec.root();
+    if let Some(found) = crate::repo::ops::find(&spec.from, spec.backup_file_id.as_deref(), &spec.store)? {
+        return crate::repo::ops::import(found, spec, progress);
+    }
+    let filter = crate::repo::read::Filter::new(&spec.includes)?;
+    let mut seen = vec![false; spec.includes.len()];
     let mut unpacker = Unpacker::new(root, unpack::Options { restore_xattrs: spec.restore_xattrs })?;
     let mut src = open_source(&spec.from, &spec.store, Some(&spec.opening))?;
     let mut report = Report { source: src.shown.clone(), content_checked: true, ..Default::default() };
-    if let Some(m) = &src.manifest {
+    if let Some(m) = src.manifest.as_ref().filter(|_| filter.is_all()) {
         let tops: Vec<Vec<u8>> = m
             .source_file_path_list
             .iter()
@@ -173,8 +181,24 @@ pub fn import(spec: &ImportSpec, progress: &Progress) -> Result<Report> {
         report.restart_required = m.backup_all;
     }
     set_status(&src, Status::Recovering, "");
-    let result = read_through(&mut src, &spec.opening, progress, &mut |item, data| unpacker.entry(item, data))
+    // With --include, the archive is read through (its checksum too) and the rest skipped.
+    let result =
+        read_through(&mut src, &spec.opening, progress, &mut |item, data| match filter.place(&item.meta.path) {
+            crate::repo::read::Place::In => {
+                filter.mark_seen(&item.meta.path, &mut seen);
+                unpacker.entry(item, data)
+            }
+            _ => Ok(()),
+        })
         .and_then(|done| {
+            let missing = filter.unmatched(&seen);
+            if !missing.is_empty() && !filter.is_all() {
+                return Err(Error::usage(format!(
+                    "--include {}: not in {}; nothing was restored",
+                    missing.join(", "),
+                    src.shown
+                )));
+            }
             done.fill(&mut report);
             // Only now, with the whole archive read and verified, does anything existing change.
             unpacker.commit()
@@ -379,6 +403,9 @@ pub fn finish_interrupted(root: &Path) -> Vec<String> {
 /// Read an archive through, check its structure and SHA-256, write nothing. A sealed archive
 /// without a key that opens it has only its stored bytes checked against the manifest.
 pub fn verify(spec: &VerifySpec, progress: &Progress) -> Result<Report> {
+    if let Some(found) = crate::repo::ops::find(&spec.from, spec.backup_file_id.as_deref(), &spec.store)? {
+        return crate::repo::ops::verify(found, spec, progress);
+    }
     let mut src = open_source(&spec.from, &spec.store, None)?;
     let mut report = Report { source: src.shown.clone(), content_checked: true, ..Default::default() };
     if let Some(m) = &src.manifest {
@@ -499,4 +526,27 @@ fn container_name(c: Container) -> String {
             if encrypted { ", encrypted" } else { "" }
         ),
     }
+}
+
+/// `ls`: the entries of a snapshot (only the trees it needs are read) or of an archive (read
+/// through, its checksum checked), those under `--include` when given.
+pub fn ls(spec: &crate::spec::LsSpec, each: &mut dyn FnMut(crate::repo::ops::Listed)) -> Result<()> {
+    if let Some(found) = crate::repo::ops::find(&spec.from, spec.backup_file_id.as_deref(), &spec.store)? {
+        return crate::repo::ops::ls(found, spec, each).map(drop);
+    }
+    let filter = crate::repo::read::Filter::new(&spec.includes)?;
+    let mut seen = vec![false; spec.includes.len()];
+    let mut src = open_source(&spec.from, &spec.store, Some(&spec.opening))?;
+    read_through(&mut src, &spec.opening, &Progress::hidden(), &mut |item, _| {
+        if filter.place(&item.meta.path) == crate::repo::read::Place::In {
+            filter.mark_seen(&item.meta.path, &mut seen);
+            each(crate::repo::ops::listed(&item));
+        }
+        Ok(())
+    })?;
+    let missing = filter.unmatched(&seen);
+    if !missing.is_empty() && !filter.is_all() {
+        return Err(Error::usage(format!("--include {}: not in {}", missing.join(", "), src.shown)));
+    }
+    Ok(())
 }

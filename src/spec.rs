@@ -62,8 +62,13 @@ pub struct ExportSpec {
     /// The BackupFileId to record (the daemon answers with it before the backup starts);
     /// a new one when absent.
     pub backup_file_id: Option<String>,
+    /// A snapshot reads every file, whatever the metadata cache says.
+    pub rehash: bool,
     /// Who the archive is sealed for (nobody: stored plain).
     pub sealing: Sealing,
+    /// A sealed repository's id key (`--id-key-file`): in memory only, never journaled.
+    #[serde(skip)]
+    pub id_key: Option<crate::repo::seal::IdKey>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -73,6 +78,10 @@ pub struct ImportSpec {
     pub root: PathBuf,
     pub restore_xattrs: bool,
     pub store: StoreOptions,
+    /// Only these device paths (and what is under them); all when empty.
+    pub includes: Vec<String>,
+    /// The snapshot (or archive) by its BackupFileId, when `from` is a folder.
+    pub backup_file_id: Option<String>,
     /// Keys that open a sealed archive: in memory only, never journaled.
     #[serde(skip)]
     pub opening: Opening,
@@ -83,6 +92,22 @@ pub struct ImportSpec {
 pub struct VerifySpec {
     pub from: String,
     pub store: StoreOptions,
+    pub backup_file_id: Option<String>,
+    /// A snapshot's chunks are downloaded and hashed, not only found.
+    pub read_data: bool,
+    #[serde(skip)]
+    pub opening: Opening,
+}
+
+/// `ls`: the entries of a snapshot or an archive.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LsSpec {
+    pub from: String,
+    pub store: StoreOptions,
+    pub backup_file_id: Option<String>,
+    pub includes: Vec<String>,
+    /// Keys that open a sealed archive.
     #[serde(skip)]
     pub opening: Opening,
 }

@@ -25,6 +25,9 @@ pub enum Format {
     TarZst,
     #[serde(rename = "ab")]
     Ab,
+    /// A snapshot in a repository (`repo`): not an archive, a record naming a tree.
+    #[serde(rename = "repo")]
+    Repo,
 }
 
 impl Format {
@@ -33,7 +36,8 @@ impl Format {
             "tar" => Ok(Format::Tar),
             "tar.zst" | "tzst" | "zst" => Ok(Format::TarZst),
             "ab" => Ok(Format::Ab),
-            other => Err(Error::usage(format!("unknown format {other:?}: use tar, tar.zst or ab"))),
+            "repo" => Ok(Format::Repo),
+            other => Err(Error::usage(format!("unknown format {other:?}: use tar, tar.zst, ab or repo"))),
         }
     }
 
@@ -58,6 +62,7 @@ impl Format {
             Format::Tar => "tar",
             Format::TarZst => "tar.zst",
             Format::Ab => "ab",
+            Format::Repo => "snapshot",
         }
     }
 }

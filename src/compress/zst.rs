@@ -198,7 +198,7 @@ impl<W: Write> Write for Zstd<W> {
 }
 
 /// Whether a segment's sample has near-uniform bytes (see `COLLISION_DIVISOR`).
-fn looks_uniform(seg: &[u8]) -> bool {
+pub(crate) fn looks_uniform(seg: &[u8]) -> bool {
     if seg.len() < MIN_LOOK {
         return false;
     }

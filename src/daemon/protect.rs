@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer};
 
 use super::config::Config;
-
 use super::task::Work;
 use crate::crypt::{Opening, Sealing};
 use crate::error::{Error, Result};

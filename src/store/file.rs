@@ -3,7 +3,10 @@
 //! written to a temporary name and renamed over the old one. So a reader sees a complete file
 //! or none.
 //!
-//! It never writes outside its directory: keys with `/` or `..` are refused.
+//! Keys may name files in subdirectories (`data/ab/…`, as a repository lays out its packs):
+//! each component is checked, and parents are made on the first write.
+//!
+//! It never writes outside its directory: empty components, `.` and `..` are refused.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -24,10 +27,21 @@ impl FileStore {
     }
 
     pub fn path(&self, key: &str) -> Result<PathBuf> {
-        if key.is_empty() || key.contains('/') || key == "." || key == ".." {
+        if key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
             return Err(Error::usage(format!("bad file name {key:?} for the local store")));
         }
         Ok(self.dir.join(key))
+    }
+
+    /// The file for `key`, its directory made when the key has one.
+    fn path_to_write(&self, key: &str) -> Result<PathBuf> {
+        let p = self.path(key)?;
+        if key.contains('/') {
+            if let Some(parent) = p.parent() {
+                fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+            }
+        }
+        Ok(p)
     }
 
     pub fn partial_path(&self, key: &str) -> Result<PathBuf> {
@@ -96,7 +110,7 @@ impl Store for FileStore {
     }
 
     fn upload(&self, key: &str, _size_hint: u64) -> Result<Box<dyn Upload>> {
-        let fin = self.path(key)?;
+        let fin = self.path_to_write(key)?;
         let partial = self.partial_path(key)?;
         let file = OpenOptions::new()
             .write(true)
@@ -120,7 +134,7 @@ impl Store for FileStore {
     }
 
     fn put(&self, key: &str, body: &[u8]) -> Result<()> {
-        sys::write_atomic(&self.path(key)?, body, 0o666)
+        sys::write_atomic(&self.path_to_write(key)?, body, 0o666)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -132,18 +146,94 @@ impl Store for FileStore {
         }
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+    /// Like an object store's listing: every file whose key starts with `prefix`, in
+    /// subdirectories too (only those the prefix reaches are read).
+    /// One directory read: the files directly in the prefix's directory.
+    fn list_top(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let dir_key = match prefix.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/"),
+            None => String::new(),
+        };
+        let dir = self.dir.join(&dir_key);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir_key.is_empty() => return Ok(Vec::new()),
+            Err(e) => return Err(Error::Io { context: format!("listing {}", dir.display()), source: e }),
+        };
         let mut out = Vec::new();
-        for ent in fs::read_dir(&self.dir).ctx(|| format!("listing {}", self.dir.display()))? {
-            let ent = ent.ctx(|| format!("listing {}", self.dir.display()))?;
+        for ent in rd {
+            let ent = ent.ctx(|| format!("listing {}", dir.display()))?;
             let Ok(name) = ent.file_name().into_string() else { continue };
-            if name.starts_with(prefix) && ent.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            let key = format!("{dir_key}{name}");
+            if key.starts_with(prefix) && ent.file_type().map(|t| t.is_file()).unwrap_or(false) {
                 let size = ent.metadata().map(|m| m.len()).unwrap_or(0);
-                out.push(ObjectInfo { key: name, size });
+                out.push(ObjectInfo { key, size });
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let mut out = Vec::new();
+        // Directories still to read, as key prefixes ("" or "a/b/").
+        let start = match prefix.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/"),
+            None => String::new(),
+        };
+        let mut todo = vec![start];
+        while let Some(dir_key) = todo.pop() {
+            let dir = self.dir.join(&dir_key);
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !dir_key.is_empty() => continue,
+                Err(e) => return Err(Error::Io { context: format!("listing {}", dir.display()), source: e }),
+            };
+            for ent in rd {
+                let ent = ent.ctx(|| format!("listing {}", dir.display()))?;
+                let Ok(name) = ent.file_name().into_string() else { continue };
+                let key = format!("{dir_key}{name}");
+                let Ok(ft) = ent.file_type() else { continue };
+                if ft.is_dir() {
+                    let sub = format!("{key}/");
+                    // Only directories the prefix can reach.
+                    if sub.starts_with(prefix) || prefix.starts_with(&sub) {
+                        todo.push(sub);
+                    }
+                } else if ft.is_file() && key.starts_with(prefix) {
+                    let size = ent.metadata().map(|m| m.len()).unwrap_or(0);
+                    out.push(ObjectInfo { key, size });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let p = self.path(key)?;
+        let f = File::open(&p).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::usage(format!("{} does not exist", p.display()))
+            } else {
+                Error::Io { context: format!("opening {}", p.display()), source: e }
+            }
+        })?;
+        let size = f.metadata().ctx(|| format!("reading {}", p.display()))?.len();
+        let len = len.min(size.saturating_sub(offset));
+        let mut buf = vec![0u8; usize::try_from(len).map_err(|_| Error::usage("range too large"))?];
+        f.read_exact_at(&mut buf, offset).ctx(|| format!("reading {} bytes at {offset} of {}", len, p.display()))?;
+        Ok(buf)
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>> {
+        let p = self.path(key)?;
+        match fs::metadata(&p) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Io { context: format!("reading {}", p.display()), source: e }),
+        }
     }
 
     fn delete(&self, key: &str) -> Result<()> {

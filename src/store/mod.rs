@@ -51,6 +51,29 @@ pub trait Store: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     /// Remove an object; removing a missing one is not an error.
     fn delete(&self, key: &str) -> Result<()>;
+    /// Up to `len` bytes of an object from `offset` (a repository's blobs, a pack's trailer):
+    /// fewer only where the object ends. A store without ranged reads of its own reads through
+    /// to the range.
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut r = self.download(key)?;
+        std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink())
+            .map_err(|e| Error::Io { context: format!("reading {}", self.url(key)), source: e })?;
+        let mut buf = Vec::new();
+        r.take(len)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::Io { context: format!("reading {}", self.url(key)), source: e })?;
+        Ok(buf)
+    }
+    /// The objects under `prefix` in its folder itself, not in folders below it (the records
+    /// of a repository's folder, never its `data/`): a listing with the delimiter `/`.
+    fn list_top(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let depth = prefix.matches('/').count();
+        Ok(self.list(prefix)?.into_iter().filter(|o| o.key.matches('/').count() == depth).collect())
+    }
+    /// An object's size; `None` when it does not exist.
+    fn size(&self, key: &str) -> Result<Option<u64>> {
+        Ok(self.list(key)?.into_iter().find(|o| o.key == key).map(|o| o.size))
+    }
     /// How the store encrypts archives at rest, for the manifest (`None`: as the bucket says).
     fn server_side_encryption(&self) -> Option<sse::ServerSideEncryption> {
         None

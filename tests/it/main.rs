@@ -16,6 +16,7 @@ mod formats;
 mod malicious;
 mod neighbour;
 mod net;
+mod repo;
 mod roundtrip;
 mod s3;
 mod transfer;

@@ -268,11 +268,25 @@ impl Store for S3Store {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        self.run(|sh| async move { list_objects(&sh, prefix).await })
+        self.run(|sh| async move { list_objects(&sh, prefix, None).await })
     }
 
     fn delete(&self, key: &str) -> Result<()> {
         self.run(|sh| async move { delete_object(&sh, key).await })
+    }
+
+    /// ListObjectsV2 with the delimiter `/`: what lies below is not listed.
+    fn list_top(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        self.run(|sh| async move { list_objects(&sh, prefix, Some("/")).await })
+    }
+
+    /// One ranged GET (`download::get_range`).
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.run(|sh| async move { download::get_range(&sh, key, offset, len).await })
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>> {
+        Ok(self.head(key)?.map(|(size, _)| size))
     }
 }
 
@@ -295,8 +309,9 @@ async fn get_object(sh: &Shared, key: &str) -> Result<Option<Vec<u8>>> {
     .await
 }
 
-/// Every object under `prefix`, by ListObjectsV2 pages, sorted by key.
-async fn list_objects(sh: &Shared, prefix: &str) -> Result<Vec<ObjectInfo>> {
+/// Every object under `prefix`, by ListObjectsV2 pages, sorted by key (with a `delimiter`, only
+/// those with no delimiter after the prefix).
+async fn list_objects(sh: &Shared, prefix: &str, delimiter: Option<&str>) -> Result<Vec<ObjectInfo>> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -304,7 +319,12 @@ async fn list_objects(sh: &Shared, prefix: &str) -> Result<Vec<ObjectInfo>> {
             .request(&sh.policy, "ListObjectsV2", prefix, |what, _| {
                 let token = token.clone();
                 async move {
-                    let req = sh.client.list_objects_v2().bucket(&sh.bucket).prefix(prefix);
+                    let req = sh
+                        .client
+                        .list_objects_v2()
+                        .bucket(&sh.bucket)
+                        .prefix(prefix)
+                        .set_delimiter(delimiter.map(str::to_string));
                     req.set_continuation_token(token).send().await.map_err(|e| sdk_error(&what, e))
                 }
             })

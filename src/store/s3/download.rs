@@ -7,6 +7,8 @@
 //! It must never splice two versions of an object (every GET carries `If-Match` on the ETag),
 //! never accept an answer for bytes other than those asked for, and never hold more than
 //! `RANGE × (RANGES_IN_FLIGHT + 2)` bytes.
+//!
+//! `get_range` is the other read: one GET of a few bytes (a repository's blobs), whole in memory.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -209,4 +211,38 @@ async fn fetch_range(from: Arc<Object>, start: u64, end: u64) -> Result<Bytes> {
         tracing::warn!("{what}: {err}; resuming at byte {} in {wait:?}", start + block.len() as u64);
         tokio::time::sleep(wait).await;
     }
+}
+
+/// Up to `len` bytes of `key` from `offset` in one ranged GET (a repository's blobs and a
+/// pack's trailer): fewer only where the object ends. Retried whole as any small request.
+pub(super) async fn get_range(sh: &Shared, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let last = offset + len - 1;
+    // Without the customer key: a repository's objects are stored as manifests are (`put`).
+    sh.request(&sh.policy, "GetObject", key, |what, _| async move {
+        let what = format!("{what} bytes {offset}-{last}");
+        let req = sh.client.get_object().bucket(&sh.bucket).key(key).range(format!("bytes={offset}-{last}"));
+        let o = req.send().await.map_err(|e| sdk_error(&what, e))?;
+        if !o.content_range().is_some_and(|r| r.starts_with(&format!("bytes {offset}-"))) {
+            return Err(Error::Store {
+                reason: format!(
+                    "got {:?}: the store does not honour Range requests",
+                    o.content_range().unwrap_or("the whole object")
+                ),
+                what,
+                retryable: false,
+            });
+        }
+        let body = o.body.collect().await.map_err(|e| Error::Store {
+            what: what.clone(),
+            reason: format!("reading the body: {}", causes(&e)),
+            retryable: true,
+        })?;
+        let mut b = body.into_bytes().to_vec();
+        b.truncate(len as usize);
+        Ok(b)
+    })
+    .await
 }

@@ -1,0 +1,112 @@
+//! One chunk as stored in a pack: zstd (level 3) when that shrinks it, its bytes as they are
+//! when not (photos, videos, the compressed members of APKs: the same test as `.tar.zst`'s
+//! stored frames, then a one-shot trial). Owns the encoding of a blob and its checked decoding.
+//!
+//! It must never hand out a decoded blob that is not exactly the length the index says.
+
+use crate::compress::zst::looks_uniform;
+use crate::error::{Error, Result};
+
+/// What kind of bytes a blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Data = 0,
+    Tree = 1,
+}
+
+impl Kind {
+    pub fn from_u8(b: u8) -> Option<Kind> {
+        match b {
+            0 => Some(Kind::Data),
+            1 => Some(Kind::Tree),
+            _ => None,
+        }
+    }
+}
+
+const LEVEL: i32 = 3;
+/// The trial that confirms a uniform-looking chunk is not worth compressing.
+const TRIAL: usize = 128 << 10;
+
+/// A compressor per thread (one zstd context, reused).
+pub struct Encoder {
+    z: zstd::bulk::Compressor<'static>,
+    trial: zstd::bulk::Compressor<'static>,
+}
+
+impl Encoder {
+    pub fn new() -> Result<Encoder> {
+        let z = zstd::bulk::Compressor::new(LEVEL).map_err(|e| Error::internal(format!("zstd: {e}")))?;
+        let trial = zstd::bulk::Compressor::new(1).map_err(|e| Error::internal(format!("zstd: {e}")))?;
+        Ok(Encoder { z, trial })
+    }
+
+    /// Encode `raw` into `out` (cleared first); true when compressed, false when stored.
+    pub fn encode(&mut self, raw: &[u8], out: &mut Vec<u8>) -> Result<bool> {
+        out.clear();
+        if looks_uniform(&raw[..raw.len().min(TRIAL)]) {
+            let sample = &raw[..raw.len().min(TRIAL)];
+            let small = self.trial.compress(sample).map_err(|e| Error::internal(format!("zstd: {e}")))?;
+            if small.len() as u64 * 100 >= sample.len() as u64 * 99 {
+                out.extend_from_slice(raw);
+                return Ok(false);
+            }
+        }
+        out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        self.z.compress_to_buffer(raw, out).map_err(|e| Error::internal(format!("zstd: {e}")))?;
+        if out.len() >= raw.len() {
+            out.clear();
+            out.extend_from_slice(raw);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+/// Decode a stored blob into `out`; `raw_len` is what the index says it holds.
+pub fn decode(stored: &[u8], compressed: bool, raw_len: u32, what: &str, out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    if !compressed {
+        if stored.len() != raw_len as usize {
+            return Err(Error::archive(what, format!("holds {} bytes where its index says {raw_len}", stored.len())));
+        }
+        out.extend_from_slice(stored);
+        return Ok(());
+    }
+    out.reserve(raw_len as usize);
+    let n = zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(stored, out))
+        .map_err(|e| Error::archive(what, format!("does not decode: {e}")))?;
+    if n != raw_len as usize {
+        return Err(Error::archive(what, format!("decodes to {n} bytes where its index says {raw_len}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::noise;
+
+    #[test]
+    fn random_is_stored_text_is_compressed_both_decode() {
+        let mut enc = Encoder::new().unwrap();
+        let mut out = Vec::new();
+        let random = noise(300_000, 3);
+        assert!(!enc.encode(&random, &mut out).unwrap());
+        assert_eq!(out, random);
+        let text: Vec<u8> = b"the quick brown fox ".iter().cycle().take(300_000).copied().collect();
+        assert!(enc.encode(&text, &mut out).unwrap());
+        assert!(out.len() < 10_000);
+        let mut back = Vec::new();
+        decode(&out, true, text.len() as u32, "t", &mut back).unwrap();
+        assert_eq!(back, text);
+        assert!(decode(&out, true, 5, "t", &mut back).unwrap_err().to_string().contains("index says 5"));
+        assert!(decode(&out[..out.len() / 2], true, text.len() as u32, "t", &mut back).is_err());
+        assert!(decode(b"abc", false, 4, "t", &mut back).is_err());
+        // An empty file is one empty blob.
+        let stored = enc.encode(b"", &mut out).unwrap();
+        decode(&out.clone(), stored, 0, "t", &mut back).unwrap();
+        assert!(back.is_empty());
+    }
+}

@@ -1,0 +1,188 @@
+//! Pack objects (`data/XX/<random>`): a run of blobs, then the pack's own index of them, then
+//! a trailer. Owns that layout, the writer that fills a pack in memory, and the parsing of a
+//! pack's index (what `prune` and an index rebuild read when an index object is lost).
+//!
+//! ```text
+//! pack    = blob* header trailer
+//! header  = version:u8  entry*          entry = kind:u8 flags:u8 raw:u32 stored:u32 id:[32]
+//! trailer = header_len:u32  "cpbkpak1"     (integers little-endian; offsets are cumulative)
+//! ```
+//!
+//! It must never name a pack by its content (two writers must never write the same key), and
+//! never trust a length it read without checking it against the pack's size.
+
+use super::blob::Kind;
+use super::id::{Id, Name};
+use crate::error::{Error, Result};
+
+pub const MAGIC: &[u8; 8] = b"cpbkpak1";
+const VERSION: u8 = 1;
+pub const ENTRY_LEN: usize = 42;
+pub const TRAILER_LEN: usize = 12;
+/// A pack is sent once it holds this much.
+pub const TARGET: usize = 16 << 20;
+/// Or this many blobs: its header then stays under 1 MiB.
+pub const MAX_ENTRIES: usize = 24_000;
+
+/// Where one blob lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub id: Id,
+    pub kind: Kind,
+    pub compressed: bool,
+    pub offset: u32,
+    pub stored: u32,
+    pub raw: u32,
+}
+
+/// A blob located in the repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Located {
+    pub pack: Name,
+    pub entry: Entry,
+}
+
+/// The object key of a pack under the repository's prefix.
+pub fn key(prefix: &str, pack: &Name) -> String {
+    let h = pack.hex();
+    format!("{prefix}data/{}/{h}", &h[..2])
+}
+
+/// The pack a key names, when it is one.
+pub fn name_of(key: &str) -> Option<Name> {
+    let rest = key.rsplit_once("data/")?.1;
+    let (dir, hex) = rest.split_once('/')?;
+    let n = Name::parse(hex)?;
+    (dir.len() == 2 && hex.starts_with(dir)).then_some(n)
+}
+
+/// A pack being filled.
+pub struct Writer {
+    pub name: Name,
+    buf: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+impl Writer {
+    pub fn new() -> Writer {
+        Writer { name: Name::random(), buf: Vec::new(), entries: Vec::new() }
+    }
+
+    /// A pack filled in `buf` (emptied first): the buffer of a pack already stored, reused so
+    /// that a snapshot allocates its two pack buffers once.
+    pub fn reuse(mut buf: Vec<u8>) -> Writer {
+        buf.clear();
+        Writer { name: Name::random(), buf, entries: Vec::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn full(&self) -> bool {
+        self.buf.len() >= TARGET || self.entries.len() >= MAX_ENTRIES
+    }
+
+    /// Whether a blob of `len` bytes would take the pack past its target (it goes into the
+    /// next one, so a pack's buffer never grows past the target and its header).
+    pub fn would_overflow(&self, len: usize) -> bool {
+        !self.entries.is_empty() && self.buf.len() + len > TARGET
+    }
+
+    pub fn add(&mut self, id: Id, kind: Kind, compressed: bool, raw: u32, stored: &[u8]) -> Entry {
+        let e = Entry { id, kind, compressed, offset: self.buf.len() as u32, stored: stored.len() as u32, raw };
+        self.buf.extend_from_slice(stored);
+        self.entries.push(e);
+        e
+    }
+
+    /// The pack's bytes and its entries.
+    pub fn finish(mut self) -> (Name, Vec<u8>, Vec<Entry>) {
+        let start = self.buf.len();
+        self.buf.push(VERSION);
+        for e in &self.entries {
+            self.buf.push(e.kind as u8);
+            self.buf.push(u8::from(e.compressed));
+            self.buf.extend_from_slice(&e.raw.to_le_bytes());
+            self.buf.extend_from_slice(&e.stored.to_le_bytes());
+            self.buf.extend_from_slice(&e.id.0);
+        }
+        let header_len = (self.buf.len() - start) as u32;
+        self.buf.extend_from_slice(&header_len.to_le_bytes());
+        self.buf.extend_from_slice(MAGIC);
+        (self.name, self.buf, self.entries)
+    }
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        Writer::new()
+    }
+}
+
+/// The header length a pack's trailer gives (its last `TRAILER_LEN` bytes).
+pub fn header_len(trailer: &[u8], pack_size: u64, what: &str) -> Result<u32> {
+    if trailer.len() != TRAILER_LEN || &trailer[4..] != MAGIC {
+        return Err(Error::archive(what, "is not a cpbackup pack (no trailer)"));
+    }
+    let n = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    if n == 0 || u64::from(n) + TRAILER_LEN as u64 > pack_size {
+        return Err(Error::archive(what, format!("claims a header of {n} bytes in a pack of {pack_size}")));
+    }
+    Ok(n)
+}
+
+/// Parse a pack's header (the `header_len` bytes before its trailer).
+pub fn parse_header(header: &[u8], pack_size: u64, what: &str) -> Result<Vec<Entry>> {
+    if header.first() != Some(&VERSION) || !(header.len() - 1).is_multiple_of(ENTRY_LEN) {
+        return Err(Error::archive(what, "has a pack header of an unknown version or length"));
+    }
+    let body = pack_size.saturating_sub((header.len() + TRAILER_LEN) as u64);
+    let mut offset = 0u64;
+    let mut out = Vec::with_capacity((header.len() - 1) / ENTRY_LEN);
+    for r in header[1..].chunks_exact(ENTRY_LEN) {
+        let kind = Kind::from_u8(r[0]).ok_or_else(|| Error::archive(what, format!("has a blob of kind {}", r[0])))?;
+        let raw = u32::from_le_bytes([r[2], r[3], r[4], r[5]]);
+        let stored = u32::from_le_bytes([r[6], r[7], r[8], r[9]]);
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&r[10..42]);
+        if offset + u64::from(stored) > body {
+            return Err(Error::archive(what, "has blobs past its end"));
+        }
+        out.push(Entry { id: Id(id), kind, compressed: r[1] & 1 == 1, offset: offset as u32, stored, raw });
+        offset += u64::from(stored);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pack_lists_its_blobs_at_its_end() {
+        let mut w = Writer::new();
+        let a = w.add(Id([1; 32]), Kind::Data, true, 100, b"abc");
+        let b = w.add(Id([2; 32]), Kind::Tree, false, 5, b"hello");
+        assert_eq!((a.offset, b.offset), (0, 3));
+        let (name, bytes, entries) = w.finish();
+        assert_eq!(entries, vec![a, b]);
+        let size = bytes.len() as u64;
+        let n = header_len(&bytes[bytes.len() - TRAILER_LEN..], size, "p").unwrap() as usize;
+        let header = &bytes[bytes.len() - TRAILER_LEN - n..bytes.len() - TRAILER_LEN];
+        assert_eq!(parse_header(header, size, "p").unwrap(), entries);
+        assert_eq!(&bytes[3..8], b"hello");
+        let k = key("fleet/", &name);
+        assert!(k.starts_with("fleet/data/"));
+        assert_eq!(name_of(&k), Some(name));
+        assert_eq!(name_of("fleet/index/00"), None);
+        // Lies are refused.
+        assert!(header_len(&bytes[bytes.len() - TRAILER_LEN..], 10, "p").is_err());
+        assert!(parse_header(header, 20, "p").is_err());
+        assert!(header_len(b"000000000000", size, "p").is_err());
+    }
+}

@@ -1,0 +1,852 @@
+//! Writing a snapshot: the walk → chunks → packs → index objects, and the trees, in three
+//! kinds of thread joined by bounded channels:
+//!
+//! ```text
+//! walker (caller's thread): walk, stat, metadata cache, read, cut, hash, look up
+//!   -> compressors (one per core, batches handed round-robin and taken back in order)
+//!   -> builder: packs and trees, the next metadata cache
+//!   -> uploader: each pack stored, an index object every few packs
+//! ```
+//!
+//! Order of trust: marks are read before the index is listed; a pack's blobs are looked up
+//! only once its index object is published; the caller writes the snapshot's record only after
+//! `snapshot` returns (every pack and index object it needs is stored by then).
+//!
+//! Memory is bounded by the channels (a few batches of at most a maximum chunk each), two
+//! packs (one filling, one being stored), the blobs not yet published, and one open tree per
+//! directory level; never by the number of files or the size of the repository.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::blob::{self, Kind};
+use super::cache::IndexCache;
+use super::chunker::Chunker;
+use super::files::{self, Stamp};
+use super::id::{Id, Name};
+use super::pack::{self, Entry, Located};
+use super::tree::{self, Node, NodeKind};
+use super::{index, marks, Repo};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::select::{Selection, Skipped, Walked};
+
+/// New chunk bytes in one batch before it is handed on.
+const BATCH_BYTES: usize = 512 << 10;
+const BATCH_EVENTS: usize = 1024;
+/// An index object is published after this many packs: one, so a killed run loses at most
+/// the pack in flight (a 1 GiB export killed at 80% uploads at most 25% again).
+const PACKS_PER_INDEX: usize = 1;
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The repository's directory in the state dir (index cache, metadata caches).
+    pub cache_dir: PathBuf,
+    /// Names this selection's metadata cache (same root and paths: same cache).
+    pub selection_key: String,
+    /// Read every file, whatever the metadata cache says.
+    pub rehash: bool,
+    /// Where this snapshot's record will be written, and its id.
+    pub record_key: String,
+    pub backup_file_id: String,
+}
+
+/// What a snapshot cost: the `--json` result's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Stats {
+    pub files: u64,
+    /// Files taken from the metadata cache without reading them.
+    pub files_unchanged: u64,
+    pub bytes_read: u64,
+    pub bytes_uploaded: u64,
+    pub bytes_downloaded: u64,
+    pub requests: u64,
+    pub chunks_new: u64,
+    pub chunks_reused: u64,
+}
+
+/// A snapshot whose data is all stored; its record is the caller's to write.
+pub struct Written {
+    /// The root tree's blobs.
+    pub root: Vec<Located>,
+    pub entries: u64,
+    /// File content bytes in the snapshot.
+    pub bytes: u64,
+    pub stats: Stats,
+    next_cache: Option<files::Writer>,
+}
+
+impl Written {
+    /// After the record is stored: the metadata cache of this snapshot becomes the one the
+    /// next uses. A failure here costs only speed next time.
+    pub fn commit_cache(mut self) {
+        if let Some(w) = self.next_cache.take() {
+            if let Err(e) = w.commit() {
+                tracing::warn!("could not keep the metadata cache ({e}): the next snapshot reads every file");
+            }
+        }
+    }
+}
+
+enum Chunk {
+    /// Not in the repository: compressed by a worker, then packed.
+    New { id: Id, data: Vec<u8>, raw: u32, compressed: bool },
+    /// Stored already, here.
+    Known(Located),
+    /// Sent as `New` earlier in this run.
+    Dup(Id),
+}
+
+enum Ev {
+    Dir(Node),
+    End,
+    Leaf(Node),
+    File {
+        node: Node,
+        stamp: Stamp,
+        path: Vec<u8>,
+        link: Option<(u64, u64)>,
+    },
+    Chunk(Chunk),
+    FileEnd {
+        size: u64,
+    },
+    /// A hard link to a file earlier in this snapshot.
+    Link {
+        node: Node,
+        to: (u64, u64),
+    },
+    /// The walk is complete (without it, the builder stops without finishing the trees).
+    Done,
+}
+
+type Batch = Result<Vec<Ev>>;
+/// A finished pack: its name, bytes and blobs.
+type PackOut = (Name, Vec<u8>, Vec<Entry>);
+/// A data pack's buffer, room for a full pack and its header.
+const PACK_BUF: usize = pack::TARGET + (1 << 20);
+/// The file being built: node, stamp, path, (dev, ino) when it has other links.
+type OpenFile = (Node, Stamp, Vec<u8>, Option<(u64, u64)>);
+
+struct Known {
+    cache: IndexCache,
+    /// Blobs of this run not yet in a published index object: `None` until packed.
+    pending: HashMap<Id, Option<Located>>,
+}
+
+struct Shared<'a> {
+    repo: &'a Repo<'a>,
+    known: Mutex<Known>,
+    marked: HashSet<Name>,
+    chunks_new: AtomicU64,
+    chunks_reused: AtomicU64,
+}
+
+impl Shared<'_> {
+    fn usable(&self) -> impl Fn(&Name) -> bool + '_ {
+        |p: &Name| !self.marked.contains(p)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where a blob is, when stored already or coming in this run.
+    fn classify(&self, id: Id) -> Result<Option<Chunk>> {
+        let mut k = self.lock();
+        if k.pending.contains_key(&id) {
+            return Ok(Some(Chunk::Dup(id)));
+        }
+        if let Some(l) = k.cache.lookup(&id, &self.usable())? {
+            return Ok(Some(Chunk::Known(l)));
+        }
+        k.pending.insert(id, None);
+        Ok(None)
+    }
+}
+
+/// Write a snapshot of `sel` into the repository.
+pub fn snapshot(
+    repo: &Repo<'_>,
+    sel: &Selection,
+    opts: &Options,
+    progress: &Progress,
+    skip: &mut dyn FnMut(Skipped),
+    warn: &mut dyn FnMut(String),
+) -> Result<Written> {
+    let store = repo.store;
+    // Marks first, then the index: a pack deleted after the listing is still marked here.
+    let marked = marks::marked(store, &repo.prefix)?;
+    let mut cache = IndexCache::open(&opts.cache_dir.join("index"))?;
+    let read = cache.sync(store, &repo.prefix, repo.keys.as_ref())?;
+    tracing::debug!(
+        "index cache: read {read} new index objects; {} blobs known, {} packs marked",
+        cache.len(),
+        marked.len()
+    );
+
+    // The previous snapshot's metadata cache, trusted only while its record exists.
+    let files_path = opts.cache_dir.join(format!("files-{}", opts.selection_key));
+    let mut prev = if opts.rehash { None } else { files::Reader::open(&files_path) };
+    if let Some(p) = &prev {
+        let alive = match store.get(&p.source.record_key)? {
+            Some(b) => crate::manifest::Manifest::from_json(&p.source.record_key, &b)
+                .map(|m| m.backup_file_id == p.source.backup_file_id && m.status.archive_complete())
+                .unwrap_or(false),
+            None => false,
+        };
+        if !alive {
+            tracing::info!("the snapshot the metadata cache came from is gone: every file is read");
+            prev = None;
+        }
+    }
+    let next_cache = files::Writer::create(
+        &files_path,
+        &files::Source { record_key: opts.record_key.clone(), backup_file_id: opts.backup_file_id.clone() },
+    )?;
+
+    let shared = Shared {
+        repo,
+        known: Mutex::new(Known { cache, pending: HashMap::new() }),
+        marked,
+        chunks_new: AtomicU64::new(0),
+        chunks_reused: AtomicU64::new(0),
+    };
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 4);
+
+    let mut sel = sel.clone();
+    sel.includes.sort_by(|a, b| files::walk_order(&a.device, &b.device));
+
+    let mut walker = Walker {
+        shared: &shared,
+        chunker: Chunker::new(repo.config.chunker),
+        prev,
+        rehash: opts.rehash,
+        stack: Vec::new(),
+        links: HashMap::new(),
+        batch: Vec::new(),
+        batch_bytes: 0,
+        txs: Vec::new(),
+        next_tx: 0,
+        progress,
+        bytes_read: 0,
+        files: 0,
+        unchanged: 0,
+        entries: 0,
+        bytes: 0,
+    };
+
+    let (walked, built, uploaded) = std::thread::scope(|s| {
+        let mut outs = Vec::new();
+        for i in 0..workers {
+            let (tx, rx) = sync_channel::<Batch>(0);
+            let (otx, orx) = sync_channel::<Batch>(0);
+            walker.txs.push(tx);
+            outs.push(orx);
+            std::thread::Builder::new()
+                .name(format!("compress-{i}"))
+                .spawn_scoped(s, move || compress(rx, otx, repo.keys.as_ref()))
+                .map_err(|e| Error::internal(format!("starting a thread: {e}")))?;
+        }
+        let (utx, urx) = sync_channel::<PackOut>(0);
+        // Stored packs' buffers go back to the builder, to be filled again.
+        let (btx, brx) = sync_channel::<Vec<u8>>(2);
+        let shared = &shared;
+        let uploader = std::thread::Builder::new()
+            .name("upload".into())
+            .spawn_scoped(s, move || upload(shared, urx, btx))
+            .map_err(|e| Error::internal(format!("starting a thread: {e}")))?;
+        let builder = std::thread::Builder::new()
+            .name("build".into())
+            .spawn_scoped(s, move || {
+                let mut b = Builder::new(shared, next_cache, utx, brx)?;
+                let done = match b.run(outs) {
+                    Ok(true) => b.finish().map(Some),
+                    Ok(false) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                // The uploader publishes what it stored, whatever happened here.
+                drop(b);
+                done
+            })
+            .map_err(|e| Error::internal(format!("starting a thread: {e}")))?;
+        let walked = walker.run(&sel, skip, warn);
+        let walked = walked.and_then(|()| walker.send(Ev::Done)).and_then(|()| walker.flush_batch(true));
+        walker.txs.clear();
+        let built = builder.join().unwrap_or_else(|_| Err(Error::internal("the snapshot's builder panicked")));
+        let uploaded = uploader.join().unwrap_or_else(|_| Err(Error::internal("the snapshot's uploader panicked")));
+        Ok::<_, Error>((walked, built, uploaded))
+    })?;
+    // The first cause first: a failed upload stops the builder, which stops the walker.
+    uploaded?;
+    let built = built?;
+    walked?;
+    let Some((root, next_cache)) = built else {
+        return Err(Error::internal("the snapshot's builder stopped before the walk's end"));
+    };
+    let stats = Stats {
+        files: walker.files,
+        files_unchanged: walker.unchanged,
+        bytes_read: walker.bytes_read,
+        chunks_new: shared.chunks_new.load(Relaxed),
+        chunks_reused: shared.chunks_reused.load(Relaxed),
+        ..Stats::default()
+    };
+    let (entries, bytes) = (walker.entries, walker.bytes);
+    drop(walker);
+    let mut known = shared.known.into_inner().unwrap_or_else(|p| p.into_inner());
+    known.cache.flush()?;
+    Ok(Written { root, entries, bytes, stats, next_cache: Some(next_cache) })
+}
+
+struct Walker<'a, 's> {
+    shared: &'a Shared<'s>,
+    chunker: Chunker,
+    prev: Option<files::Reader>,
+    rehash: bool,
+    /// Directories open, from the root down.
+    stack: Vec<Vec<u8>>,
+    /// Files with more than one link, by (dev, ino): the first one's path.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    batch: Vec<Ev>,
+    batch_bytes: usize,
+    txs: Vec<SyncSender<Batch>>,
+    next_tx: usize,
+    progress: &'a Progress,
+    bytes_read: u64,
+    files: u64,
+    unchanged: u64,
+    entries: u64,
+    bytes: u64,
+}
+
+fn node_of(name: &[u8], kind: NodeKind, m: &fs::Metadata, host: &Path) -> Node {
+    let mut n = Node::new(name.to_vec(), kind);
+    n.mode = m.mode() & tree::PERMS;
+    if m.is_file() && m.blocks() * 512 < m.len() {
+        n.mode |= tree::SPARSE;
+    }
+    n.uid = m.uid();
+    n.gid = m.gid();
+    n.mtime = m.mtime();
+    n.mtime_nsec = m.mtime_nsec().clamp(0, 999_999_999) as u32;
+    n.xattrs = crate::archive::disk::xattrs(host);
+    n
+}
+
+impl Walker<'_, '_> {
+    fn send(&mut self, ev: Ev) -> Result<()> {
+        if let Ev::Chunk(Chunk::New { data, .. }) = &ev {
+            self.batch_bytes += data.len();
+        }
+        self.batch.push(ev);
+        self.flush_batch(false)
+    }
+
+    fn flush_batch(&mut self, now: bool) -> Result<()> {
+        if self.batch.is_empty() || (!now && self.batch_bytes < BATCH_BYTES && self.batch.len() < BATCH_EVENTS) {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let n = self.txs.len();
+        let tx = &self.txs[self.next_tx % n];
+        self.next_tx += 1;
+        // A closed channel: the builder stopped; its error is the one to tell.
+        tx.send(Ok(batch)).map_err(|_| Error::internal("the snapshot's builder stopped"))
+    }
+
+    fn run(&mut self, sel: &Selection, skip: &mut dyn FnMut(Skipped), warn: &mut dyn FnMut(String)) -> Result<()> {
+        for step in sel.walk() {
+            match step {
+                Walked::Entry(e) => self.entry(e, warn)?,
+                Walked::Skipped(s) => skip(s),
+            }
+        }
+        while self.stack.pop().is_some() {
+            self.send(Ev::End)?;
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, e: crate::select::Entry, warn: &mut dyn FnMut(String)) -> Result<()> {
+        self.progress.check_cancel()?;
+        let comps: Vec<&[u8]> = e.path.device.split(|b| *b == b'/').filter(|c| !c.is_empty()).collect();
+        let Some((name, parents)) = comps.split_last() else {
+            return Err(Error::usage("the whole device root cannot be a snapshot's entry: select paths under /data"));
+        };
+        let name = name.to_vec();
+        let parents: Vec<Vec<u8>> = parents.iter().map(|p| p.to_vec()).collect();
+        let common = self.stack.iter().zip(parents.iter()).take_while(|(a, b)| a == b).count();
+        while self.stack.len() > common {
+            self.stack.pop();
+            self.send(Ev::End)?;
+        }
+        for p in &parents[common..] {
+            self.send(Ev::Dir(Node::new(p.to_vec(), NodeKind::Implicit)))?;
+            self.stack.push(p.to_vec());
+        }
+        self.entries += 1;
+        let m = &e.meta;
+        let ft = m.file_type();
+        if ft.is_dir() {
+            self.send(Ev::Dir(node_of(&name, NodeKind::Dir, m, &e.path.host)))?;
+            self.stack.push(name);
+            self.progress.entry(0);
+            return Ok(());
+        }
+        if ft.is_symlink() {
+            match fs::read_link(&e.path.host) {
+                Ok(t) => {
+                    let mut n = node_of(&name, NodeKind::Symlink, m, &e.path.host);
+                    n.target = t.as_os_str().as_bytes().to_vec();
+                    self.send(Ev::Leaf(n))?;
+                }
+                Err(err) => {
+                    self.entries -= 1;
+                    warn(format!("{}: cannot read symlink: {err}", e.path.display()));
+                }
+            }
+            self.progress.entry(0);
+            return Ok(());
+        }
+        self.file(&name, e, warn)
+    }
+
+    fn file(&mut self, name: &[u8], e: crate::select::Entry, warn: &mut dyn FnMut(String)) -> Result<()> {
+        let m = &e.meta;
+        let path = e.path.device.clone();
+        let shown = e.path.display();
+        let mut node = node_of(name, NodeKind::File, m, &e.path.host);
+        node.size = m.len();
+        let stamp = Stamp::of(m);
+        let mut link = None;
+        if m.nlink() > 1 {
+            let key = (m.dev(), m.ino());
+            if let Some(first) = self.links.get(&key) {
+                node.kind = NodeKind::Hardlink;
+                node.target = first.clone();
+                self.files += 1;
+                self.progress.entry(0);
+                return self.send(Ev::Link { node, to: key });
+            }
+            link = Some(key);
+        }
+        // Unchanged since the last snapshot, in packs nobody marked: not read.
+        let cached = self.prev.as_mut().and_then(|p| p.find(&path, &stamp));
+        if let Some(chunks) = cached.filter(|c| !self.rehash && c.iter().all(|l| !self.shared.marked.contains(&l.pack)))
+        {
+            self.files += 1;
+            self.unchanged += 1;
+            self.bytes += node.size;
+            if let Some(k) = link {
+                self.links.insert(k, path.clone());
+            }
+            self.shared.chunks_reused.fetch_add(chunks.len() as u64, Relaxed);
+            self.send(Ev::File { node, stamp, path, link })?;
+            for c in chunks {
+                self.send(Ev::Chunk(Chunk::Known(c)))?;
+            }
+            self.progress.entry(m.len());
+            return self.send(Ev::FileEnd { size: m.len() });
+        }
+        // The type is checked again on the open file: a FIFO or device swapped in after the
+        // walk's lstat is not read.
+        let opened = crate::backup::open_for_read(&e.path.host).and_then(|f| match f.metadata()?.is_file() {
+            true => Ok(f),
+            false => Err(io::Error::new(io::ErrorKind::InvalidInput, "no longer a regular file")),
+        });
+        let mut f = match opened {
+            Ok(f) => f,
+            Err(err) => {
+                self.entries -= 1;
+                warn(format!("{shown}: cannot read: {err}"));
+                return Ok(());
+            }
+        };
+        if let Some(k) = link {
+            self.links.insert(k, path.clone());
+        }
+        self.files += 1;
+        let size = m.len();
+        self.send(Ev::File { node, stamp, path, link })?;
+        self.chunker.reset();
+        let mut left = size;
+        let mut got = 0u64;
+        loop {
+            let n = self
+                .chunker
+                .fill(&mut f, left)
+                .map_err(|err| Error::Io { context: format!("reading {shown}"), source: err })?;
+            left -= n as u64;
+            got += n as u64;
+            let last = left == 0 || n == 0;
+            let Some(len) = self.chunker.next_len(last) else {
+                if last {
+                    break;
+                }
+                continue;
+            };
+            let data = self.chunker.take(len);
+            let id = self.shared.repo.hasher.id(data);
+            let c = match self.shared.classify(id)? {
+                Some(c) => {
+                    self.shared.chunks_reused.fetch_add(1, Relaxed);
+                    c
+                }
+                None => Chunk::New { id, data: data.to_vec(), raw: len as u32, compressed: false },
+            };
+            self.send(Ev::Chunk(c))?;
+        }
+        if got < size {
+            warn(format!("{shown}: shrank while being read ({got} of {size} bytes); the snapshot keeps what was read"));
+        } else {
+            let mut probe = [0u8; 1];
+            if f.read(&mut probe).unwrap_or(0) > 0 {
+                warn(format!("{shown}: grew while being read; only the first {size} bytes were kept"));
+            }
+        }
+        self.bytes_read += got;
+        self.bytes += got;
+        self.progress.entry(got);
+        self.send(Ev::FileEnd { size: got })
+    }
+}
+
+/// A compressor: new chunks of each batch encoded in place (and sealed, in a sealed repository).
+fn compress(rx: Receiver<Batch>, tx: SyncSender<Batch>, keys: Option<&super::seal::Keys>) {
+    let mut enc = match blob::Encoder::new() {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return;
+        }
+    };
+    let mut out = Vec::new();
+    for batch in rx {
+        let batch = batch.and_then(|mut evs| {
+            for ev in &mut evs {
+                if let Ev::Chunk(Chunk::New { id, data, compressed, .. }) = ev {
+                    *compressed = enc.encode(data, &mut out)?;
+                    if let Some(k) = keys {
+                        k.seal_blob(id, &mut out)?;
+                    }
+                    std::mem::swap(data, &mut out);
+                }
+            }
+            Ok(evs)
+        });
+        if tx.send(batch).is_err() {
+            return;
+        }
+    }
+}
+
+/// An open directory: its node and its tree, cut into blobs as it grows.
+struct Frame {
+    node: Node,
+    chunker: Chunker,
+    blobs: Vec<Located>,
+    buf: Vec<u8>,
+}
+
+struct Builder<'a, 's> {
+    shared: &'a Shared<'s>,
+    data: pack::Writer,
+    trees: pack::Writer,
+    up: Option<SyncSender<PackOut>>,
+    /// Buffers of stored packs, back from the uploader, and how many were made.
+    spare: Receiver<Vec<u8>>,
+    buffers: usize,
+    frames: Vec<Frame>,
+    file: Option<OpenFile>,
+    links: HashMap<(u64, u64), Vec<Located>>,
+    next_cache: Option<files::Writer>,
+    enc: blob::Encoder,
+    out: Vec<u8>,
+}
+
+impl<'a, 's> Builder<'a, 's> {
+    fn new(
+        shared: &'a Shared<'s>,
+        next_cache: files::Writer,
+        up: SyncSender<PackOut>,
+        spare: Receiver<Vec<u8>>,
+    ) -> Result<Builder<'a, 's>> {
+        let mut b = Builder {
+            shared,
+            data: pack::Writer::reuse(Vec::with_capacity(PACK_BUF)),
+            trees: pack::Writer::new(),
+            up: Some(up),
+            spare,
+            buffers: 1,
+            frames: Vec::new(),
+            file: None,
+            links: HashMap::new(),
+            next_cache: Some(next_cache),
+            enc: blob::Encoder::new()?,
+            out: Vec::new(),
+        };
+        b.open(Node::new(Vec::new(), NodeKind::Implicit));
+        Ok(b)
+    }
+
+    fn open(&mut self, node: Node) {
+        let mut buf = Vec::new();
+        tree::start(&mut buf);
+        let mut chunker = Chunker::new(self.shared.repo.config.tree_chunker);
+        chunker.push(&buf);
+        self.frames.push(Frame { node, chunker, blobs: Vec::new(), buf: Vec::new() });
+    }
+
+    /// Every batch, in the order sent. True when the walk said it was complete.
+    fn run(&mut self, outs: Vec<Receiver<Batch>>) -> Result<bool> {
+        let n = outs.len();
+        let mut i = 0usize;
+        let mut done = false;
+        loop {
+            let batch = match outs[i % n].recv() {
+                Ok(b) => b?,
+                // The walker is done (or stopped): every batch it sent has come through.
+                Err(_) => return Ok(done),
+            };
+            i += 1;
+            for ev in batch {
+                if let Ev::Done = ev {
+                    done = true;
+                } else {
+                    self.event(ev)?;
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, ev: Ev) -> Result<()> {
+        match ev {
+            Ev::Dir(node) => self.open(node),
+            Ev::End => self.close()?,
+            Ev::Leaf(node) => self.append(&node)?,
+            Ev::File { node, stamp, path, link } => self.file = Some((node, stamp, path, link)),
+            Ev::Chunk(c) => {
+                let loc = match c {
+                    Chunk::Known(l) => l,
+                    Chunk::New { id, data, raw, compressed } => self.add(Kind::Data, id, &data, compressed, raw)?,
+                    Chunk::Dup(id) => self.resolve(&id)?,
+                };
+                match self.file.as_mut() {
+                    Some(f) => f.0.chunks.push(loc),
+                    None => return Err(Error::internal("a chunk outside a file")),
+                }
+            }
+            Ev::FileEnd { size } => {
+                let Some((mut node, stamp, path, link)) = self.file.take() else {
+                    return Err(Error::internal("the end of no file"));
+                };
+                node.size = size;
+                if let Some(k) = link {
+                    self.links.insert(k, node.chunks.clone());
+                }
+                if stamp.size == size {
+                    if let Some(w) = self.next_cache.as_mut() {
+                        w.add(&path, &stamp, &node.chunks)?;
+                    }
+                }
+                self.append(&node)?;
+            }
+            Ev::Link { mut node, to } => {
+                node.chunks = self.links.get(&to).cloned().unwrap_or_default();
+                node.size = node.chunks.iter().map(|c| u64::from(c.entry.raw)).sum();
+                self.append(&node)?;
+            }
+            Ev::Done => {}
+        }
+        Ok(())
+    }
+
+    /// Where a blob sent earlier in this run went.
+    fn resolve(&self, id: &Id) -> Result<Located> {
+        let k = self.shared.lock();
+        if let Some(Some(l)) = k.pending.get(id) {
+            return Ok(*l);
+        }
+        let usable = self.shared.usable();
+        k.cache.lookup(id, &usable)?.ok_or_else(|| Error::internal(format!("chunk {id:?} was sent and never packed")))
+    }
+
+    /// A new blob into the pack of its kind; a full pack goes to the uploader.
+    fn add(&mut self, kind: Kind, id: Id, stored: &[u8], compressed: bool, raw: u32) -> Result<Located> {
+        self.shared.chunks_new.fetch_add(1, Relaxed);
+        let w = if kind == Kind::Tree { &mut self.trees } else { &mut self.data };
+        if w.would_overflow(stored.len()) {
+            self.send_pack(kind)?;
+        }
+        let w = if kind == Kind::Tree { &mut self.trees } else { &mut self.data };
+        let entry = w.add(id, kind, compressed, raw, stored);
+        let loc = Located { pack: w.name, entry };
+        self.shared.lock().pending.insert(id, Some(loc));
+        if w.full() {
+            self.send_pack(kind)?;
+        }
+        Ok(loc)
+    }
+
+    fn send_pack(&mut self, kind: Kind) -> Result<()> {
+        let w = if kind == Kind::Tree { &mut self.trees } else { &mut self.data };
+        if w.is_empty() {
+            return Ok(());
+        }
+        // The next data pack fills a buffer the uploader is done with, when it has one back.
+        // Two buffers at most: one filling, one being stored (the send below waits for the
+        // uploader anyway).
+        let next = match kind {
+            Kind::Tree => pack::Writer::new(),
+            Kind::Data => {
+                let buf = match self.spare.try_recv() {
+                    Ok(b) => b,
+                    Err(_) if self.buffers < 2 => {
+                        self.buffers += 1;
+                        Vec::with_capacity(PACK_BUF)
+                    }
+                    Err(_) => self.spare.recv().unwrap_or_else(|_| Vec::with_capacity(PACK_BUF)),
+                };
+                pack::Writer::reuse(buf)
+            }
+        };
+        let (name, bytes, entries) = std::mem::replace(w, next).finish();
+        let up = self.up.as_ref().ok_or_else(|| Error::internal("no uploader"))?;
+        up.send((name, bytes, entries)).map_err(|_| Error::internal("the snapshot's uploader stopped"))
+    }
+
+    /// A node into the innermost open tree; full tree blobs are cut off as it grows.
+    fn append(&mut self, node: &Node) -> Result<()> {
+        let Some(f) = self.frames.last_mut() else { return Err(Error::internal("no open directory")) };
+        f.buf.clear();
+        tree::encode(node, &mut f.buf)?;
+        let buf = std::mem::take(&mut f.buf);
+        f.chunker.push(&buf);
+        if let Some(f) = self.frames.last_mut() {
+            f.buf = buf;
+        }
+        self.cut_trees(false)
+    }
+
+    fn cut_trees(&mut self, last: bool) -> Result<()> {
+        loop {
+            let Some(f) = self.frames.last_mut() else { return Ok(()) };
+            let Some(n) = f.chunker.next_len(last) else { return Ok(()) };
+            let data = f.chunker.take(n).to_vec();
+            let loc = self.tree_blob(&data)?;
+            if let Some(f) = self.frames.last_mut() {
+                f.blobs.push(loc);
+            }
+        }
+    }
+
+    fn tree_blob(&mut self, data: &[u8]) -> Result<Located> {
+        let id = self.shared.repo.hasher.id(data);
+        match self.shared.classify(id)? {
+            Some(Chunk::Known(l)) => {
+                self.shared.chunks_reused.fetch_add(1, Relaxed);
+                Ok(l)
+            }
+            Some(_) => {
+                self.shared.chunks_reused.fetch_add(1, Relaxed);
+                self.resolve(&id)
+            }
+            None => {
+                let compressed = self.enc.encode(data, &mut self.out)?;
+                if let Some(k) = &self.shared.repo.keys {
+                    k.seal_blob(&id, &mut self.out)?;
+                }
+                let out = std::mem::take(&mut self.out);
+                let l = self.add(Kind::Tree, id, &out, compressed, data.len() as u32);
+                self.out = out;
+                l
+            }
+        }
+    }
+
+    /// The innermost directory is complete: its tree's last blob, and its node into its parent.
+    fn close(&mut self) -> Result<()> {
+        self.cut_trees(true)?;
+        let Some(f) = self.frames.pop() else { return Err(Error::internal("closing no directory")) };
+        let mut node = f.node;
+        node.chunks = f.blobs;
+        if self.frames.is_empty() {
+            return Err(Error::internal("closing the root"));
+        }
+        self.append(&node)
+    }
+
+    /// Every directory closed, the last packs sent: the root tree's blobs.
+    fn finish(&mut self) -> Result<(Vec<Located>, files::Writer)> {
+        while self.frames.len() > 1 {
+            self.close()?;
+        }
+        self.cut_trees(true)?;
+        let root = self.frames.pop().map(|f| f.blobs).unwrap_or_default();
+        self.send_pack(Kind::Data)?;
+        self.send_pack(Kind::Tree)?;
+        self.up = None;
+        let cache = self.next_cache.take().ok_or_else(|| Error::internal("metadata cache taken twice"))?;
+        Ok((root, cache))
+    }
+}
+
+/// The uploader: packs stored one at a time; an index object after every few, and for the
+/// rest at the end (also when the snapshot failed: what is stored can be reused).
+fn upload(shared: &Shared<'_>, rx: Receiver<PackOut>, spare: SyncSender<Vec<u8>>) -> Result<()> {
+    let store = shared.repo.store;
+    let prefix = &shared.repo.prefix;
+    let mut stored: Vec<(Name, Vec<Entry>)> = Vec::new();
+    let mut failed = None;
+    for (name, bytes, entries) in rx {
+        let put = store.put(&pack::key(prefix, &name), &bytes);
+        if bytes.capacity() >= PACK_BUF {
+            let _ = spare.try_send(bytes);
+        }
+        match put {
+            Ok(()) => stored.push((name, entries)),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+        if stored.len() >= PACKS_PER_INDEX {
+            publish(shared, &mut stored)?;
+        }
+    }
+    publish(shared, &mut stored)?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn publish(shared: &Shared<'_>, stored: &mut Vec<(Name, Vec<Entry>)>) -> Result<()> {
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let name = Name::random();
+    let body = index::encode(stored, shared.repo.keys.as_ref())?;
+    shared.repo.store.put(&index::key(&shared.repo.prefix, &name), &body)?;
+    let mut k = shared.lock();
+    k.cache.published(name, stored)?;
+    for (_, entries) in stored.iter() {
+        for e in entries {
+            k.pending.remove(&e.id);
+        }
+    }
+    stored.clear();
+    Ok(())
+}
