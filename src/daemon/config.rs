@@ -82,7 +82,12 @@ pub struct Config {
     pub sse_c_key_file: Option<PathBuf>,
     /// Bytes per second for a task's transfer (`20M`, `500k`), unless its request says.
     pub limit_rate: Option<String>,
-    /// The six keys above, read and checked at load.
+    /// The format of a BackupFile whose request names none: `tar.zst` (the default), `tar`, or
+    /// `repo` (a snapshot into the folder, which is a repository).
+    pub format: Option<String>,
+    /// A sealed repository's id key (the fleet's, 0600): keys its chunk ids.
+    pub id_key_file: Option<PathBuf>,
+    /// The keys above from `recipients` on, read and checked at load.
     #[serde(skip)]
     pub protection: Settings,
 }
@@ -125,6 +130,8 @@ impl Default for Config {
             sse_kms_key_id: None,
             sse_c_key_file: None,
             limit_rate: None,
+            format: None,
+            id_key_file: None,
             protection: Settings::default(),
         }
     }
@@ -198,6 +205,8 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("sse_kms_key_id", Kind::Text),
     ("sse_c_key_file", Kind::Text),
     ("limit_rate", Kind::Text),
+    ("format", Kind::Text),
+    ("id_key_file", Kind::Text),
 ];
 
 impl Config {

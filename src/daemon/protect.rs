@@ -1,8 +1,9 @@
 //! How a task's archive is protected and paced: whom it is sealed for (age recipients), how the
 //! store encrypts it (SSE-S3, SSE-KMS, SSE-C), what opens it on restore (an age identity handed
 //! over in the request), and the transfer's bandwidth cap. The config gives the defaults
-//! (`recipients`, `recipients_file`, `sse`, `sse_kms_key_id`, `sse_c_key_file`, `limit_rate`);
-//! a request may say otherwise for itself, in its API's own field names.
+//! (`recipients`, `recipients_file`, `sse`, `sse_kms_key_id`, `sse_c_key_file`, `limit_rate`,
+//! and for snapshots `format` and `id_key_file`); a request may say otherwise for itself, in
+//! its API's own field names (the id key and an SSE-C key only ever come from the config).
 //!
 //! It must never let a secret out of memory: an SSE-C key comes only from the config (a file
 //! or the environment), never from a request; a request's decryption identity lives in the
@@ -16,8 +17,10 @@ use serde::{Deserialize, Deserializer};
 
 use super::config::Config;
 use super::task::Work;
+use crate::archive::Format;
 use crate::crypt::{Opening, Sealing};
 use crate::error::{Error, Result};
+use crate::repo::seal::IdKey;
 use crate::secret::Secret;
 use crate::spec::StoreOptions;
 use crate::store::rate;
@@ -30,6 +33,10 @@ pub struct Settings {
     pub sealing: Sealing,
     pub sse: Sse,
     pub limit_rate: Option<u64>,
+    /// `format`: what a BackupFile writes when its request names no format.
+    pub format: Option<Format>,
+    /// `id_key_file`: a sealed repository's id key.
+    pub id_key: Option<IdKey>,
 }
 
 impl Settings {
@@ -40,7 +47,10 @@ impl Settings {
             .map_err(|e| config_error("sse", e))?;
         let limit_rate =
             cfg.limit_rate.as_deref().map(rate::parse).transpose().map_err(|e| config_error("limit_rate", e))?;
-        Ok(Settings { sealing, sse, limit_rate })
+        let format = cfg.format.as_deref().map(Format::parse).transpose().map_err(|e| config_error("format", e))?;
+        let id_key =
+            cfg.id_key_file.as_deref().map(IdKey::read_file).transpose().map_err(|e| config_error("id_key_file", e))?;
+        Ok(Settings { sealing, sse, limit_rate, format, id_key })
     }
 }
 
@@ -51,6 +61,7 @@ fn config_error(key: &str, e: Error) -> Error {
         ("--sse-c-key-file", "sse_c_key_file"),
         ("--sse", "sse"),
         ("--limit-rate", "limit_rate"),
+        ("--id-key-file", "id_key_file"),
     ];
     Error::usage(format!("config {key}: {}", in_terms_of(e, &flags)))
 }
@@ -153,10 +164,17 @@ impl Settings {
         Ok((c.sealing.unwrap_or_else(|| self.sealing.clone()), c.opening.unwrap_or_default(), store))
     }
 
-    /// The config's store settings on options a journaled task brought back: an SSE-C key never
-    /// reaches the journal, so a task whose request named no SSE of its own takes the
-    /// configured key again.
+    /// The repository id key a sealed snapshot needs (none for anything else).
+    pub fn id_key_for(&self, format: Option<Format>, sealing: &Sealing) -> Option<IdKey> {
+        (format == Some(Format::Repo) && sealing.is_some()).then(|| self.id_key.clone()).flatten()
+    }
+
+    /// The config's secrets on a task the journal brought back, which holds none: an SSE-C key
+    /// for a task whose request named no SSE of its own, and a sealed snapshot's id key.
     pub fn reattach(&self, work: &mut Work) {
+        if let Work::Export { spec } = work {
+            spec.id_key = self.id_key_for(spec.format, &spec.sealing);
+        }
         let store = match work {
             Work::Export { spec } => &mut spec.store,
             Work::BackupApp { spec } => &mut spec.store,

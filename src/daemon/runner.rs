@@ -465,6 +465,7 @@ fn execute(work: &Work, progress: &Progress) -> Result<Done> {
         Work::Import { spec, backup_file_id } => {
             let mut spec = spec.clone();
             spec.from = locate(&spec.from, backup_file_id.as_deref(), &spec.store)?;
+            spec.backup_file_id = backup_file_id.clone();
             let r = restore::import(&spec, progress)?;
             Ok(Done {
                 status: TaskStatus::Finished,
@@ -490,7 +491,8 @@ fn execute(work: &Work, progress: &Progress) -> Result<Done> {
     }
 }
 
-/// A source given as a folder plus a BackupFileId: find the archive through the manifests.
+/// A source given as a folder plus a BackupFileId: find the archive through the manifests (a
+/// snapshot's source stays the folder, its repository).
 fn locate(from: &str, backup_file_id: Option<&str>, opts: &crate::spec::StoreOptions) -> Result<String> {
     let Some(id) = backup_file_id.filter(|s| !s.is_empty()) else { return Ok(from.to_string()) };
     if !from.ends_with('/') {
@@ -501,6 +503,10 @@ fn locate(from: &str, backup_file_id: Option<&str>, opts: &crate::spec::StoreOpt
         .into_iter()
         .find(|(_, m)| m.backup_file_id == id)
         .ok_or_else(|| Error::usage(format!("BackupFileId {id} was not found under {from}")))?;
+    // A snapshot is found again by the import, in its repository (the folder) by its id.
+    if found.1.format == Some(crate::archive::Format::Repo) {
+        return Ok(from.to_string());
+    }
     Ok(found.1.backup_file_path)
 }
 

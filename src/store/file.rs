@@ -123,13 +123,7 @@ impl Store for FileStore {
 
     fn download(&self, key: &str) -> Result<Box<dyn Read + Send>> {
         let p = self.path(key)?;
-        let f = File::open(&p).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Error::usage(format!("{} does not exist", p.display()))
-            } else {
-                Error::Io { context: format!("opening {}", p.display()), source: e }
-            }
-        })?;
+        let f = open_existing(&p)?;
         Ok(Box::new(f))
     }
 
@@ -213,13 +207,7 @@ impl Store for FileStore {
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
         let p = self.path(key)?;
-        let f = File::open(&p).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Error::usage(format!("{} does not exist", p.display()))
-            } else {
-                Error::Io { context: format!("opening {}", p.display()), source: e }
-            }
-        })?;
+        let f = open_existing(&p)?;
         let size = f.metadata().ctx(|| format!("reading {}", p.display()))?.len();
         let len = len.min(size.saturating_sub(offset));
         let mut buf = vec![0u8; usize::try_from(len).map_err(|_| Error::usage("range too large"))?];
@@ -244,4 +232,15 @@ impl Store for FileStore {
             Err(e) => Err(Error::Io { context: format!("removing {}", p.display()), source: e }),
         }
     }
+}
+
+/// An archive or object to read: one that is not there is the user's to fix (exit 2).
+fn open_existing(p: &Path) -> Result<File> {
+    File::open(p).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::usage(format!("{} does not exist", p.display()))
+        } else {
+            Error::Io { context: format!("opening {}", p.display()), source: e }
+        }
+    })
 }

@@ -483,3 +483,98 @@ fn repo_sparse_files_come_back_sparse_and_list_reads_only_records() {
     assert!(meta.blocks() * 512 < 4 * MIB as u64, "restored with holes: {} blocks", meta.blocks());
     assert_eq!(fs::read(&back).unwrap(), fs::read(dir.join("disk.img")).unwrap());
 }
+
+/// The daemon writes snapshots (ECP `Format: repo`, CPH `format: repo`), sealed with the
+/// config's recipients and the fleet's id key, and restores chosen paths of one by its id
+/// (ECP `SourceFilePathList`, CPH `include_files`) with the identity the request hands over.
+#[test]
+fn repo_through_the_daemon_sealed_with_the_config_keys_and_restored_in_part() {
+    use crate::support::daemon::{ControlPlane, Daemon, INSTANCE};
+    use serde_json::json;
+
+    let g = garage::shared();
+    let bucket = g.bucket("repo-daemon");
+    let t = tempfile::tempdir().unwrap();
+    let (key, owner) = crate::encryption::keygen(t.path(), "owner");
+    let id_key = t.path().join("fleet.idkey");
+    fs::write(&id_key, format!("{}\n", "3c".repeat(32))).unwrap();
+    fs::set_permissions(&id_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let root = t.path().join("root");
+    let b = tree::Builder::new(&root);
+    b.file("data/media/0/notes/a.txt", b"note one, the plaintext");
+    b.file("data/media/0/photos/p.jpg", &cpbackup::demo::noise(3 << 20, 11));
+    let cp = ControlPlane::start(0);
+    let extra = format!(
+        "endpoint = \"{}\"\nregion = \"garage\"\nrecipients = [\"{owner}\"]\nid_key_file = \"{}\"\nformat = \"repo\"\n",
+        g.endpoint(),
+        id_key.display()
+    );
+    let d = Daemon::start(g, t.path(), &root, &cp.url, &extra);
+    let folder = format!("oss://{bucket}/fleet/");
+
+    // The config's format: a snapshot; a file name instead of a folder is refused.
+    let (code, v) = d.post(
+        "/ecp/BackupFile",
+        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": format!("oss://{bucket}/fleet/x.tar"),
+               "SourceFilePathList": ["/data/media/0"], "Format": "repo"}),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(v["Message"].as_str().unwrap().contains("ending with /"), "{v}");
+    let (code, v) = d.post(
+        "/ecp/BackupFile",
+        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": folder, "SourceFilePathList": ["/data/media/0"]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let bf = v["Data"][0]["BackupFileId"].as_str().unwrap().to_string();
+    let task = d.wait(v["Data"][0]["TaskId"].as_str().unwrap(), &["Finished", "Failed"]);
+    assert_eq!(task["TaskStatus"], "Finished", "{task}");
+    let m: serde_json::Value = serde_json::from_str(task["Result"].as_str().unwrap()).unwrap();
+    assert_eq!((m["Format"].as_str(), m["BackupFileId"].as_str()), (Some("repo"), Some(bf.as_str())), "{m}");
+    assert_eq!(m["Encryption"]["Recipients"], json!([owner]), "{m}");
+    assert!(m["BackupFileName"].as_str().unwrap().ends_with(".snapshot"), "{m}");
+
+    // CPH's shape, a second snapshot into the same repository.
+    let (code, v) = d.post(
+        "/cph/batch-storage",
+        json!({"storage_infos": [{"phone_id": INSTANCE, "include_files": ["/data/media/0"], "bucket_name": bucket,
+               "object_path": "fleet/", "format": "repo"}]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let job = d.wait(v["jobs"][0]["job_id"].as_str().unwrap(), &["Finished", "Failed"]);
+    assert_eq!(job["TaskStatus"], "Finished", "{job}");
+
+    // Restore only the notes, by id, with the identity in the request; the photo is not touched.
+    fs::write(root.join("data/media/0/notes/a.txt"), b"changed").unwrap();
+    fs::write(root.join("data/media/0/photos/p.jpg"), b"changed too").unwrap();
+    let identity = fs::read_to_string(&key).unwrap();
+    let (code, v) = d.post(
+        "/ecp/RecoveryFile",
+        json!({"AndroidInstanceIdList": [INSTANCE], "BackupFilePath": folder, "BackupFileId": bf,
+               "SourceFilePathList": ["/data/media/0/notes"], "DecryptionIdentity": identity}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let r = d.wait(v["Data"][0]["TaskId"].as_str().unwrap(), &["Finished", "Failed"]);
+    assert_eq!(r["TaskStatus"], "Finished", "{r}");
+    assert_eq!(fs::read(root.join("data/media/0/notes/a.txt")).unwrap(), b"note one, the plaintext");
+    assert_eq!(fs::read(root.join("data/media/0/photos/p.jpg")).unwrap(), b"changed too");
+
+    // CPH: the photos alone, from the snapshot's record.
+    let (code, v) = d.post(
+        "/cph/batch-restore",
+        json!({"restore_infos": [{"phone_id": INSTANCE, "bucket_name": bucket,
+               "object_path": format!("fleet/{}", m["BackupFileName"].as_str().unwrap()),
+               "include_files": ["/data/media/0/photos"], "decryption_identity": identity}]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let r = d.wait(v["jobs"][0]["job_id"].as_str().unwrap(), &["Finished", "Failed"]);
+    assert_eq!(r["TaskStatus"], "Finished", "{r}");
+    assert_eq!(fs::read(root.join("data/media/0/photos/p.jpg")).unwrap().len(), 3 << 20);
+    // The restore paths are checked with the request.
+    let (code, v) = d.post(
+        "/cph/batch-restore",
+        json!({"restore_infos": [{"phone_id": INSTANCE, "bucket_name": bucket, "object_path": "fleet/",
+               "include_files": ["/etc/passwd"]}]}),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error_msg"].as_str().unwrap().contains("include_files[0]"), "{v}");
+}

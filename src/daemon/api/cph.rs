@@ -23,6 +23,7 @@ use crate::daemon::task::{new_task_id, Api, Task, TaskStatus, TaskType, Work};
 use crate::manifest;
 use crate::secret::Secret;
 use crate::spec::{Destination, ExportSpec, ImportSpec};
+use crate::store;
 
 // ---------------------------------------------------------------- requests
 
@@ -50,9 +51,33 @@ pub(super) struct StorageInfo {
     /// Bytes per second (`20M`), instead of the configured `limit_rate`.
     #[serde(default)]
     limit_rate: Option<String>,
+    /// `tar` (CPH's own), `tar.zst`, or `repo`: a snapshot into `object_path`, a folder.
+    #[serde(default)]
+    format: Option<String>,
 }
 
 impl StorageInfo {
+    /// The format asked for, else the object's extension, else the config's `format`, else
+    /// CPH's tar. A snapshot needs a folder.
+    fn format(&self, cfg: &Config, field: &str) -> Result<Format, ApiError> {
+        let format = match self.format.as_deref().filter(|f| !f.is_empty()) {
+            Some(f) => match Format::parse(f) {
+                Ok(Format::Ab) | Err(_) => {
+                    return Err(bad(Api::Cph, format!("{field}.format {f:?}: use tar, tar.zst or repo")))
+                }
+                Ok(f) => f,
+            },
+            None => Format::from_name(&self.object_path).or(cfg.protection.format).unwrap_or(Format::Tar),
+        };
+        if format == Format::Repo && !self.object_path.ends_with('/') {
+            return Err(bad(
+                Api::Cph,
+                format!("{field}.object_path: format repo writes into a folder (the repository): end it with /"),
+            ));
+        }
+        Ok(format)
+    }
+
     fn asked(&self) -> Asked {
         Asked {
             recipients: self.encryption_recipients.clone(),
@@ -80,6 +105,9 @@ pub(super) struct RestoreInfo {
     decryption_identity: Option<Secret>,
     #[serde(default)]
     limit_rate: Option<String>,
+    /// Restore just these paths (and what is under them); all when empty.
+    #[serde(default)]
+    include_files: Vec<String>,
 }
 
 impl RestoreInfo {
@@ -190,6 +218,13 @@ impl Info for StorageInfo {
         }
         check_paths(Api::Cph, &format!("{field}.include_files"), &self.include_files)?;
         check_paths(Api::Cph, &format!("{field}.exclude_files"), &self.exclude_files)?;
+        if let Some(f) = self
+            .format
+            .as_deref()
+            .filter(|f| !matches!(Format::parse(f), Ok(Format::Tar | Format::TarZst | Format::Repo)))
+        {
+            return Err(bad(Api::Cph, format!("{field}.format {f:?}: use tar, tar.zst or repo")));
+        }
         self.asked().check(&protect::CPH).map_err(|e| bad(Api::Cph, format!("{field}.{e}")))
     }
 }
@@ -203,6 +238,7 @@ impl Info for RestoreInfo {
         format!("obs://{}/{}", self.bucket_name, self.object_path)
     }
     fn check(&self, field: &str) -> Result<(), ApiError> {
+        check_paths(Api::Cph, &format!("{field}.include_files"), &self.include_files)?;
         self.asked().check(&protect::CPH).map_err(|e| bad(Api::Cph, format!("{field}.{e}")))
     }
 }
@@ -246,12 +282,23 @@ pub(super) fn restore_infos(instance_id: &str, body: &[u8]) -> Result<Vec<(Resto
 fn storage_task(cfg: &Config, info: StorageInfo, to: String) -> Result<Task, ApiError> {
     let task_id = new_task_id();
     let bf = manifest::new_backup_file_id();
+    let format = info.format(cfg, StorageInfo::WHAT)?;
     let (sealing, _, store) = cfg
         .protection
         .for_task(cfg.store_options(None), &info.asked(), &protect::CPH)
         .map_err(|e| bad(Api::Cph, e.to_string()))?;
+    // A snapshot goes into the folder (the repository) under a record name made now, so the
+    // job knows its record from the start.
+    let name = (format == Format::Repo)
+        .then(|| store::name_in_folder(None, &cfg.instance_id, time::OffsetDateTime::now_utc(), format.extension()));
+    let backup_file_path = match &name {
+        Some(n) => format!("{to}{n}"),
+        None => to.clone(),
+    };
+    let id_key = cfg.protection.id_key_for(Some(format), &sealing);
     let dest = Destination {
-        to: to.clone(),
+        to,
+        name,
         root: cfg.root.clone(),
         identity: cfg.identity(&task_id),
         store,
@@ -259,15 +306,13 @@ fn storage_task(cfg: &Config, info: StorageInfo, to: String) -> Result<Task, Api
         sealing,
         ..Default::default()
     };
-    let mut spec = ExportSpec::new(dest, info.include_files, info.exclude_files, false);
-    // CPH's exports are tar objects; a name with another extension picks that format.
-    spec.format = Format::from_name(&info.object_path).or(Some(Format::Tar));
+    let spec = ExportSpec::new(dest, info.include_files, info.exclude_files, false);
     Ok(Task {
         task_id,
         task_type: TaskType::BackupFile,
         backup_file_id: bf,
-        backup_file_path: to,
-        work: Some(Work::Export { spec }),
+        backup_file_path,
+        work: Some(Work::Export { spec: ExportSpec { format: Some(format), id_key, ..spec } }),
         ..Default::default()
     })
 }
@@ -279,7 +324,9 @@ fn restore_task(cfg: &Config, info: RestoreInfo, from: String) -> Result<Task, A
         .for_task(cfg.store_options(None), &info.asked(), &protect::CPH)
         .map_err(|e| bad(Api::Cph, e.to_string()))?;
     let needs_identity = !opening.is_empty();
-    let spec = ImportSpec { from: from.clone(), root: cfg.root.clone(), store, opening, ..Default::default() };
+    let includes = info.include_files;
+    let spec =
+        ImportSpec { from: from.clone(), root: cfg.root.clone(), store, opening, includes, ..Default::default() };
     Ok(Task {
         task_id: new_task_id(),
         task_type: TaskType::RecoverFile,

@@ -16,6 +16,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{bad, check_location, check_packages, check_paths, check_reachable, parse, submit, ApiError};
+use crate::archive::Format;
 use crate::catalog::{self, request_id};
 use crate::daemon::config::Config;
 use crate::daemon::protect::{self, Asked};
@@ -51,6 +52,8 @@ pub struct EcpBackup {
     pub sse_kms_key_id: Option<String>,
     /// Bytes per second (`20M`), instead of the configured `limit_rate`.
     pub limit_rate: Option<String>,
+    /// `tar.zst`, `tar` or `repo` (a snapshot into the folder), instead of the configured one.
+    pub format: Option<String>,
 }
 
 impl EcpBackup {
@@ -83,6 +86,8 @@ pub(super) struct EcpRecover {
     #[serde(deserialize_with = "protect::secret_field")]
     decryption_identity: Option<Secret>,
     limit_rate: Option<String>,
+    /// RecoveryFile only: restore just these paths (and what is under them); all when empty.
+    source_file_path_list: Vec<String>,
 }
 
 impl EcpRecover {
@@ -377,6 +382,7 @@ fn check_recover(instance_id: &str, req: &EcpRecover) -> Result<(bool, Vec<Insta
     }
     if mine {
         check_packages(Api::Ecp, "SourceAppList", &req.source_app_list)?;
+        check_paths(Api::Ecp, "SourceFilePathList", &req.source_file_path_list)?;
         req.asked().check(&protect::ECP).map_err(|e| bad(Api::Ecp, e.to_string()))?;
     }
     Ok((mine, others))
@@ -450,6 +456,39 @@ pub(crate) fn schedule_body(cfg: &Config, app: bool, body: &serde_json::Value) -
 
 // ---------------------------------------------------------------- the tasks a request makes
 
+/// The format a BackupFile writes: the request's `Format`, else the config's `format`, else
+/// `tar.zst`; a snapshot (`repo`) needs a folder. BackupApp writes Android's `.ab`.
+fn backup_format(cfg: &Config, app: bool, req: &EcpBackup) -> Result<Format, ApiError> {
+    let asked = req.format.as_deref().filter(|f| !f.is_empty());
+    if app {
+        return match asked {
+            None | Some("ab") => Ok(Format::Ab),
+            Some(other) => {
+                Err(bad(Api::Ecp, format!("Format {other:?}: BackupApp writes Android's .ab; leave Format out")))
+            }
+        };
+    }
+    let format = match asked {
+        Some(f) => match Format::parse(f) {
+            Ok(Format::Ab) | Err(_) => {
+                return Err(bad(
+                    Api::Ecp,
+                    format!("Format {f:?}: use tar.zst (the default), tar, or repo (a snapshot)"),
+                ))
+            }
+            Ok(f) => f,
+        },
+        None => cfg.protection.format.unwrap_or(Format::TarZst),
+    };
+    if format == Format::Repo && !req.backup_file_path.ends_with('/') {
+        return Err(bad(
+            Api::Ecp,
+            "Format repo: BackupFilePath must be the repository's folder, ending with / (oss://BUCKET/FLEET/)".into(),
+        ));
+    }
+    Ok(format)
+}
+
 /// The task a checked BackupFile / BackupApp request makes on this phone (`parent` is the
 /// request's batch task), and the name of the archive it will write. The object is named now,
 /// so the task knows its manifest's key from the start.
@@ -460,23 +499,25 @@ pub(crate) fn backup_task(cfg: &Config, app: bool, req: &EcpBackup, parent: &str
         .protection
         .for_task(cfg.store_options(req.upload_endpoint.as_deref()), &req.asked(), &protect::ECP)
         .map_err(|e| bad(Api::Ecp, e.to_string()))?;
-    let ext = match (app, sealing.is_some()) {
-        (true, false) => "ab",
-        (true, true) => "ab.age",
-        (false, false) => "tar.zst",
-        (false, true) => "tar.zst.age",
+    let format = backup_format(cfg, app, req)?;
+    let ext = match (format, sealing.is_some()) {
+        (Format::Repo, _) | (_, false) => format.extension().to_string(),
+        (_, true) => format!("{}.age", format.extension()),
     };
-    let (to, name) = if req.backup_file_path.ends_with('/') {
+    let folder = req.backup_file_path.ends_with('/');
+    let (to, name) = if folder {
         let now = time::OffsetDateTime::now_utc();
-        let name = store::name_in_folder(req.backup_file_name.as_deref(), &cfg.instance_id, now, ext);
+        let name = store::name_in_folder(req.backup_file_name.as_deref(), &cfg.instance_id, now, &ext);
         (format!("{}{name}", req.backup_file_path), name)
     } else {
         let name = req.backup_file_path.rsplit('/').next().unwrap_or_default().to_string();
         (req.backup_file_path.clone(), name)
     };
+    let id_key = cfg.protection.id_key_for(Some(format), &sealing);
     let dest = Destination {
-        to: to.clone(),
-        name: None,
+        // A snapshot goes into the folder, which is the repository, under its record's name.
+        to: if format == Format::Repo { req.backup_file_path.clone() } else { to.clone() },
+        name: (format == Format::Repo).then(|| name.clone()),
         description: req.description.clone(),
         root: cfg.root.clone(),
         identity: cfg.identity(&task_id),
@@ -493,7 +534,7 @@ pub(crate) fn backup_task(cfg: &Config, app: bool, req: &EcpBackup, parent: &str
             req.exclude_source_file_path_list.clone(),
             req.backup_all,
         );
-        Work::Export { spec }
+        Work::Export { spec: ExportSpec { format: Some(format), id_key, ..spec } }
     };
     let task = Task {
         task_id,
@@ -530,7 +571,8 @@ fn recover_task(cfg: &Config, app: bool, req: &EcpRecover, parent: &str) -> Resu
         };
         Work::RecoverApp { spec, backup_file_id }
     } else {
-        let spec = ImportSpec { from, root: cfg.root.clone(), store, opening, ..Default::default() };
+        let includes = req.source_file_path_list.clone();
+        let spec = ImportSpec { from, root: cfg.root.clone(), store, opening, includes, ..Default::default() };
         Work::Import { spec, backup_file_id }
     };
     Ok(Task {
