@@ -73,7 +73,7 @@ pub(crate) fn encode_root(root: &[Located]) -> Vec<String> {
 
 /// `export --format repo`: a snapshot of the selection into the repository in the folder `to`.
 pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
-    let root = if spec.root.as_os_str().is_empty() { Path::new("/") } else { spec.root.as_path() };
+    let root = spec.root();
     let (sel, skipped) = if spec.all {
         Selection::all(root, &spec.excludes)?
     } else {
@@ -129,24 +129,15 @@ pub fn export(spec: &ExportSpec, progress: &Progress) -> Result<Manifest> {
     let record_key = manifest::key_for(&format!("{}{name}", repo.prefix));
     let system = crate::android::SystemInfo::read();
     let mut m = Manifest {
-        backup_file_id: spec.backup_file_id.clone().unwrap_or_else(manifest::new_backup_file_id),
         backup_file_name: name.clone(),
-        identity: spec.identity.clone(),
-        status: Status::Backuping,
         source_file_path_list: sel.source_paths.clone(),
-        description: spec.description.clone(),
         backup_all: spec.all,
-        system_version: system.fingerprint.clone(),
-        gmt_created: manifest::format_time(now),
-        gmt_modified: manifest::format_time(now),
-        manifest_version: 1,
-        arch: system.abi.clone(),
         format: Some(Format::Repo),
         upload_type: store.kind().to_string(),
         upload_endpoint: store.endpoint(),
         encryption: crate::crypt::Encryption::of(&spec.sealing, false),
         backup_file_path: store.url(&repo.prefix),
-        ..crate::version::stamp(Manifest::default())
+        ..Manifest::begin(spec.backup_file_id.as_deref(), &spec.identity, &spec.description, &system, now)
     };
     counted.put(&record_key, &m.to_json())?;
 
@@ -312,7 +303,7 @@ fn unmatched(filter: &Filter, seen: &[bool], what: &str) -> Result<()> {
 /// `import` of a snapshot: its entries (those `--include` names) through the same staging,
 /// checks and commit as an archive's.
 pub fn import(found: Found, spec: &ImportSpec, progress: &Progress) -> Result<Report> {
-    let root = if spec.root.as_os_str().is_empty() { Path::new("/") } else { spec.root.as_path() };
+    let root = spec.root();
     let filter = Filter::new(&spec.includes)?;
     let shown = found.store.url(&found.record_key);
     let counted = Counted::new(found.store.as_ref());
