@@ -112,18 +112,22 @@ pub fn backup_app(spec: &BackupAppSpec, progress: &Progress) -> Result<Manifest>
     let now = time::OffsetDateTime::now_utc();
     let system = SystemInfo::read();
     let shell = Shell;
-    let device = Device::new(&shell);
-    let opts = apps::BackupOptions { stop: !spec.no_stop, cache: !spec.no_cache };
+    let device = Device::for_user(&shell, spec.user);
+    let opts = apps::BackupOptions { stop: !spec.no_stop, cache: !spec.no_cache, user: spec.user };
     let mut warnings = Warnings::default();
     let mut sources = Vec::new();
     for pkg in &spec.apps {
         match apps::resolve(&device, root, pkg, opts) {
-            Ok(app) => sources.push(app),
+            Ok(app) => {
+                app.warnings.iter().for_each(|w| warnings.push(w.clone()));
+                sources.push(app);
+            }
             Err(e) => warnings.push(format!("{pkg}: not backed up: {e}")),
         }
     }
     let mut m = Manifest {
         source_app_info_list: sources.iter().map(|a| a.package.clone()).collect(),
+        app_details: sources.iter().map(|a| a.details.clone()).collect(),
         format: Some(Format::Ab),
         encryption: Encryption::of(&spec.sealing, true),
         file_size: sources.iter().map(|a| a.bytes).sum(),

@@ -281,6 +281,10 @@ struct BackupAppArgs {
     /// Leave the apps' cache directories out.
     #[arg(long)]
     no_cache: bool,
+    /// The Android user whose apps to back up (their data in /data/user/N, /data/user_de/N,
+    /// /data/media/N).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    user: u32,
     #[command(flatten)]
     dest: DestArgs,
 }
@@ -296,6 +300,9 @@ struct RecoverAppArgs {
     /// Install even when the app is from a newer Android or lacks this phone's ABI.
     #[arg(long)]
     force: bool,
+    /// The Android user to recover the apps into, whichever user they were backed up from.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    user: u32,
     #[arg(long, default_value = "/")]
     root: PathBuf,
     #[arg(long)]
@@ -585,6 +592,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             let spec = BackupAppSpec {
                 no_stop: a.no_stop,
                 no_cache: a.no_cache,
+                user: a.user,
                 ..BackupAppSpec::new(a.dest.destination()?, a.apps)
             };
             let m = backup::backup_app(&spec, &Progress::new(true))?;
@@ -597,6 +605,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 from: a.from,
                 apps: a.apps,
                 force: a.force,
+                user: a.user,
                 root: a.root,
                 opening: a.open.opening()?,
             };

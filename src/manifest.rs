@@ -80,6 +80,10 @@ pub struct Manifest {
     pub status: Status,
     pub source_file_path_list: Vec<String>,
     pub source_app_info_list: Vec<String>,
+    /// `backup-app`: per package, what its install does not carry (runtime permissions, app
+    /// ops, what each APK needs, whether it holds Keystore keys).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub app_details: Vec<crate::android::details::AppDetails>,
     /// Total size of the source files, as DescribeBackupFiles reports it.
     pub file_size: u64,
     pub upload_type: String,
@@ -218,6 +222,18 @@ mod tests {
         }
         let back = Manifest::from_json("m", &m.to_json()).unwrap();
         assert_eq!(back, m);
+        assert!(v.get("AppDetails").is_none(), "only backup-app records app details");
+
+        let details = crate::android::details::AppDetails {
+            package: "com.example.app".into(),
+            keystore_bound: true,
+            ..Default::default()
+        };
+        let m = Manifest { source_app_info_list: vec!["com.example.app".into()], app_details: vec![details], ..m };
+        let v: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        assert_eq!(v["AppDetails"][0]["Package"], "com.example.app");
+        assert_eq!(v["AppDetails"][0]["KeystoreBound"], true);
+        assert_eq!(Manifest::from_json("m", &m.to_json()).unwrap(), m);
     }
 
     #[test]

@@ -261,10 +261,10 @@ pub fn recover_app(spec: &RecoverAppSpec, progress: &Progress) -> Result<AppRepo
         pm::check_package_name(pkg)?;
     }
     let shell = Shell;
-    let device = Device::new(&shell);
+    let device = Device::for_user(&shell, spec.user);
     // What a killed earlier run left is settled first: its swaps finished, its staging removed.
     apps::finish_interrupted(root, &device);
-    let mut stager = Stager::new(root, &spec.apps)?;
+    let mut stager = Stager::new(root, &spec.apps, spec.user)?;
     let mut src = open_source(&spec.from, &spec.store, Some(&spec.opening))?;
     let mut report = AppReport { source: src.shown.clone(), ..Default::default() };
     if let Some(m) = &src.manifest {

@@ -126,6 +126,8 @@ pub struct BackupAppSpec {
     pub no_stop: bool,
     /// Leave `cache` out.
     pub no_cache: bool,
+    /// The Android user whose apps are backed up (0, the owner, by default).
+    pub user: u32,
     pub identity: Identity,
     pub store: StoreOptions,
     /// The BackupFileId to record (the daemon answers with it before the backup starts);
@@ -145,6 +147,8 @@ pub struct RecoverAppSpec {
     pub apps: Vec<String>,
     /// Install even onto an older Android or a phone without the app's ABI.
     pub force: bool,
+    /// The Android user the apps are recovered into (0, the owner, by default).
+    pub user: u32,
     pub root: PathBuf,
     pub store: StoreOptions,
     #[serde(skip)]

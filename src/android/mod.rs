@@ -2,14 +2,23 @@
 //! place that spawns processes; `device` is the phone's command line as operations (pm, am,
 //! getprop, restorecon, chcon); `pm` parses their output (pure); `apk` reads signing
 //! certificates and ABIs out of APKs; `owner` and `selinux` give restored files the fresh
-//! install's owner and label.
+//! install's owner and label. What the install does not carry: `perms` parses the phone's
+//! runtime permissions and app ops (pure), `splits` says what each APK needs from a phone
+//! (pure), `keystore` tells whether an app holds Keystore keys, `details` is the record of all
+//! that (`AppDetails`) and the steps that bring it back, `fidelity` collects it at backup and
+//! applies it at restore.
 
 pub mod apk;
+pub mod details;
 pub mod device;
+pub mod fidelity;
+pub mod keystore;
 pub mod owner;
+pub mod perms;
 pub mod pm;
 pub mod selinux;
 pub mod shell;
+pub mod splits;
 
 /// What the manifest records about the system a backup came from.
 #[derive(Debug, Clone, Default)]

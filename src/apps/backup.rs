@@ -3,7 +3,9 @@
 //! `apps/PKG/_manifest` (mtime 0), `apps/PKG/a/base.apk`, the split APKs as further
 //! `a/split_*.apk` entries (Android's reader has promoted the package to ACCEPT after installing
 //! base.apk and skips later `a/` entries, so `adb restore` still works; cpbackup installs them
-//! all), then the data domains `r/`, `d_r/`, `ef/`, in Android's tar flavour.
+//! all), then `cpbackup/details.json` (the app's `AppDetails`: permissions, app ops, what each
+//! APK needs, Keystore keys; a domain Android's restore drops), then the data domains `r/`,
+//! `d_r/`, `ef/`, in Android's tar flavour. Everything is of one Android user (`--user N`).
 //!
 //! It never follows a link in an app's data (an app's tree is walked relative to each
 //! directory, `sys::walk`), and never archives an APK that changed while it was read.
@@ -13,7 +15,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::android::apk;
+use crate::android::details::{AppDetails, DETAILS_DOMAIN, DETAILS_NAME};
 use crate::android::device::Device;
+use crate::android::fidelity;
 use crate::android::pm;
 use crate::archive::disk::{self, HardLinks, Put};
 use crate::archive::write::TarWriter;
@@ -34,6 +38,8 @@ pub struct BackupOptions {
     pub stop: bool,
     /// Keep `cache` (left out with `--no-cache`).
     pub cache: bool,
+    /// The Android user whose copy of the apps is backed up (`--user N`).
+    pub user: u32,
 }
 
 /// One installed app, resolved for backup.
@@ -50,9 +56,15 @@ pub struct AppSource {
     pub areas: Vec<(Area, PathBuf)>,
     /// Bytes of APKs and data files, from a pre-scan.
     pub bytes: u64,
+    /// What the install does not carry (archived as `cpbackup/details.json`, and listed in the
+    /// backup's manifest).
+    pub details: AppDetails,
+    /// What could not be recorded, and the Keystore warning of an app that holds keys.
+    pub warnings: Vec<String>,
 }
 
-/// Ask pm about `package` and find its APKs and data under `root`.
+/// Ask pm about `package` and find its APKs and data under `root`, for the user `device` acts
+/// for (`opts.user`), and observe what its install does not carry (`fidelity::observe`).
 pub fn resolve(device: &Device, root: &Path, package: &str, opts: BackupOptions) -> Result<AppSource> {
     let listed = device.package(package)?.ok_or_else(|| Error::Device {
         command: format!("pm list packages -U --show-versioncode {package}"),
@@ -77,13 +89,14 @@ pub fn resolve(device: &Device, root: &Path, package: &str, opts: BackupOptions)
     }
     let mut areas = Vec::new();
     for area in [Area::Ce, Area::De, Area::Ext] {
-        let host = select::resolve(root, area.device_path(package).as_bytes(), true)
-            .ctx(|| format!("resolving {}", area.device_path(package)))?
-            .host;
+        let path = area.device_path(package, opts.user);
+        let host = select::resolve(root, path.as_bytes(), true).ctx(|| format!("resolving {path}"))?.host;
         if fs::symlink_metadata(&host).map(|m| m.is_dir()).unwrap_or(false) {
             areas.push((area, host));
         }
     }
+    let (details, warnings) =
+        fidelity::observe(device, root, package, opts.user, listed.uid, listed.version_code, &apks);
     let mut app = AppSource {
         package: package.to_string(),
         version_code: listed.version_code,
@@ -92,6 +105,8 @@ pub fn resolve(device: &Device, root: &Path, package: &str, opts: BackupOptions)
         signatures,
         areas,
         bytes: 0,
+        details,
+        warnings,
     };
     let mut bytes = 0u64;
     for (_, p) in &app.apks {
@@ -164,7 +179,7 @@ fn walk_area(dir: &Path, top_excludes: &[&str], f: &mut dyn FnMut(&Walk, &Stat) 
     Ok(())
 }
 
-/// Write one app into the tar: `_manifest`, APKs, data. `warn` receives what was skipped.
+/// Write one app into the tar: `_manifest`, APKs, details, data. `warn` receives what was skipped.
 /// Returns the file bytes written.
 pub fn write_app<W: Write>(
     tar: &mut TarWriter<W>,
@@ -193,6 +208,16 @@ pub fn write_app<W: Write>(
             Put::Linked | Put::Unreadable(_) => return Err(Error::archive(shown, "is not a regular file")),
         }
     }
+    // After the APKs (Android installs from the first `a/` entry) and before the data.
+    let details = app.details.to_json();
+    let m = Meta {
+        path: format!("{prefix}/{DETAILS_DOMAIN}/{DETAILS_NAME}").into_bytes(),
+        mode: 0o600,
+        mtime: 0,
+        ..Default::default()
+    };
+    tar.append_file(&m, details.len() as u64, &mut &details[..])
+        .map_err(|e| Error::Io { context: "writing the app details into the archive".into(), source: e })?;
     for (area, dir) in &app.areas {
         let domain = area.domain();
         walk_area(dir, &excluded(*area, opts), &mut |walk, st| {

@@ -2,9 +2,10 @@
 //! layout, one package at a time: `backup` resolves apps through `pm` and writes them as
 //! Android's `FullBackupEngine` orders them; `stage` reads an archive's packages into staging
 //! beside their targets; `recover` then, per package and once the archive is verified, installs
-//! the app and gives it its data; `swap` puts that data in place so that a kill at any moment
-//! leaves the old data or the new. Here the layout they share: the data areas, and where each
-//! domain's entries go.
+//! the app, gives it its data and applies its archived details (permissions, app ops:
+//! `android::fidelity`); `swap` puts that data in place so that a kill at any moment leaves the
+//! old data or the new. Everything acts for one Android user (`--user N`). Here the layout they
+//! share: the data areas of a user, and where each domain's entries go.
 //!
 //! It must never act on a package before the whole archive is read and verified (the caller
 //! runs `recover` only then), never leave a data dir half old and half new, never restore an
@@ -27,26 +28,27 @@ const MANIFEST_VERSION: &str = "1";
 const STAGING_PREFIX: &str = ".cpbackup-app-";
 const ASIDE_PREFIX: &str = ".cpbackup-old-";
 
-/// Where each kind of app data lives on the phone (user 0).
+/// Where each kind of app data lives on the phone, per Android user (`--user N`, 0 the owner).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Area {
-    /// Credential-encrypted data dir, `/data/user/0/PKG` (domain `r`).
+    /// Credential-encrypted data dir, `/data/user/N/PKG` (domain `r`).
     Ce,
-    /// Device-protected data dir, `/data/user_de/0/PKG` (domain `d_r`).
+    /// Device-protected data dir, `/data/user_de/N/PKG` (domain `d_r`).
     De,
-    /// External files, `/data/media/0/Android/data/PKG` (domain `ef`).
+    /// External files, `/data/media/N/Android/data/PKG` (domain `ef`).
     Ext,
-    /// OBB files, `/data/media/0/Android/obb/PKG` (domain `obb`).
+    /// OBB files, `/data/media/N/Android/obb/PKG` (domain `obb`).
     Obb,
 }
 
 impl Area {
-    fn device_path(self, package: &str) -> String {
+    /// The area's directory of `package` for Android user `user`.
+    fn device_path(self, package: &str, user: u32) -> String {
         match self {
-            Area::Ce => format!("/data/user/0/{package}"),
-            Area::De => format!("/data/user_de/0/{package}"),
-            Area::Ext => format!("/data/media/0/Android/data/{package}"),
-            Area::Obb => format!("/data/media/0/Android/obb/{package}"),
+            Area::Ce => format!("/data/user/{user}/{package}"),
+            Area::De => format!("/data/user_de/{user}/{package}"),
+            Area::Ext => format!("/data/media/{user}/Android/data/{package}"),
+            Area::Obb => format!("/data/media/{user}/Android/obb/{package}"),
         }
     }
     fn domain(self) -> &'static str {
@@ -107,5 +109,13 @@ mod tests {
         assert_eq!(domain_target("c", b"x"), Some((Area::Ce, b"cache/x".to_vec())));
         assert_eq!(domain_target("k", b"x"), None);
         assert_eq!(domain_target("_meta", b""), None);
+    }
+
+    #[test]
+    fn areas_are_per_user() {
+        assert_eq!(Area::Ce.device_path("a.b", 0), "/data/user/0/a.b");
+        assert_eq!(Area::De.device_path("a.b", 10), "/data/user_de/10/a.b");
+        assert_eq!(Area::Ext.device_path("a.b", 10), "/data/media/10/Android/data/a.b");
+        assert_eq!(Area::Obb.device_path("a.b", 11), "/data/media/11/Android/obb/a.b");
     }
 }

@@ -1,13 +1,15 @@
 //! Recovering staged apps on the phone, per package and only once the archive is verified:
-//! check the app suits this phone, stop it, install every APK in one session (uninstalling the
-//! installed copy first only when pm refuses the update), wait for pm, then swap each staged
-//! tree in (`swap`) with the fresh install's owner and SELinux label. A package that fails does
-//! not stop the others; each ends in an `AppOutcome` naming the step that failed.
+//! check the app suits this phone (its SDK, each APK's ABIs, density and language), stop it,
+//! install every APK in one session (uninstalling the installed copy first only when pm refuses
+//! the update), wait for pm, swap each staged tree in (`swap`) with the fresh install's owner
+//! and SELinux label, then apply the archived `AppDetails` (grants, the user's flags, app ops:
+//! `fidelity::apply`). All of it in one Android user (`Stager::user`, pm/am/appops `--user N`).
+//! A package that fails does not stop the others; each ends in an `AppOutcome` naming the step
+//! that failed, and what was not applied is a warning in it.
 //!
-//! It never restores an archived owner or label, and never leaves a data dir half old and half
-//! new.
+//! It never restores an archived owner or label, never leaves a data dir half old and half
+//! new, and never revokes a permission.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::Read;
@@ -17,10 +19,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::android::apk;
 use crate::android::device::Device;
+use crate::android::fidelity;
 use crate::android::owner::{self, Owner};
 use crate::android::selinux::{self, Relabel};
+use crate::android::splits::Phone;
 use crate::error::{Error, IoContext, Result};
 use crate::select;
 
@@ -137,7 +140,8 @@ pub fn not_in_archive(package: &str) -> AppOutcome {
 pub fn recover(stager: &mut Stager, device: &Device, opts: RecoverOptions) -> Vec<AppOutcome> {
     let mut out = Vec::new();
     let sdk = device.sdk().unwrap_or(0);
-    let abis = device.abilist().unwrap_or_default();
+    let phone = fidelity::phone(device);
+    let (root, id, user) = (stager.root.clone(), stager.id.clone(), stager.user);
     for pkg in stager.packages() {
         let Some(app) = stager.apps.get_mut(&pkg) else { continue };
         let mut o = AppOutcome { package: pkg.clone(), entries: app.entries, bytes: app.bytes, ..Default::default() };
@@ -145,7 +149,8 @@ pub fn recover(stager: &mut Stager, device: &Device, opts: RecoverOptions) -> Ve
         if let Some(m) = &app.manifest {
             o.version_code = m.version_code;
         }
-        let result = recover_one(&stager.root, &stager.id, &pkg, app, device, sdk, &abis, opts, &mut o);
+        let target = Target { root: &root, id: &id, user };
+        let result = recover_one(target, &pkg, app, device, sdk, &phone, opts, &mut o);
         match result {
             Ok(()) => o.status = AppStatus::Recovered,
             Err((step, e)) => {
@@ -174,18 +179,26 @@ impl<T> During<T> for Result<T> {
     }
 }
 
+/// Where a recovery puts things: the phone's root, the run's id, the Android user.
+#[derive(Clone, Copy)]
+pub(super) struct Target<'a> {
+    pub(super) root: &'a Path,
+    pub(super) id: &'a str,
+    pub(super) user: u32,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn recover_one(
-    root: &Path,
-    id: &str,
+    t: Target,
     pkg: &str,
     app: &mut StagedApp,
     device: &Device,
     sdk: u32,
-    abis: &[String],
+    phone: &Phone,
     opts: RecoverOptions,
     o: &mut AppOutcome,
 ) -> StepResult<()> {
+    let root = t.root;
     if let Some(e) = &app.error {
         return Err((RecoverStep::Read, Error::archive(format!("package {pkg}"), e.clone())));
     }
@@ -193,7 +206,7 @@ fn recover_one(
         .manifest
         .clone()
         .ok_or_else(|| (RecoverStep::Read, Error::archive(format!("package {pkg}"), "has no _manifest")))?;
-    check_suits(pkg, &manifest, app, sdk, abis, opts.force).during(RecoverStep::Check)?;
+    o.warnings.extend(check_suits(pkg, &manifest, app, sdk, phone, opts.force).during(RecoverStep::Check)?);
 
     // Nothing has changed on the phone up to here.
     let installed = device.package(pkg).during(RecoverStep::Stop)?;
@@ -214,13 +227,13 @@ fn recover_one(
         }
         Err(e) => return Err((RecoverStep::Install, e)),
     }
-    let ce = target_of(root, Area::Ce, pkg).during(RecoverStep::Wait)?;
+    let ce = target_of(root, Area::Ce, pkg, t.user).during(RecoverStep::Wait)?;
     let listed = device.wait_installed(pkg, INSTALL_TIMEOUT, &|| ce.is_dir()).during(RecoverStep::Wait)?;
     o.version_code = listed.version_code;
     o.uid = listed.uid;
     let app_owner = Owner::of(&ce).during(RecoverStep::Owner)?;
     for (area, staged) in &app.areas {
-        let relabel = swap_in(root, id, pkg, *area, staged, app_owner, device)?;
+        let relabel = swap_in(t, pkg, *area, staged, app_owner, device)?;
         o.relabel.push(match relabel {
             Relabel::Restorecon => format!("{}: restorecon", area.domain()),
             Relabel::Chcon(c) => format!("{}: chcon {c}", area.domain()),
@@ -231,16 +244,36 @@ fn recover_one(
             }
         });
     }
+    // The app is installed and has its data: what the install did not carry comes back now.
+    // Nothing here fails the app; what is not applied is a warning.
+    if let Some(w) = &app.details_warning {
+        o.warnings.push(w.clone());
+    }
+    if let Some(details) = &app.details {
+        for w in fidelity::apply(device, pkg, t.user, details) {
+            tracing::warn!("{pkg}: {w}");
+            o.warnings.push(w);
+        }
+    }
     Ok(())
 }
 
-fn target_of(root: &Path, area: Area, pkg: &str) -> Result<PathBuf> {
-    let device = area.device_path(pkg);
+fn target_of(root: &Path, area: Area, pkg: &str, user: u32) -> Result<PathBuf> {
+    let device = area.device_path(pkg, user);
     Ok(select::resolve(root, device.as_bytes(), true).ctx(|| format!("resolving {device}"))?.host)
 }
 
-/// Does the app suit this phone? Not from a newer Android, and native code for one of its ABIs.
-fn check_suits(pkg: &str, m: &AppManifest, app: &StagedApp, sdk: u32, abis: &[String], force: bool) -> Result<()> {
+/// Does the app suit this phone? Not from a newer Android, and every APK with native code has
+/// it for one of the phone's ABIs (`--force` installs anyway). Returns the warnings: density
+/// and language splits that do not suit the phone.
+fn check_suits(
+    pkg: &str,
+    m: &AppManifest,
+    app: &StagedApp,
+    sdk: u32,
+    phone: &Phone,
+    force: bool,
+) -> Result<Vec<String>> {
     if app.apks.first().map(|(n, _, _)| n.as_str()) != Some("base.apk") {
         return Err(Error::archive(
             format!("package {pkg}"),
@@ -254,23 +287,19 @@ fn check_suits(pkg: &str, m: &AppManifest, app: &StagedApp, sdk: u32, abis: &[St
         }
         tracing::warn!("{pkg} {msg}; installing anyway (--force)");
     }
-    let mut app_abis = BTreeSet::new();
-    for (name, path, _) in &app.apks {
-        let info = apk::inspect(path).map_err(|e| Error::archive(format!("{pkg}/{name}"), e.to_string()))?;
-        app_abis.extend(info.abis);
-    }
-    if !app_abis.is_empty() && !abis.is_empty() && !app_abis.iter().any(|a| abis.contains(a)) {
-        let msg = format!(
-            "has native code for {} only, and this phone runs {}",
-            app_abis.iter().cloned().collect::<Vec<_>>().join(", "),
-            abis.join(", ")
-        );
+    let apks: Vec<(String, PathBuf)> = app.apks.iter().map(|(n, p, _)| (n.clone(), p.clone())).collect();
+    let fit = fidelity::fit(&apks, phone).map_err(|e| Error::archive(format!("package {pkg}"), e.to_string()))?;
+    if !fit.errors.is_empty() {
+        let msg = fit.errors.join("; ");
         if !force {
-            return Err(Error::usage(format!("{pkg} {msg}; use --force to install it anyway")));
+            return Err(Error::usage(format!("{pkg}: {msg}; use --force to install it anyway")));
         }
-        tracing::warn!("{pkg} {msg}; installing anyway (--force)");
+        tracing::warn!("{pkg}: {msg}; installing anyway (--force)");
     }
-    Ok(())
+    for w in &fit.warnings {
+        tracing::warn!("{pkg}: {w}");
+    }
+    Ok(fit.warnings)
 }
 
 /// Install the staged APKs in one pm session.
@@ -300,8 +329,7 @@ fn refused_as_update(e: &Error) -> bool {
 /// A failure before the commit point leaves the target untouched (the `Stager` removes the
 /// staging); one after it leaves names that `finish_interrupted` completes.
 pub(super) fn swap_in(
-    root: &Path,
-    id: &str,
+    t: Target,
     pkg: &str,
     area: Area,
     staged: &StagedArea,
@@ -309,10 +337,10 @@ pub(super) fn swap_in(
     device: &Device,
 ) -> StepResult<Relabel> {
     let target = &staged.target;
-    let parent = target.parent().unwrap_or(root);
-    let swap = swap::Swap::new(parent, id, pkg, area);
+    let parent = target.parent().unwrap_or(t.root);
+    let swap = swap::Swap::new(parent, t.id, pkg, area);
     // Recovery finds a swap by these names in the area's own directory.
-    if swap.target != *target || swap::area_parent(root, area).as_deref() != Some(parent) {
+    if swap.target != *target || swap::area_parent(t.root, area, t.user).as_deref() != Some(parent) {
         return Err((
             RecoverStep::Data,
             swap::unexpected(target, "is not the package's own directory in its area (a symlink?)"),

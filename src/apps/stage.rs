@@ -1,7 +1,8 @@
 //! Reading an app backup into staging: `Stager` takes the entries of one pass over the archive
-//! and stages each package's APKs (in `/data/local/tmp`) and data trees (beside their targets,
-//! on the same filesystem) in private directories, checking each package's `_manifest` and the
-//! room left.
+//! and stages each package's APKs (in `/data/local/tmp`) and data trees (beside their targets
+//! in the Android user being recovered into, on the same filesystem) in private directories,
+//! checking each package's `_manifest` and the room left; a package's archived `AppDetails`
+//! (`cpbackup/details.json`, bounded) is read into memory, a bad one is a warning.
 //!
 //! It acts on no package (that is `recover`, once the archive is verified), restores no link
 //! and no archived owner, and leaves no staging behind (`Stager` removes it on drop).
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::android::details::{AppDetails, DETAILS_DOMAIN, DETAILS_NAME, MAX_DETAILS};
 use crate::android::pm;
 use crate::archive::read::{Item, Kind};
 use crate::error::{Error, IoContext, Result};
@@ -78,6 +80,10 @@ pub(super) struct StagedApp {
     pub(super) areas: BTreeMap<Area, StagedArea>,
     /// Set when an entry of this package could not be taken; the package then fails.
     pub(super) error: Option<String>,
+    /// The archived details (permissions, app ops…), when the archive has them and they parse.
+    pub(super) details: Option<AppDetails>,
+    /// Why archived details were not taken (the package is still recovered, without them).
+    pub(super) details_warning: Option<String>,
     pub(super) entries: u64,
     pub(super) bytes: u64,
 }
@@ -86,6 +92,8 @@ pub(super) struct StagedApp {
 pub struct Stager {
     pub(super) root: PathBuf,
     pub(super) id: String,
+    /// The Android user whose data dirs the packages are staged beside.
+    pub(super) user: u32,
     /// Held while this run lives: recovery leaves the files of a locked run alone. Dropped
     /// after the staging is removed (fields drop after `Drop::drop`).
     _lock: swap::RunLock,
@@ -99,13 +107,14 @@ pub struct Stager {
 }
 
 impl Stager {
-    pub fn new(root: &Path, wanted: &[String]) -> Result<Stager> {
+    pub fn new(root: &Path, wanted: &[String], user: u32) -> Result<Stager> {
         let data = select::resolve(root, b"data", true).ctx(|| "resolving /data under the root".into())?.host;
         let available = sys::free_bytes(&data).ctx(|| format!("checking free space on {}", data.display()))?;
         let lock = swap::RunLock::take(&data)?;
         Ok(Stager {
             root: root.to_path_buf(),
             id: lock.id.clone(),
+            user,
             _lock: lock,
             wanted: (!wanted.is_empty()).then(|| wanted.iter().cloned().collect()),
             apps: BTreeMap::new(),
@@ -223,6 +232,9 @@ impl Stager {
         if domain == "a" {
             return self.take_apk(pkg, rest, item, data);
         }
+        if domain == DETAILS_DOMAIN && rest == DETAILS_NAME && item.kind != Kind::Dir {
+            return self.take_details(pkg, item, data);
+        }
         let Some((area, sub)) = domain_target(domain, rest.as_bytes()) else {
             let what = match domain {
                 "k" => "key-value data is not restored",
@@ -277,12 +289,41 @@ impl Stager {
         Ok(())
     }
 
+    /// A package's archived `AppDetails`: at most `MAX_DETAILS` bytes, read into memory. One
+    /// that is too large, not JSON of its shape, or a second one is a warning and is not used.
+    fn take_details(&mut self, pkg: &str, item: &Item, data: &mut dyn Read) -> Result<()> {
+        let shown = item.meta.display();
+        let taken = if item.size > MAX_DETAILS {
+            Err(format!("{shown}: not used: {} bytes, more than the {MAX_DETAILS} allowed", item.size))
+        } else {
+            let mut bytes = Vec::new();
+            data.take(MAX_DETAILS)
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::archive(format!("entry {shown:?}"), e.to_string()))?;
+            AppDetails::from_json(&bytes).map_err(|e| format!("{shown}: not used: {e}"))
+        };
+        let app = self.apps.entry(pkg.to_string()).or_default();
+        app.entries += 1;
+        match taken {
+            Ok(_) if app.details.is_some() || app.details_warning.is_some() => {
+                app.details = None;
+                app.details_warning = Some(format!("{shown}: a second app details entry: neither is used"));
+            }
+            Ok(d) => app.details = Some(d),
+            Err(w) => {
+                app.details = None;
+                app.details_warning = Some(w);
+            }
+        }
+        Ok(())
+    }
+
     /// The staging dir of a package's area, made on first use beside the area's target.
     fn area_dir(&mut self, pkg: &str, area: Area) -> Result<PathBuf> {
         if let Some(s) = self.apps.get(pkg).and_then(|a| a.areas.get(&area)) {
             return Ok(s.dir.clone());
         }
-        let device = area.device_path(pkg);
+        let device = area.device_path(pkg, self.user);
         let target = select::resolve(&self.root, device.as_bytes(), true).ctx(|| format!("resolving {device}"))?.host;
         let parent = target
             .parent()
@@ -404,6 +445,8 @@ mod tests {
             signatures: vec!["3082aa".into()],
             areas: vec![],
             bytes: 0,
+            details: Default::default(),
+            warnings: vec![],
         };
         let text = manifest_text(&app, 33);
         assert_eq!(text, "1\ncom.example.app\n42\n33\ncom.android.vending\n1\n1\n3082aa\n");

@@ -48,9 +48,10 @@ pub(super) const READY_PREFIX: &str = ".cpbackup-ready-";
 const LOCK_PREFIX: &str = ".cpbackup-run-";
 const AREAS: [Area; 4] = [Area::Ce, Area::De, Area::Ext, Area::Obb];
 
-/// The directory holding an area's package dirs (`/data/user/0` for `Ce`…), under the root.
-pub(super) fn area_parent(root: &Path, area: Area) -> Option<PathBuf> {
-    let device = area.device_path("p");
+/// The directory holding an area's package dirs of Android user `user` (`/data/user/N` for
+/// `Ce`…), under the root.
+pub(super) fn area_parent(root: &Path, area: Area, user: u32) -> Option<PathBuf> {
+    let device = area.device_path("p", user);
     let (parent, _) = device.rsplit_once('/')?;
     select::resolve(root, parent.as_bytes(), true).ok().map(|r| r.host)
 }
@@ -274,10 +275,12 @@ pub fn finish_interrupted(root: &Path, device: &Device) -> Vec<String> {
         }
     };
     let mut parents: Vec<(Option<Area>, PathBuf)> = Vec::new();
-    for area in AREAS {
-        if let Some(p) = area_parent(root, area) {
-            if !parents.iter().any(|(_, q)| *q == p) {
-                parents.push((Some(area), p));
+    for user in users(&data) {
+        for area in AREAS {
+            if let Some(p) = area_parent(root, area, user) {
+                if !parents.iter().any(|(_, q)| *q == p) {
+                    parents.push((Some(area), p));
+                }
             }
         }
     }
@@ -320,6 +323,23 @@ pub fn finish_interrupted(root: &Path, device: &Device) -> Vec<String> {
         tracing::info!("{line}");
     }
     done
+}
+
+/// The Android users whose data dirs may hold a recovery's leftovers: 0, and every number
+/// named in `/data/user`, `/data/user_de` and `/data/media`.
+fn users(data: &Path) -> BTreeSet<u32> {
+    let mut users = BTreeSet::from([0]);
+    for dir in ["user", "user_de", "media"] {
+        let Ok(rd) = fs::read_dir(data.join(dir)) else { continue };
+        for ent in rd.flatten() {
+            let name = ent.file_name();
+            let n = name.to_str().filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if let Some(user) = n.and_then(|n| n.parse().ok()) {
+                users.insert(user);
+            }
+        }
+    }
+    users
 }
 
 fn settle_one(swap: &Swap, area: Area, device: &Device, done: &mut Vec<String>) {
@@ -444,7 +464,7 @@ pub(super) fn crash_point() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::recover::swap_in;
+    use super::super::recover::{swap_in, Target};
     use super::super::stage::StagedArea;
     use super::*;
     use crate::android::device::CommandLine;
@@ -533,7 +553,7 @@ mod tests {
             fs::create_dir_all(root.join(d)).unwrap();
         }
         symlink("/data/data", root.join("data/user/0")).unwrap();
-        let parent = area_parent(&root, area).unwrap();
+        let parent = area_parent(&root, area, 0).unwrap();
         let target = parent.join(PKG);
         if fresh {
             // What an install makes (and one entry the archive also carries).
@@ -574,7 +594,14 @@ mod tests {
         }
 
         fn swap(&self, cli: &Recorder) -> std::result::Result<Relabel, (super::super::RecoverStep, Error)> {
-            swap_in(&self.root, ID, PKG, self.area, &self.staged, self.owner(), &Device::new(cli))
+            swap_in(
+                Target { root: &self.root, id: ID, user: 0 },
+                PKG,
+                self.area,
+                &self.staged,
+                self.owner(),
+                &Device::new(cli),
+            )
         }
 
         fn recover(&self, cli: &Recorder) -> Vec<String> {
@@ -764,6 +791,27 @@ mod tests {
         fs::remove_file(swap.target.join("someone.txt")).unwrap();
         c.recover(&Recorder::default());
         c.assert_settled(true, "empty remade target");
+    }
+
+    /// A run killed past its commit point while recovering into user 10: the next run (acting
+    /// for any user) finds its ready tree in user 10's DE dir and finishes the swap there.
+    #[test]
+    fn another_users_leftovers_are_settled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let parent = root.join("data/user_de/10");
+        write(&parent.join(PKG).join("old.txt"), "old");
+        write(&parent.join(format!("{READY_PREFIX}{ID}-{PKG}")).join("new.txt"), "new");
+        fs::create_dir_all(root.join("data/user/0")).unwrap();
+        assert_eq!(users(&root.join("data")), BTreeSet::from([0, 10]));
+        let cli = Recorder::default();
+        let done = finish_interrupted(root, &Device::new(&cli));
+        assert!(done[0].starts_with("finished moving the recovered data into"), "{done:?}");
+        let now = tree(&parent.join(PKG)).unwrap();
+        assert_eq!(now.get("new.txt").map(String::as_str), Some("file new"));
+        // A data dir keeps what the install made and the archive lacks (here: old.txt).
+        assert_eq!(now.get("old.txt").map(String::as_str), Some("file old"));
+        assert_eq!(fs::read_dir(&parent).unwrap().count(), 1, "nothing of the run is left beside the target");
     }
 
     #[test]

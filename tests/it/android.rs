@@ -12,7 +12,7 @@ use crate::support::{cpbackup, json, run, stderr};
 
 pub(crate) const NOTES: &str = "com.example.notes";
 
-fn fakeroid_dir() -> PathBuf {
+pub(crate) fn fakeroid_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/fakeroid")
 }
 
@@ -24,7 +24,7 @@ pub(crate) fn path_env() -> String {
     format!("{}:{}", fakeroid_dir().display(), std::env::var("PATH").unwrap_or_default())
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -60,14 +60,14 @@ impl Phone {
         self.root.join(rel)
     }
 
-    fn cpbackup(&self) -> Command {
+    pub(crate) fn cpbackup(&self) -> Command {
         let mut c = cpbackup();
         c.env("PATH", path_env()).env("FAKEROID_ROOT", &self.root).arg("-v");
         c
     }
 
     /// Run a fake tool directly (to set the phone up), returning its stdout.
-    fn tool(&self, tool: &str, args: &[&str], stdin: Option<&Path>) -> String {
+    pub(crate) fn tool(&self, tool: &str, args: &[&str], stdin: Option<&Path>) -> String {
         let mut c = Command::new(fakeroid_dir().join(tool));
         c.args(args).env("FAKEROID_ROOT", &self.root).stdin(match stdin {
             Some(p) => Stdio::from(fs::File::open(p).unwrap()),
@@ -79,9 +79,21 @@ impl Phone {
     }
 
     /// Install APKs through the fake pm's session commands, as a user would.
-    fn install(&self, apks: &[&Path]) {
+    pub(crate) fn install(&self, apks: &[&Path]) {
+        self.install_for(0, apks)
+    }
+
+    /// The same, for an Android user (`pm install-create --user N`).
+    pub(crate) fn install_for(&self, user: u32, apks: &[&Path]) {
         let total: u64 = apks.iter().map(|a| fs::metadata(a).unwrap().len()).sum();
-        let out = self.tool("pm", &["install-create", "-r", "-t", "-S", &total.to_string()], None);
+        let mut create = vec!["install-create".to_string()];
+        if user != 0 {
+            create.extend(["--user".to_string(), user.to_string()]);
+        }
+        create.extend(["-r", "-t", "-S"].map(String::from));
+        create.push(total.to_string());
+        let create: Vec<&str> = create.iter().map(String::as_str).collect();
+        let out = self.tool("pm", &create, None);
         let sid = out.split('[').nth(1).unwrap().trim().trim_end_matches(']').to_string();
         for a in apks {
             let size = fs::metadata(a).unwrap().len().to_string();
@@ -92,15 +104,15 @@ impl Phone {
         self.clear_log();
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(self.p(".fakeroid/log")).unwrap_or_default()
     }
 
-    fn clear_log(&self) {
+    pub(crate) fn clear_log(&self) {
         let _ = fs::remove_file(self.p(".fakeroid/log"));
     }
 
-    fn fail(&self, name: &str, line: &str) {
+    pub(crate) fn fail(&self, name: &str, line: &str) {
         fs::create_dir_all(self.p(".fakeroid/fail")).unwrap();
         fs::write(self.p(".fakeroid/fail").join(name), format!("{line}\n")).unwrap();
     }
@@ -124,10 +136,23 @@ impl Phone {
 /// native code for `abi`, v1-signed (META-INF/CERT.RSA, PKCS#7 by openssl) with a fresh
 /// self-signed certificate. Returns the APK and the certificate's DER.
 fn build_apk(dir: &Path, package: &str, version: u32, abi: &str) -> (PathBuf, Vec<u8>) {
+    build_apk_with(dir, package, version, abi, &[])
+}
+
+/// `build_apk` for an app whose manifest asks for `permissions` (`uses-permission=` lines, which
+/// the fake pm records and `pm grant` checks).
+pub(crate) fn build_apk_with(
+    dir: &Path,
+    package: &str,
+    version: u32,
+    abi: &str,
+    permissions: &[&str],
+) -> (PathBuf, Vec<u8>) {
     let work = dir.join(format!("apk-src-{package}"));
     fs::create_dir_all(work.join("META-INF")).unwrap();
     fs::create_dir_all(work.join(format!("lib/{abi}"))).unwrap();
-    fs::write(work.join("AndroidManifest.xml"), format!("package={package}\nversionCode={version}\n")).unwrap();
+    let uses: String = permissions.iter().map(|p| format!("uses-permission={p}\n")).collect();
+    fs::write(work.join("AndroidManifest.xml"), format!("package={package}\nversionCode={version}\n{uses}")).unwrap();
     fs::write(work.join("classes.dex"), format!("dex for {package}\n").repeat(200)).unwrap();
     fs::write(work.join(format!("lib/{abi}/libnative.so")), b"\x7fELF fake").unwrap();
     fs::write(work.join("META-INF/MANIFEST.MF"), "Manifest-Version: 1.0\nCreated-By: cpbackup tests\n").unwrap();
@@ -150,7 +175,7 @@ fn build_apk(dir: &Path, package: &str, version: u32, abi: &str) -> (PathBuf, Ve
     (renamed, der)
 }
 
-fn build_split(dir: &Path, package: &str, name: &str) -> PathBuf {
+pub(crate) fn build_split(dir: &Path, package: &str, name: &str) -> PathBuf {
     let work = dir.join(format!("split-src-{package}-{name}"));
     fs::create_dir_all(&work).unwrap();
     fs::write(work.join("AndroidManifest.xml"), format!("split={name}\n")).unwrap();
@@ -216,7 +241,7 @@ fn backup(phone: &Phone, out: &Path, apps: &[&str], extra: &[&str], code: i32) -
     }
 }
 
-fn recover(phone: &Phone, from: &Path, extra: &[&str], code: i32) -> (serde_json::Value, String) {
+pub(crate) fn recover(phone: &Phone, from: &Path, extra: &[&str], code: i32) -> (serde_json::Value, String) {
     let mut c = phone.cpbackup();
     c.arg("recover-app").arg("--from").arg(from).arg("--root").arg(&phone.root).arg("--json").args(extra);
     let o = run(&mut c, code);
@@ -225,7 +250,7 @@ fn recover(phone: &Phone, from: &Path, extra: &[&str], code: i32) -> (serde_json
 }
 
 /// The raw tar inside an `.ab` we wrote, by the shell recipe.
-fn ab_tar(ab: &Path) -> Vec<u8> {
+pub(crate) fn ab_tar(ab: &Path) -> Vec<u8> {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!("dd if='{}' bs=24 skip=1 status=none | zlib-flate -uncompress", ab.display()))
@@ -268,7 +293,7 @@ fn android_app_backup_recovers_onto_another_phone() {
     assert_eq!(m["SourceAppInfoList"], serde_json::json!([NOTES]));
     assert_eq!(m["Format"], "ab");
     // The app was stopped before its data was read.
-    assert!(a.log().contains(&format!("am force-stop {NOTES}")), "{}", a.log());
+    assert!(a.log().contains(&format!("am force-stop --user 0 {NOTES}")), "{}", a.log());
     // The manifest beside the archive records the archive's SHA-256.
     let side: serde_json::Value =
         serde_json::from_slice(&fs::read(tmp.path().join("notes.ab.manifest.json")).unwrap()).unwrap();
@@ -317,7 +342,7 @@ fn android_app_backup_recovers_onto_another_phone() {
     assert_eq!(app["Uid"], 10250);
     assert_eq!(app["VersionCode"], 42);
     let log = b.log();
-    assert!(log.contains("pm install-create -r -t -S "), "{log}");
+    assert!(log.contains("pm install-create --user 0 -r -t -S "), "{log}");
     assert!(log.contains("base.apk -") && log.contains("split_config.xxhdpi.apk -"), "{log}");
     assert!(!log.contains("pm uninstall"), "nothing to uninstall on a fresh phone: {log}");
     // What pm received is byte for byte what phone A had installed.
@@ -479,9 +504,9 @@ fn android_recover_replaces_an_installed_copy() {
     let log = b.log();
     let pos = |s: &str| log.find(s).unwrap_or_else(|| panic!("{s} not in {log}"));
     // pm refuses the update (another signing key), so the installed copy goes first.
-    assert!(pos("am force-stop com.example.notes") < pos("pm install-create"));
-    assert!(pos("pm install-create") < pos("pm uninstall com.example.notes"));
-    assert!(pos("pm uninstall com.example.notes") < log.rfind("pm install-create").unwrap());
+    assert!(pos("am force-stop --user 0 com.example.notes") < pos("pm install-create"));
+    assert!(pos("pm install-create") < pos("pm uninstall --user 0 com.example.notes"));
+    assert!(pos("pm uninstall --user 0 com.example.notes") < log.rfind("pm install-create").unwrap());
     assert!(!ce.join("files/stale.txt").exists(), "the old data is gone, not mixed in");
     assert_eq!(fs::read_to_string(ce.join("files/sub/note.txt")).unwrap(), "remember the milk\n");
     // A reinstall after uninstall gets a new uid; the files follow it.
@@ -572,7 +597,7 @@ fn android_relabel_falls_back_to_chcon_with_the_fresh_context() {
     }
 }
 
-fn cpbackup_context(p: &Path) -> Option<String> {
+pub(crate) fn cpbackup_context(p: &Path) -> Option<String> {
     let out = Command::new("python3")
         .arg("-c")
         .arg("import os,sys; print(os.getxattr(sys.argv[1], 'security.selinux', follow_symlinks=False).rstrip(b'\\0').decode())")

@@ -5,6 +5,7 @@
 mod support;
 
 mod android;
+mod appdetails;
 mod crash;
 mod cross;
 mod daemon;
