@@ -23,6 +23,9 @@ pub const TRAILER_LEN: usize = 12;
 pub const TARGET: usize = 16 << 20;
 /// Or this many blobs: its header then stays under 1 MiB.
 pub const MAX_ENTRIES: usize = 24_000;
+/// A tree pack is sent once it holds this much: trees of a million files are not held whole
+/// (and a tree pack's growing buffer stays far below a data pack's).
+pub const TREE_TARGET: usize = 4 << 20;
 
 /// Where one blob lies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,18 +64,24 @@ pub struct Writer {
     pub name: Name,
     buf: Vec<u8>,
     entries: Vec<Entry>,
+    target: usize,
 }
 
 impl Writer {
     pub fn new() -> Writer {
-        Writer { name: Name::random(), buf: Vec::new(), entries: Vec::new() }
+        Writer { name: Name::random(), buf: Vec::new(), entries: Vec::new(), target: TARGET }
+    }
+
+    /// A pack sent once it holds `target` bytes (at most `TARGET`).
+    pub fn with_target(target: usize) -> Writer {
+        Writer { target: target.min(TARGET), ..Writer::new() }
     }
 
     /// A pack filled in `buf` (emptied first): the buffer of a pack already stored, reused so
     /// that a snapshot allocates its two pack buffers once.
     pub fn reuse(mut buf: Vec<u8>) -> Writer {
         buf.clear();
-        Writer { name: Name::random(), buf, entries: Vec::new() }
+        Writer { name: Name::random(), buf, entries: Vec::new(), target: TARGET }
     }
 
     pub fn len(&self) -> usize {
@@ -84,13 +93,13 @@ impl Writer {
     }
 
     pub fn full(&self) -> bool {
-        self.buf.len() >= TARGET || self.entries.len() >= MAX_ENTRIES
+        self.buf.len() >= self.target || self.entries.len() >= MAX_ENTRIES
     }
 
     /// Whether a blob of `len` bytes would take the pack past its target (it goes into the
     /// next one, so a pack's buffer never grows past the target and its header).
     pub fn would_overflow(&self, len: usize) -> bool {
-        !self.entries.is_empty() && self.buf.len() + len > TARGET
+        !self.entries.is_empty() && self.buf.len() + len > self.target
     }
 
     pub fn add(&mut self, id: Id, kind: Kind, compressed: bool, raw: u32, stored: &[u8]) -> Entry {

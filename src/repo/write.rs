@@ -12,9 +12,11 @@
 //! only once its index object is published; the caller writes the snapshot's record only after
 //! `snapshot` returns (every pack and index object it needs is stored by then).
 //!
-//! Memory is bounded by the channels (a few batches of at most a maximum chunk each), two
-//! packs (one filling, one being stored), the blobs not yet published, and one open tree per
-//! directory level; never by the number of files or the size of the repository.
+//! Memory is bounded by the channels (a few batches of at most a maximum chunk each), one
+//! data pack's buffer (filled by the builder, then stored by the uploader while the builder
+//! waits for it back: the compressors keep working meanwhile), one tree pack of at most
+//! `pack::TREE_TARGET`, the blobs not yet published, and one open tree per directory level;
+//! never by the number of files or the size of the repository.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -131,8 +133,8 @@ enum Ev {
 }
 
 type Batch = Result<Vec<Ev>>;
-/// A finished pack: its name, bytes and blobs.
-type PackOut = (Name, Vec<u8>, Vec<Entry>);
+/// A finished pack: its kind, name, bytes and blobs.
+type PackOut = (Kind, Name, Vec<u8>, Vec<Entry>);
 /// A data pack's buffer, room for a full pack and its header.
 const PACK_BUF: usize = pack::TARGET + (1 << 20);
 /// The file being built: node, stamp, path, (dev, ino) when it has other links.
@@ -259,8 +261,8 @@ pub fn snapshot(
                 .map_err(|e| Error::internal(format!("starting a thread: {e}")))?;
         }
         let (utx, urx) = sync_channel::<PackOut>(0);
-        // Stored packs' buffers go back to the builder, to be filled again.
-        let (btx, brx) = sync_channel::<Vec<u8>>(2);
+        // The stored data pack's buffer goes back to the builder, to be filled again.
+        let (btx, brx) = sync_channel::<Vec<u8>>(1);
         let shared = &shared;
         let uploader = std::thread::Builder::new()
             .name("upload".into())
@@ -565,9 +567,8 @@ struct Builder<'a, 's> {
     data: pack::Writer,
     trees: pack::Writer,
     up: Option<SyncSender<PackOut>>,
-    /// Buffers of stored packs, back from the uploader, and how many were made.
+    /// The data pack's buffer, back from the uploader once that pack is stored.
     spare: Receiver<Vec<u8>>,
-    buffers: usize,
     frames: Vec<Frame>,
     file: Option<OpenFile>,
     links: HashMap<(u64, u64), Vec<Located>>,
@@ -586,10 +587,9 @@ impl<'a, 's> Builder<'a, 's> {
         let mut b = Builder {
             shared,
             data: pack::Writer::reuse(Vec::with_capacity(PACK_BUF)),
-            trees: pack::Writer::new(),
+            trees: pack::Writer::with_target(pack::TREE_TARGET),
             up: Some(up),
             spare,
-            buffers: 1,
             frames: Vec::new(),
             file: None,
             links: HashMap::new(),
@@ -705,26 +705,21 @@ impl<'a, 's> Builder<'a, 's> {
         if w.is_empty() {
             return Ok(());
         }
-        // The next data pack fills a buffer the uploader is done with, when it has one back.
-        // Two buffers at most: one filling, one being stored (the send below waits for the
-        // uploader anyway).
-        let next = match kind {
-            Kind::Tree => pack::Writer::new(),
-            Kind::Data => {
-                let buf = match self.spare.try_recv() {
-                    Ok(b) => b,
-                    Err(_) if self.buffers < 2 => {
-                        self.buffers += 1;
-                        Vec::with_capacity(PACK_BUF)
-                    }
-                    Err(_) => self.spare.recv().unwrap_or_else(|_| Vec::with_capacity(PACK_BUF)),
-                };
-                pack::Writer::reuse(buf)
-            }
+        let placeholder = match kind {
+            Kind::Tree => pack::Writer::with_target(pack::TREE_TARGET),
+            Kind::Data => pack::Writer::reuse(Vec::new()),
         };
-        let (name, bytes, entries) = std::mem::replace(w, next).finish();
+        let (name, bytes, entries) = std::mem::replace(w, placeholder).finish();
         let up = self.up.as_ref().ok_or_else(|| Error::internal("no uploader"))?;
-        up.send((name, bytes, entries)).map_err(|_| Error::internal("the snapshot's uploader stopped"))
+        up.send((kind, name, bytes, entries)).map_err(|_| Error::internal("the snapshot's uploader stopped"))?;
+        if kind == Kind::Data {
+            // One data pack buffer: the full pack is handed over first, then its buffer comes
+            // back once stored (an uploader that stopped returns none; its error is the one
+            // told, and the next send fails).
+            let buf = self.spare.recv().unwrap_or_default();
+            self.data = pack::Writer::reuse(buf);
+        }
+        Ok(())
     }
 
     /// A node into the innermost open tree; full tree blobs are cut off as it grows.
@@ -810,10 +805,11 @@ fn upload(shared: &Shared<'_>, rx: Receiver<PackOut>, spare: SyncSender<Vec<u8>>
     let prefix = &shared.repo.prefix;
     let mut stored: Vec<(Name, Vec<Entry>)> = Vec::new();
     let mut failed = None;
-    for (name, bytes, entries) in rx {
+    for (kind, name, bytes, entries) in rx {
         let put = store.put(&pack::key(prefix, &name), &bytes);
-        if bytes.capacity() >= PACK_BUF {
-            let _ = spare.try_send(bytes);
+        // A data pack's buffer goes back to the builder, which waits for it.
+        if kind == Kind::Data {
+            let _ = spare.send(bytes);
         }
         match put {
             Ok(()) => stored.push((name, entries)),
