@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(manifest::parse_time(&shown).ok(), Some(t), "{text:?} shown as {shown:?}");
     }
     if let Ok(f) = Format::parse(&text) {
-        assert_eq!(Format::parse(f.extension()).ok(), Some(f));
+        assert_eq!(Format::parse(f.name()).ok(), Some(f));
     }
     if let Some(f) = Format::from_name(&text) {
         assert!(text.to_ascii_lowercase().ends_with(f.extension()) || text.to_ascii_lowercase().ends_with(".tzst"));

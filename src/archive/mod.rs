@@ -57,6 +57,17 @@ impl Format {
         }
     }
 
+    /// The name `parse` reads and the manifest's `Format` field holds.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Tar => "tar",
+            Format::TarZst => "tar.zst",
+            Format::Ab => "ab",
+            Format::Repo => "repo",
+        }
+    }
+
+    /// What a stored object's name ends with (a snapshot's record names no archive).
     pub fn extension(self) -> &'static str {
         match self {
             Format::Tar => "tar",
@@ -107,4 +118,19 @@ pub fn shown(name: &[u8]) -> String {
     let head = String::from_utf8_lossy(&name[..KEEP]);
     let tail = String::from_utf8_lossy(&name[name.len() - KEEP / 2..]);
     format!("{head}…{tail} ({} bytes)", name.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Format;
+
+    #[test]
+    fn a_formats_name_is_what_parse_reads_and_the_manifest_holds() {
+        for f in [Format::Tar, Format::TarZst, Format::Ab, Format::Repo] {
+            assert_eq!(Format::parse(f.name()).ok(), Some(f));
+            assert_eq!(serde_json::to_value(f).ok(), Some(serde_json::Value::from(f.name())));
+        }
+        assert_eq!(Format::from_name("x.tar.zst.age"), Some(Format::TarZst));
+        assert_eq!(Format::from_name("x.snapshot"), None);
+    }
 }
