@@ -483,6 +483,22 @@ fn catalog_store(location: &str, opts: &StoreOptions) -> anyhow::Result<(Box<dyn
     Ok((store, prefix))
 }
 
+/// `println!` for the command's results, where a reader that closed the pipe early
+/// (`cpbackup ls … | head`) ends the output quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        printed(writeln!(std::io::stdout().lock(), $($arg)*))
+    };
+}
+
+/// A write to stdout whose reader has gone (`EPIPE`) has done its job; other errors are errors.
+fn printed(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -611,9 +627,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             };
             let report = restore::recover_app(&spec, &Progress::new(true))?;
             if a.json {
-                let mut out = std::io::stdout().lock();
-                serde_json::to_writer_pretty(&mut out, &report)?;
-                writeln!(out)?;
+                out!("{}", serde_json::to_string_pretty(&report)?)?;
             } else {
                 for app in &report.apps {
                     let why = match &app.step {
@@ -628,7 +642,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 anyhow::bail!("not recovered: {}", failed.join(", "));
             }
         }
-        Command::Version { .. } => println!("{}\n{}", version::long(), cpbackup::net::Network::current().describe()),
+        Command::Version { .. } => out!("{}\n{}", version::long(), cpbackup::net::Network::current().describe())?,
         Command::Daemon { config } => {
             let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("CPBACKUP_")).collect();
             let cfg = cpbackup::daemon::config::Config::load(config.as_deref(), &env)?;
@@ -657,7 +671,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             q.check()?;
             let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
             let page = cpbackup::catalog::list(store.as_ref(), &prefix, &q)?;
-            println!("{}", serde_json::to_string_pretty(&page)?);
+            out!("{}", serde_json::to_string_pretty(&page)?)?;
         }
         Command::Ls(a) => {
             let spec = cpbackup::spec::LsSpec {
@@ -676,7 +690,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 }
             })?;
             if let Some(e) = failed {
-                return Err(e.into());
+                printed(Err(e))?;
             }
         }
         Command::Forget(a) => {
@@ -691,7 +705,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             let prefix = cpbackup::repo::folder(&prefix);
             let done =
                 cpbackup::repo::forget::forget(store.as_ref(), &prefix, &policy, a.instance_id.as_deref(), a.dry_run)?;
-            println!("{}", serde_json::to_string_pretty(&done)?);
+            out!("{}", serde_json::to_string_pretty(&done)?)?;
         }
         Command::Prune(a) => {
             let grace = cpbackup::repo::prune::parse_grace(&a.grace)?;
@@ -699,12 +713,12 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             let repo = cpbackup::repo::Repo::open(store.as_ref(), &prefix, &a.open.opening()?, &[])?;
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let done = cpbackup::repo::prune::prune(&repo, grace, now)?;
-            println!("{}", serde_json::to_string_pretty(&done)?);
+            out!("{}", serde_json::to_string_pretty(&done)?)?;
         }
         Command::Delete(a) => {
             let (store, prefix) = catalog_store(&a.location, &a.store.options(Some(&a.location))?)?;
             let done = cpbackup::catalog::delete(store.as_ref(), &prefix, &a.backup_file_id)?;
-            println!("{}", serde_json::to_string_pretty(&done)?);
+            out!("{}", serde_json::to_string_pretty(&done)?)?;
         }
         Command::Cleanup(a) => {
             let done = cpbackup::store::s3::cleanup(&a.store.options(None)?)?;
@@ -712,7 +726,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             if let Some(root) = &a.root {
                 out["Settled"] = cpbackup::restore::finish_interrupted(root).into();
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            out!("{}", serde_json::to_string_pretty(&out)?)?;
         }
     }
     Ok(())
@@ -743,25 +757,25 @@ fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
     let includes = vec![format!("/data/user/0/{pkg}"), format!("/data/user_de/0/{pkg}"), "/data/media/0".into()];
     let spec = ExportSpec::new(dest, includes, Vec::new(), false);
     let m = backup::export(&spec, &Progress::new(true))?;
-    println!("exported  {} -> {}", spec.includes.join(" "), m.backup_file_path);
-    println!(
+    out!("exported  {} -> {}", spec.includes.join(" "), m.backup_file_path)?;
+    out!(
         "          {} entries, {} bytes of files, {} bytes stored ({}), sha256 {}",
         m.entry_count,
         m.file_size,
         m.archive_size,
         m.status.as_str(),
         m.sha256
-    );
+    )?;
     let from = m.backup_file_path.clone();
     let v = restore::verify(&VerifySpec { from: from.clone(), ..Default::default() }, &Progress::new(true))?;
-    println!(
+    out!(
         "verified  {} entries, checksum {}",
         v.entries,
         if v.checksum_verified { "matches the manifest" } else { "not checked" }
-    );
+    )?;
     let r = restore::import(&ImportSpec { from, root: restored.clone(), ..Default::default() }, &Progress::new(true))?;
-    println!("imported  {} entries, {} bytes into {}", r.entries, r.bytes, restored.display());
-    println!("manifest  {}.manifest.json", m.backup_file_path);
+    out!("imported  {} entries, {} bytes into {}", r.entries, r.bytes, restored.display())?;
+    out!("manifest  {}.manifest.json", m.backup_file_path)?;
     Ok(())
 }
 
@@ -802,7 +816,7 @@ fn print_manifest(m: &cpbackup::manifest::Manifest, to: &str, json: bool, what: 
         if to == "-" {
             eprintln!("{text}");
         } else {
-            println!("{text}");
+            out!("{text}")?;
         }
     } else if to != "-" {
         eprintln!(
@@ -819,9 +833,7 @@ fn print_manifest(m: &cpbackup::manifest::Manifest, to: &str, json: bool, what: 
 
 fn print_report(r: &restore::Report, json: bool, verb: &str) -> anyhow::Result<()> {
     if json {
-        let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, r)?;
-        writeln!(out)?;
+        out!("{}", serde_json::to_string_pretty(r)?)?;
     } else {
         let check = if r.checksum_verified { "sha256 verified" } else { "no manifest: sha256 not checked" };
         eprintln!("{verb} {}: {} entries, {} bytes ({check})", r.source, r.entries, r.bytes);

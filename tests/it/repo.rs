@@ -155,6 +155,14 @@ fn repo_include_reads_archives_through_and_ls_lists_them() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(text.contains("/data/media/0/DCIM/a.jpg"), "{text}");
+    // A reader that has gone (`ls … | head`) ends the listing quietly: no panic, exit 0.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut c = cpbackup();
+    c.args(["ls", "--from", path_str(&archive)]).stdout(writer);
+    let o = c.stderr(std::process::Stdio::piped()).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("panicked"), "{:?} {err}", o.status);
 }
 
 #[test]
