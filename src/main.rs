@@ -49,16 +49,19 @@ struct PriorityArgs {
 
 impl PriorityArgs {
     /// Lower this thread, before any other starts, so every thread of the work inherits it.
-    fn apply(&self) -> anyhow::Result<()> {
+    /// Set the priority on this thread (and the session it leads) for the command's work;
+    /// the session's goes back when the guard is dropped.
+    fn apply(&self) -> anyhow::Result<Option<cpbackup::priority::LoweredSession>> {
         let p = cpbackup::priority::Priority::new(
             self.nice,
             cpbackup::priority::IoClass::parse(&self.io_class)?,
             self.io_level,
         )?;
-        if !self.foreground {
-            p.apply_to_this_thread();
+        if self.foreground {
+            return Ok(None);
         }
-        Ok(())
+        p.apply_to_this_thread();
+        Ok(Some(p.lower_session()))
     }
 }
 
@@ -506,7 +509,7 @@ fn main() -> ExitCode {
         return code;
     }
     let work = !matches!(cli.command, Command::Daemon { .. } | Command::Version { .. });
-    match (if work { cli.priority.apply() } else { Ok(()) }).and_then(|()| run(cli.command)) {
+    match (if work { cli.priority.apply() } else { Ok(None) }).and_then(|_session| run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let input = e.downcast_ref::<cpbackup::Error>().is_some_and(|e| e.is_input());

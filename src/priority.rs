@@ -5,8 +5,18 @@
 //! and best-effort level 7, yields to the phone's user; `--foreground` leaves the thread as it
 //! is (a manual run that should go flat out).
 //!
-//! It never changes a thread other than the calling one: the daemon's HTTP server keeps its
-//! priority, because tasks run on threads of their own.
+//! A thread's nice value counts only against the threads of its own autogroup: where the
+//! kernel schedules by session (`CONFIG_SCHED_AUTOGROUP`, on by default in desktop and server
+//! kernels), it first divides the CPU evenly between sessions, so a nice-10 export started with
+//! `setsid` (as init starts a service) would still take a whole share from the user's session.
+//! While work runs, a process that leads its own session therefore also lowers its autogroup
+//! to the task's nice ([`Priority::lower_session`]), and puts it back after.
+//!
+//! It never changes a thread other than the calling one, nor a session it does not lead (a
+//! manual run in an `adb shell` leaves the shell's group alone): the daemon's HTTP threads
+//! keep their nice value, because tasks run on threads of their own.
+
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +101,68 @@ impl Priority {
     }
 }
 
+/// The session's autogroup while work holds it lowered: how many hold it, and its nice value
+/// before the first.
+struct Session {
+    holders: usize,
+    before: i32,
+}
+
+static SESSION: Mutex<Session> = Mutex::new(Session { holders: 0, before: 0 });
+
+fn session() -> std::sync::MutexGuard<'static, Session> {
+    SESSION.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The session's autogroup held at a task's nice value; dropping the last one puts back the
+/// value it had.
+#[must_use = "the session's priority is restored when this is dropped"]
+pub struct LoweredSession {
+    held: bool,
+}
+
+impl Priority {
+    /// Lower the autogroup of the session this process leads to the task's nice value, for as
+    /// long as the returned guard (or another one) lives. Nothing changes when the process
+    /// does not lead its session, when the kernel has no autogroups, or when the group is
+    /// already at this nice value or lower.
+    pub fn lower_session(&self) -> LoweredSession {
+        if !thread::leads_session() {
+            return LoweredSession { held: false };
+        }
+        let mut s = session();
+        if s.holders == 0 {
+            let Some(before) = thread::autogroup_nice() else { return LoweredSession { held: false } };
+            if before >= self.nice {
+                return LoweredSession { held: false };
+            }
+            if let Err(e) = thread::set_autogroup_nice(self.nice) {
+                tracing::warn!("cannot set the session's autogroup to nice {}: {e}", self.nice);
+                return LoweredSession { held: false };
+            }
+            tracing::debug!("session autogroup nice {before} -> {}", self.nice);
+            s.before = before;
+        }
+        s.holders += 1;
+        LoweredSession { held: true }
+    }
+}
+
+impl Drop for LoweredSession {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        let mut s = session();
+        s.holders -= 1;
+        if s.holders == 0 {
+            if let Err(e) = thread::set_autogroup_nice(s.before) {
+                tracing::debug!("cannot put the session's autogroup back to nice {}: {e}", s.before);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +183,20 @@ mod tests {
         assert!(Priority::new(20, IoClass::BestEffort, 7).unwrap_err().to_string().contains("-20"));
         assert!(Priority::new(0, IoClass::BestEffort, 8).unwrap_err().to_string().contains("0 (first) to 7"));
         assert_eq!(Priority::default().ioprio(), (2 << 13) | 7);
+    }
+
+    #[test]
+    fn a_session_the_process_does_not_lead_is_left_alone() {
+        // The test runner shares the session of whoever started it, as a manual run shares
+        // the adb shell's.
+        if thread::leads_session() {
+            eprintln!("skipped: the test process leads its session (started with setsid)");
+            return;
+        }
+        let before = thread::autogroup_nice();
+        let held = Priority::new(19, IoClass::Idle, 7).unwrap().lower_session();
+        assert_eq!(thread::autogroup_nice(), before);
+        drop(held);
     }
 
     /// Field 19 of /proc/self/task/TID/stat.

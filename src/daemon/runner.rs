@@ -351,12 +351,14 @@ impl Runner {
         };
 
         // A thread of its own at the task's priority: the threads it starts inherit it, and
-        // the HTTP server's threads never take it.
+        // the HTTP server's threads never take it (though they share the session's autogroup,
+        // lowered while any task runs: `crate::priority`).
         let p2 = progress.clone();
         let priority = self.cfg.priority().unwrap_or_default();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new().name(format!("task {id}")).spawn(move || {
             priority.apply_to_this_thread();
+            let _session = priority.lower_session();
             let _ = tx.send(execute(&work, &p2));
         });
         let outcome = match spawned {

@@ -1,7 +1,8 @@
 //! One thread's identity and priority: its id, its nice value and its I/O class, set and read
 //! by the system calls that neither std nor rustix offers per thread (`setpriority` on a thread
-//! id, `ioprio_set`, `ioprio_get`). Part of `sys`, the crate's one home of `unsafe`; it knows
-//! nothing of what the threads do.
+//! id, `ioprio_set`, `ioprio_get`); and the nice value of the process's session as the
+//! scheduler sees it (its autogroup). Part of `sys`, the crate's one home of `unsafe`; it
+//! knows nothing of what the threads do.
 
 use std::io;
 
@@ -44,4 +45,26 @@ pub fn ioprio(tid: i32) -> io::Result<u32> {
     } else {
         Ok(r as u32)
     }
+}
+
+/// Whether the calling process leads its own session (`setsid`, as init starts services):
+/// then the kernel's autogroup of that session holds this process and its children only.
+pub fn leads_session() -> bool {
+    rustix::process::getsid(None).is_ok_and(|sid| sid == rustix::process::getpid())
+}
+
+const AUTOGROUP: &str = "/proc/self/autogroup";
+
+/// The nice value of the calling process's autogroup (`/autogroup-N nice V`); `None` where the
+/// kernel has none (`CONFIG_SCHED_AUTOGROUP` unset).
+pub fn autogroup_nice() -> Option<i32> {
+    let text = std::fs::read_to_string(AUTOGROUP).ok()?;
+    text.split_whitespace().skip_while(|w| *w != "nice").nth(1)?.parse().ok()
+}
+
+/// Set the nice value of the calling process's autogroup: the weight the scheduler gives the
+/// whole session against the other sessions (a nice below the current one needs
+/// CAP_SYS_NICE).
+pub fn set_autogroup_nice(nice: i32) -> io::Result<()> {
+    std::fs::write(AUTOGROUP, nice.to_string())
 }

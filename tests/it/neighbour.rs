@@ -36,15 +36,36 @@ fn own_nice() -> i32 {
     stat.rsplit_once(')').unwrap().1.split_whitespace().nth(16).unwrap().parse().unwrap()
 }
 
+/// The nice value of `pid`'s autogroup (`/autogroup-N nice V`), where the kernel has them.
+fn autogroup_nice(pid: &str) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/autogroup")).ok()?;
+    text.split_whitespace().skip_while(|w| *w != "nice").nth(1)?.parse().ok()
+}
+
 /// An export to a pipe nobody reads: it starts every thread and then waits on the pipe.
 fn stalled_export(root: &std::path::Path, extra: &[&str]) -> Vec<(i32, String, i32, u32)> {
-    let mut child = cpbackup()
-        .args(extra)
+    stalled(root, extra, false).0
+}
+
+/// `stalled_export`, optionally in a session of its own (as `setsid`, or init for a service,
+/// starts it); also the nice value of its autogroup while it runs.
+fn stalled(root: &std::path::Path, extra: &[&str], own_session: bool) -> (Vec<(i32, String, i32, u32)>, Option<i32>) {
+    let mut c = cpbackup();
+    c.args(extra)
         .args(["export", "--include", "/data/media/0", "--root", path_str(root), "--to", "-"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(std::process::Stdio::null());
+    if own_session {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe and touches nothing of the parent's.
+        unsafe {
+            c.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+    }
+    let mut child = c.spawn().unwrap();
     // Until the pipeline stands (a reader, the compressor and its workers) and stays so.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = threads(child.id());
@@ -57,9 +78,10 @@ fn stalled_export(root: &std::path::Path, extra: &[&str]) -> Vec<(i32, String, i
         assert!(Instant::now() < deadline, "the export did not settle: {now:?}");
         seen = now;
     }
+    let group = autogroup_nice(&child.id().to_string());
     let _ = child.kill();
     let _ = child.wait();
-    seen
+    (seen, group)
 }
 
 #[test]
@@ -91,6 +113,33 @@ fn every_thread_of_an_export_takes_the_priority() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("idle, best-effort or realtime"));
+}
+
+/// Where the kernel schedules sessions as groups (autogroup), a nice value counts only inside
+/// the group: an export leading its own session lowers its group to the task's nice; one in
+/// someone else's session (an adb shell, this test's) leaves that group alone.
+#[test]
+fn an_export_in_a_session_of_its_own_lowers_the_sessions_group() {
+    let Some(mine) = autogroup_nice("self") else {
+        eprintln!("skipped: this kernel has no autogroups (/proc/self/autogroup), so nice reaches across sessions");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let b = tree::Builder::new(&root);
+    for i in 0..8 {
+        b.file(&format!("data/media/0/{i}.bin"), &cpbackup::demo::noise(4 << 20, i));
+    }
+    let (_, group) = stalled(&root, &[], true);
+    assert_eq!(group, Some(10), "the defaults, own session");
+    let (_, group) = stalled(&root, &["--nice", "15"], true);
+    assert_eq!(group, Some(15), "--nice 15, own session");
+    let (_, group) = stalled(&root, &["--foreground"], true);
+    assert_eq!(group, Some(0), "--foreground leaves the new group as the kernel made it");
+    let (threads, group) = stalled(&root, &[], false);
+    assert_eq!(group, Some(mine), "the test's own session, shared");
+    assert!(threads.iter().all(|t| t.2 == 10), "{threads:?}");
+    assert_eq!(autogroup_nice("self"), Some(mine), "the test's group untouched");
 }
 
 #[test]
