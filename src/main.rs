@@ -503,6 +503,7 @@ fn printed(r: std::io::Result<()>) -> std::io::Result<()> {
 }
 
 fn main() -> ExitCode {
+    cpbackup::sys::large_allocations_from_the_kernel();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     if let Err(code) = install_network(cli.dns.as_deref(), &cli.command) {

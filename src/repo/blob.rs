@@ -48,11 +48,14 @@ impl Encoder {
             let sample = &raw[..raw.len().min(TRIAL)];
             let small = self.trial.compress(sample).map_err(|e| Error::internal(format!("zstd: {e}")))?;
             if small.len() as u64 * 100 >= sample.len() as u64 * 99 {
+                out.reserve_exact(raw.len());
                 out.extend_from_slice(raw);
                 return Ok(false);
             }
         }
-        out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        // Exactly: `out` is a chunk-sized buffer handed round, and doubling it would hold
+        // megabytes nobody uses.
+        out.reserve_exact(zstd::zstd_safe::compress_bound(raw.len()));
         self.z.compress_to_buffer(raw, out).map_err(|e| Error::internal(format!("zstd: {e}")))?;
         if out.len() >= raw.len() {
             out.clear();

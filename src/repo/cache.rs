@@ -27,8 +27,9 @@ use crate::store::Store;
 const REC: usize = 64;
 /// Records sorted in memory before they are written as a run (16 MiB).
 const RUN_RECORDS: usize = 256 * 1024;
-/// Published entries kept in memory before they become a run.
-const PENDING_MAX: usize = 20_000;
+/// Published entries kept in memory before they become a run (about 350 bytes each in the
+/// map: 1.7 MiB).
+const PENDING_MAX: usize = 5_000;
 /// More runs than this are merged into one.
 const MAX_RUNS: usize = 8;
 /// Index objects fetched at once.

@@ -74,6 +74,8 @@ impl Chunker {
             self.start = 0;
         }
         if self.end + n > self.buf.len() {
+            // Exactly: at most a maximum chunk and one read, never a doubling beyond that.
+            self.buf.reserve_exact(self.end + n - self.buf.len());
             self.buf.resize(self.end + n, 0);
         }
     }

@@ -12,7 +12,8 @@
 //! only once its index object is published; the caller writes the snapshot's record only after
 //! `snapshot` returns (every pack and index object it needs is stored by then).
 //!
-//! Memory is bounded by the channels (a few batches of at most a maximum chunk each), one
+//! Memory is bounded by the channels (a few batches of at most a maximum chunk each, each
+//! chunk in a buffer of its stored size; raw buffers go back to the walker), one
 //! data pack's buffer (filled by the builder, then stored by the uploader while the builder
 //! waits for it back: the compressors keep working meanwhile), one tree pack of at most
 //! `pack::TREE_TARGET`, the blobs not yet published, and one open tree per directory level;
@@ -48,6 +49,11 @@ const BATCH_EVENTS: usize = 1024;
 /// An index object is published after this many packs: one, so a killed run loses at most
 /// the pack in flight (a 1 GiB export killed at 80% uploads at most 25% again).
 const PACKS_PER_INDEX: usize = 1;
+/// Raw chunk buffers the compressors give back for the walker to fill again, at most this many
+/// of at most `SPARE_MAX` bytes each: a new buffer costs a page fault per page (large buffers
+/// come from the kernel: `sys::large_allocations_from_the_kernel`).
+const SPARE_CHUNKS: usize = 2;
+const SPARE_MAX: usize = 2 << 20;
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -152,9 +158,28 @@ struct Shared<'a> {
     marked: HashSet<Name>,
     chunks_new: AtomicU64,
     chunks_reused: AtomicU64,
+    /// Raw chunk buffers back from the compressors.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Shared<'_> {
+    /// A copy of a new chunk's bytes, in a buffer a compressor gave back when there is one.
+    fn chunk_buffer(&self, data: &[u8]) -> Vec<u8> {
+        let mut v = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
+        v.clear();
+        v.reserve_exact(data.len());
+        v.extend_from_slice(data);
+        v
+    }
+
+    /// A chunk's raw buffer, its bytes encoded: kept for the next chunk, or freed.
+    fn give_back(&self, v: Vec<u8>) {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < SPARE_CHUNKS && v.capacity() <= SPARE_MAX {
+            spare.push(v);
+        }
+    }
+
     fn usable(&self) -> impl Fn(&Name) -> bool + '_ {
         |p: &Name| !self.marked.contains(p)
     }
@@ -223,6 +248,7 @@ pub fn snapshot(
         marked,
         chunks_new: AtomicU64::new(0),
         chunks_reused: AtomicU64::new(0),
+        spare: Mutex::new(Vec::new()),
     };
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 4);
 
@@ -249,6 +275,7 @@ pub fn snapshot(
     };
 
     let (walked, built, uploaded) = std::thread::scope(|s| {
+        let shared = &shared;
         let mut outs = Vec::new();
         for i in 0..workers {
             let (tx, rx) = sync_channel::<Batch>(0);
@@ -257,13 +284,12 @@ pub fn snapshot(
             outs.push(orx);
             std::thread::Builder::new()
                 .name(format!("compress-{i}"))
-                .spawn_scoped(s, move || compress(rx, otx, repo.keys.as_ref()))
+                .spawn_scoped(s, move || compress(rx, otx, shared))
                 .map_err(|e| Error::internal(format!("starting a thread: {e}")))?;
         }
         let (utx, urx) = sync_channel::<PackOut>(0);
         // The stored data pack's buffer goes back to the builder, to be filled again.
         let (btx, brx) = sync_channel::<Vec<u8>>(1);
-        let shared = &shared;
         let uploader = std::thread::Builder::new()
             .name("upload".into())
             .spawn_scoped(s, move || upload(shared, urx, btx))
@@ -506,7 +532,7 @@ impl Walker<'_, '_> {
                     self.shared.chunks_reused.fetch_add(1, Relaxed);
                     c
                 }
-                None => Chunk::New { id, data: data.to_vec(), raw: len as u32, compressed: false },
+                None => Chunk::New { id, data: self.shared.chunk_buffer(data), raw: len as u32, compressed: false },
             };
             self.send(Ev::Chunk(c))?;
         }
@@ -526,7 +552,8 @@ impl Walker<'_, '_> {
 }
 
 /// A compressor: new chunks of each batch encoded in place (and sealed, in a sealed repository).
-fn compress(rx: Receiver<Batch>, tx: SyncSender<Batch>, keys: Option<&super::seal::Keys>) {
+fn compress(rx: Receiver<Batch>, tx: SyncSender<Batch>, shared: &Shared<'_>) {
+    let keys = shared.repo.keys.as_ref();
     let mut enc = match blob::Encoder::new() {
         Ok(e) => e,
         Err(e) => {
@@ -543,7 +570,11 @@ fn compress(rx: Receiver<Batch>, tx: SyncSender<Batch>, keys: Option<&super::sea
                     if let Some(k) = keys {
                         k.seal_blob(id, &mut out)?;
                     }
-                    std::mem::swap(data, &mut out);
+                    // The raw bytes go now, and the stored ones travel in a buffer of their
+                    // size: what is in flight is what will be packed, nothing more.
+                    out.shrink_to_fit();
+                    let raw = std::mem::replace(data, std::mem::take(&mut out));
+                    shared.give_back(raw);
                 }
             }
             Ok(evs)
