@@ -41,10 +41,13 @@ run_repo() {
     measure "restic second backup, unchanged" "" "true" "restic backup --quiet $TREE/data"
 
     # 1% of the files change: database pages rewritten, new photos (a copy of the tree, so the
-    # benchmark tree stays as generated).
+    # benchmark tree stays as generated). The copy is snapshotted once first, untimed: linking
+    # it changed every file's ctime, and a phone's next snapshot starts from its own last one.
     local changed=$BENCH_DIR/tree-changed
     rm -rf "$changed"; cp -al "$TREE" "$changed"
-    python3 - "$changed/data" <<'PY'
+    $CPBACKUP export --root "$changed" --include /data --to "$repo" --format repo --json --endpoint "$ENDPOINT" \
+        --instance-id acp-0 > "$J"
+    python3 - "$changed/data" "$OUT/changed-files" <<'PY'
 import os, random, sys
 root = sys.argv[1]; rnd = random.Random(17)
 files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
@@ -58,11 +61,16 @@ for p in pick:
 os.makedirs(os.path.join(root, "media/0/DCIM/Camera"), exist_ok=True)
 for i in range(2):
     open(os.path.join(root, f"media/0/DCIM/Camera/NEW_{i}.jpg"), "wb").write(rnd.randbytes(4 << 20))
+with open(sys.argv[2], "w") as f:
+    f.writelines(p + "\n" for p in pick + [os.path.join(root, f"media/0/DCIM/Camera/NEW_{i}.jpg") for i in range(2)])
 print(f"changed {len(pick)} files and added 2 photos", file=sys.stderr)
 PY
+    # What changed, compressed as a .tar.zst would hold it: the yardstick of the upload.
+    local changed_zst; changed_zst=$(tr '\n' '\0' < "$OUT/changed-files" | xargs -0 cat | zstd -3 -q -c | wc -c)
     RUNS=1 measure "cpbackup snapshot after 1% changed" "" "true" \
         "$CPBACKUP export --root $changed --include /data --to $repo --format repo --json --endpoint $ENDPOINT --instance-id acp-0 > $J"
     repo_stat "after 1% changed" "$J"
+    echo "| what changed, zstd -3 | $changed_zst bytes |" | tee -a "$RESULTS"
 
     # Whole restore, and one 1 MiB file.
     local name; name=$(python3 -c "import json; print(json.load(open('$J'))['BackupFileName'])")

@@ -66,6 +66,12 @@ impl Store for Counted<'_> {
         self.counts.up.fetch_add(body.len() as u64, Relaxed);
         Ok(())
     }
+    fn put_owned(&self, key: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+        self.req();
+        let body = self.inner.put_owned(key, body)?;
+        self.counts.up.fetch_add(body.len() as u64, Relaxed);
+        Ok(body)
+    }
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.req();
         let got = self.inner.get(key)?;

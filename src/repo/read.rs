@@ -70,9 +70,11 @@ impl<'a> Blobs<'a> {
                 let start = end.saturating_sub(TREE_WINDOW.max(len));
                 (start, end - start)
             } else {
-                // Sequential: the window doubles; anything else starts again from the ask.
-                let sequential =
-                    self.data.as_ref().is_some_and(|w| w.pack == loc.pack && w.start + w.bytes.len() as u64 == off);
+                // Sequential (the blob starts where the window ends, or runs over its end):
+                // the window doubles; anything else starts again from the ask.
+                let sequential = self.data.as_ref().is_some_and(|w| {
+                    w.pack == loc.pack && off >= w.start && off <= w.start + w.bytes.len() as u64
+                });
                 self.grow = if sequential { (self.grow * 2).min(DATA_WINDOW) } else { 0 };
                 (off, ahead.max(len).max(self.grow))
             };

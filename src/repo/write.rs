@@ -837,11 +837,14 @@ fn upload(shared: &Shared<'_>, rx: Receiver<PackOut>, spare: SyncSender<Vec<u8>>
     let mut stored: Vec<(Name, Vec<Entry>)> = Vec::new();
     let mut failed = None;
     for (kind, name, bytes, entries) in rx {
-        let put = store.put(&pack::key(prefix, &name), &bytes);
-        // A data pack's buffer goes back to the builder, which waits for it.
-        if kind == Kind::Data {
-            let _ = spare.send(bytes);
-        }
+        let put = store.put_owned(&pack::key(prefix, &name), bytes);
+        // A data pack's buffer goes back to the builder, which waits for it (an empty one when
+        // the store kept it: the builder makes another).
+        let put = put.map(|bytes| {
+            if kind == Kind::Data {
+                let _ = spare.send(bytes);
+            }
+        });
         match put {
             Ok(()) => stored.push((name, entries)),
             Err(e) => {

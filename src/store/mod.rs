@@ -45,6 +45,13 @@ pub trait Store: Send + Sync {
     fn download(&self, key: &str) -> Result<Box<dyn Read + Send>>;
     /// Write a small object (a manifest) atomically.
     fn put(&self, key: &str, body: &[u8]) -> Result<()>;
+    /// `put` of a buffer the caller gives up for the request and gets back after it (a
+    /// repository's 16 MiB packs): a store that needs its own copy of the body (S3's) takes
+    /// this one instead.
+    fn put_owned(&self, key: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+        self.put(key, &body)?;
+        Ok(body)
+    }
     /// Read a small object; `None` when it does not exist.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Objects whose key starts with `prefix`, sorted by key.

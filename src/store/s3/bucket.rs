@@ -263,6 +263,15 @@ impl Store for S3Store {
         self.run(|sh| async move { put_object(&sh, key, body, Content::Manifest).await })
     }
 
+    /// The body goes to the SDK as it is (no copy), and comes back once every clone the
+    /// request and its retries took is dropped.
+    fn put_owned(&self, key: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+        let body = Bytes::from(body);
+        let sent = body.clone();
+        self.run(|sh| async move { put_object(&sh, key, sent, Content::Manifest).await })?;
+        Ok(body.try_into_mut().map(Vec::from).unwrap_or_else(|shared| shared.to_vec()))
+    }
+
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.run(|sh| async move { get_object(&sh, key).await })
     }
