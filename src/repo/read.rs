@@ -21,6 +21,10 @@ use crate::store::Store;
 
 /// The largest data window.
 const DATA_WINDOW: u64 = 8 << 20;
+/// Data windows kept, each over its own pack: a snapshot taken after a few files changed reads
+/// the old pack and, every hundred files or so, the new one; one window would start again from
+/// a single file's size at every switch.
+const DATA_WINDOWS: usize = 2;
 /// What a tree blob is fetched with, at most: the bytes before it in its pack.
 const TREE_WINDOW: u64 = 2 << 20;
 
@@ -28,11 +32,18 @@ struct Window {
     pack: Name,
     start: u64,
     bytes: Vec<u8>,
+    /// How far the next sequential read from this window's pack reaches.
+    grow: u64,
 }
 
 impl Window {
     fn holds(&self, pack: &Name, off: u64, len: u64) -> bool {
         self.pack == *pack && off >= self.start && off + len <= self.start + self.bytes.len() as u64
+    }
+
+    /// A blob that starts where this window ends, or runs over its end: the read goes on.
+    fn continued_by(&self, pack: &Name, off: u64) -> bool {
+        self.pack == *pack && off >= self.start && off <= self.start + self.bytes.len() as u64
     }
 }
 
@@ -42,15 +53,14 @@ pub struct Blobs<'a> {
     prefix: String,
     hasher: Hasher,
     keys: Option<&'a Keys>,
-    data: Option<Window>,
+    /// The data windows, the one used last at the end.
+    data: Vec<Window>,
     trees: Option<Window>,
-    /// How far the next sequential data read reaches.
-    grow: u64,
 }
 
 impl<'a> Blobs<'a> {
     pub fn new(store: &'a dyn Store, prefix: &str, hasher: Hasher) -> Blobs<'a> {
-        Blobs { store, prefix: prefix.to_string(), hasher, keys: None, data: None, trees: None, grow: 0 }
+        Blobs { store, prefix: prefix.to_string(), hasher, keys: None, data: Vec::new(), trees: None }
     }
 
     /// The blobs of `repo`, opened with its keys when it is sealed.
@@ -62,44 +72,55 @@ impl<'a> Blobs<'a> {
     fn stored(&mut self, loc: &Located, ahead: u64) -> Result<&[u8]> {
         let off = u64::from(loc.entry.offset);
         let len = u64::from(loc.entry.stored);
-        let is_tree = loc.entry.kind == blob::Kind::Tree;
-        let held = if is_tree { &self.trees } else { &self.data };
-        if !held.as_ref().is_some_and(|w| w.holds(&loc.pack, off, len)) {
-            let (start, want) = if is_tree {
+        if loc.entry.kind == blob::Kind::Tree {
+            if !self.trees.as_ref().is_some_and(|w| w.holds(&loc.pack, off, len)) {
                 let end = off + len;
                 let start = end.saturating_sub(TREE_WINDOW.max(len));
-                (start, end - start)
-            } else {
-                // Sequential (the blob starts where the window ends, or runs over its end):
-                // the window doubles; anything else starts again from the ask.
-                let sequential = self.data.as_ref().is_some_and(|w| {
-                    w.pack == loc.pack && off >= w.start && off <= w.start + w.bytes.len() as u64
-                });
-                self.grow = if sequential { (self.grow * 2).min(DATA_WINDOW) } else { 0 };
-                (off, ahead.max(len).max(self.grow))
-            };
-            let key = pack::key(&self.prefix, &loc.pack);
-            let bytes = self.store.get_range(&key, start, want)?;
-            if (bytes.len() as u64) < off + len - start {
-                return Err(Error::archive(
-                    self.store.url(&key),
-                    format!("ends before the blob at {off} (+{len}) that a snapshot's tree names; the repository is damaged"),
-                ));
+                self.trees = Some(self.fetch(loc, start, end - start, 0)?);
             }
-            if !is_tree {
-                self.grow = self.grow.max(bytes.len() as u64);
+            let w = self.trees.as_ref().ok_or_else(|| Error::internal("no window"))?;
+            let s = (off - w.start) as usize;
+            return Ok(&w.bytes[s..s + len as usize]);
+        }
+        match self.data.iter().position(|w| w.holds(&loc.pack, off, len)) {
+            Some(i) => {
+                let w = self.data.remove(i);
+                self.data.push(w);
             }
-            let w = Window { pack: loc.pack, start, bytes };
-            if is_tree {
-                self.trees = Some(w);
-            } else {
-                self.data = Some(w);
+            None => {
+                // Sequential: that pack's window doubles; anything else starts again from the
+                // ask, in place of the window used longest ago.
+                let grow = match self.data.iter().position(|w| w.continued_by(&loc.pack, off)) {
+                    Some(i) => (self.data.remove(i).grow * 2).min(DATA_WINDOW),
+                    None => {
+                        if self.data.len() >= DATA_WINDOWS {
+                            self.data.remove(0);
+                        }
+                        0
+                    }
+                };
+                let w = self.fetch(loc, off, ahead.max(len).max(grow), grow)?;
+                self.data.push(w);
             }
         }
-        let w = if is_tree { self.trees.as_ref() } else { self.data.as_ref() };
-        let w = w.ok_or_else(|| Error::internal("no window"))?;
+        let w = self.data.last().ok_or_else(|| Error::internal("no window"))?;
         let s = (off - w.start) as usize;
         Ok(&w.bytes[s..s + len as usize])
+    }
+
+    /// `want` bytes of the blob's pack from `start`, which must reach past the blob.
+    fn fetch(&self, loc: &Located, start: u64, want: u64, grow: u64) -> Result<Window> {
+        let (off, len) = (u64::from(loc.entry.offset), u64::from(loc.entry.stored));
+        let key = pack::key(&self.prefix, &loc.pack);
+        let bytes = self.store.get_range(&key, start, want)?;
+        if (bytes.len() as u64) < off + len - start {
+            return Err(Error::archive(
+                self.store.url(&key),
+                format!("ends before the blob at {off} (+{len}) that a snapshot's tree names; the repository is damaged"),
+            ));
+        }
+        let grow = grow.max(bytes.len() as u64);
+        Ok(Window { pack: loc.pack, start, bytes, grow })
     }
 
     /// A blob decoded and checked against its id.

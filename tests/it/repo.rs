@@ -611,4 +611,20 @@ fn repo_restore_of_many_small_files_reads_packs_in_few_ranges() {
     // About 6 MB in one pack: windows doubling from one file's size to 8 MiB, and the trees.
     let requests = r["Snapshot"]["Requests"].as_u64().unwrap();
     assert!(requests <= 40, "{requests} requests for 3,000 small files: {r}");
+
+    // One file in a hundred changes: the next snapshot's files come from the old pack and,
+    // every hundred files, from the new one. The old pack's window keeps growing across.
+    for i in (0..3000u32).step_by(100) {
+        b.file(&format!("data/data/com.many/files/f{i:04}"), &cpbackup::demo::noise(1500, u64::from(i) + 7));
+    }
+    let second = export(local(&state), &src, &to, &["--instance-id", "acp-1", "--name", "many2"]);
+    assert_eq!(second["Snapshot"]["FilesUnchanged"], 2971, "{second}");
+    let out = t.path().join("restored2");
+    fs::create_dir_all(&out).unwrap();
+    let mut c = local(&state);
+    c.args(["import", "--from", &format!("{to}many2.manifest.json"), "--root", path_str(&out), "--json"]);
+    let r = json(&run(&mut c, 0));
+    same(&src, &out, "data/data");
+    let requests = r["Snapshot"]["Requests"].as_u64().unwrap();
+    assert!(requests <= 80, "{requests} requests for 3,000 small files in two packs: {r}");
 }
