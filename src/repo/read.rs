@@ -27,6 +27,9 @@ const DATA_WINDOW: u64 = 8 << 20;
 const DATA_WINDOWS: usize = 2;
 /// What a tree blob is fetched with, at most: the bytes before it in its pack.
 const TREE_WINDOW: u64 = 2 << 20;
+/// Tree windows kept: a snapshot after a change names its new trees and, for the unchanged
+/// directories, trees in the packs of the snapshots before it; the walk goes back and forth.
+const TREE_WINDOWS: usize = 4;
 
 struct Window {
     pack: Name,
@@ -47,20 +50,67 @@ impl Window {
     }
 }
 
+/// The windows of one kind of blob, the one used last at the end.
+struct Windows {
+    held: Vec<Window>,
+    max: usize,
+}
+
+impl Windows {
+    fn new(max: usize) -> Windows {
+        Windows { held: Vec::new(), max }
+    }
+
+    /// Whether a window holds the blob; that window becomes the last.
+    fn find(&mut self, pack: &Name, off: u64, len: u64) -> bool {
+        let Some(i) = self.held.iter().position(|w| w.holds(pack, off, len)) else { return false };
+        let w = self.held.remove(i);
+        self.held.push(w);
+        true
+    }
+
+    /// The window a blob continues, taken out.
+    fn take_continued(&mut self, pack: &Name, off: u64) -> Option<Window> {
+        let i = self.held.iter().position(|w| w.continued_by(pack, off))?;
+        Some(self.held.remove(i))
+    }
+
+    /// A new last window, in place of the one used longest ago when all are taken.
+    fn push(&mut self, w: Window) {
+        if self.held.len() >= self.max {
+            self.held.remove(0);
+        }
+        self.held.push(w);
+    }
+
+    /// The blob's bytes in the last window (which holds it).
+    fn slice(&self, off: u64, len: u64) -> Result<&[u8]> {
+        let w = self.held.last().ok_or_else(|| Error::internal("no window"))?;
+        let s = (off - w.start) as usize;
+        Ok(&w.bytes[s..s + len as usize])
+    }
+}
+
 /// Fetches and checks blobs.
 pub struct Blobs<'a> {
     store: &'a dyn Store,
     prefix: String,
     hasher: Hasher,
     keys: Option<&'a Keys>,
-    /// The data windows, the one used last at the end.
-    data: Vec<Window>,
-    trees: Option<Window>,
+    data: Windows,
+    trees: Windows,
 }
 
 impl<'a> Blobs<'a> {
     pub fn new(store: &'a dyn Store, prefix: &str, hasher: Hasher) -> Blobs<'a> {
-        Blobs { store, prefix: prefix.to_string(), hasher, keys: None, data: Vec::new(), trees: None }
+        Blobs {
+            store,
+            prefix: prefix.to_string(),
+            hasher,
+            keys: None,
+            data: Windows::new(DATA_WINDOWS),
+            trees: Windows::new(TREE_WINDOWS),
+        }
     }
 
     /// The blobs of `repo`, opened with its keys when it is sealed.
@@ -73,39 +123,21 @@ impl<'a> Blobs<'a> {
         let off = u64::from(loc.entry.offset);
         let len = u64::from(loc.entry.stored);
         if loc.entry.kind == blob::Kind::Tree {
-            if !self.trees.as_ref().is_some_and(|w| w.holds(&loc.pack, off, len)) {
+            if !self.trees.find(&loc.pack, off, len) {
                 let end = off + len;
                 let start = end.saturating_sub(TREE_WINDOW.max(len));
-                self.trees = Some(self.fetch(loc, start, end - start, 0)?);
+                let w = self.fetch(loc, start, end - start, 0)?;
+                self.trees.push(w);
             }
-            let w = self.trees.as_ref().ok_or_else(|| Error::internal("no window"))?;
-            let s = (off - w.start) as usize;
-            return Ok(&w.bytes[s..s + len as usize]);
+            return self.trees.slice(off, len);
         }
-        match self.data.iter().position(|w| w.holds(&loc.pack, off, len)) {
-            Some(i) => {
-                let w = self.data.remove(i);
-                self.data.push(w);
-            }
-            None => {
-                // Sequential: that pack's window doubles; anything else starts again from the
-                // ask, in place of the window used longest ago.
-                let grow = match self.data.iter().position(|w| w.continued_by(&loc.pack, off)) {
-                    Some(i) => (self.data.remove(i).grow * 2).min(DATA_WINDOW),
-                    None => {
-                        if self.data.len() >= DATA_WINDOWS {
-                            self.data.remove(0);
-                        }
-                        0
-                    }
-                };
-                let w = self.fetch(loc, off, ahead.max(len).max(grow), grow)?;
-                self.data.push(w);
-            }
+        if !self.data.find(&loc.pack, off, len) {
+            // Sequential: that pack's window doubles; anything else starts again from the ask.
+            let grow = self.data.take_continued(&loc.pack, off).map_or(0, |w| (w.grow * 2).min(DATA_WINDOW));
+            let w = self.fetch(loc, off, ahead.max(len).max(grow), grow)?;
+            self.data.push(w);
         }
-        let w = self.data.last().ok_or_else(|| Error::internal("no window"))?;
-        let s = (off - w.start) as usize;
-        Ok(&w.bytes[s..s + len as usize])
+        self.data.slice(off, len)
     }
 
     /// `want` bytes of the blob's pack from `start`, which must reach past the blob.
