@@ -3,8 +3,8 @@
 //! read: a tree names where each chunk lies.
 //!
 //! Data blobs come in windows that grow while reads are sequential (a whole restore reads
-//! each pack in a few large ranges; one file costs one range); tree blobs come with the bytes
-//! before them in their pack (a directory's subtrees were written just before it). Every blob
+//! each pack in a few large ranges; one file costs one range); tree blobs come in windows of
+//! their pack around them, or after them while the walk reads forwards. Every blob
 //! is checked against its id before it is used. It never writes: restoring is the caller's
 //! `Unpacker`.
 
@@ -25,7 +25,7 @@ const DATA_WINDOW: u64 = 8 << 20;
 /// the old pack and, every hundred files or so, the new one; one window would start again from
 /// a single file's size at every switch.
 const DATA_WINDOWS: usize = 2;
-/// What a tree blob is fetched with, at most: the bytes before it in its pack.
+/// What a tree blob is fetched with: a window of its pack around it, or after it.
 const TREE_WINDOW: u64 = 2 << 20;
 /// Tree windows kept: a snapshot after a change names its new trees and, for the unchanged
 /// directories, trees in the packs of the snapshots before it; the walk goes back and forth.
@@ -124,9 +124,15 @@ impl<'a> Blobs<'a> {
         let len = u64::from(loc.entry.stored);
         if loc.entry.kind == blob::Kind::Tree {
             if !self.trees.find(&loc.pack, off, len) {
-                let end = off + len;
-                let start = end.saturating_sub(TREE_WINDOW.max(len));
-                let w = self.fetch(loc, start, end - start, 0)?;
+                // A walk down the trees reads a pack's trees forwards (the blob starts where a
+                // window ends: the window goes on from it) or jumps (the window is centred on
+                // it: a directory's subtrees were written just before it).
+                let start = match self.trees.take_continued(&loc.pack, off) {
+                    Some(_) => off,
+                    None => off.saturating_sub(TREE_WINDOW / 2),
+                };
+                let want = (off + len - start).max(TREE_WINDOW);
+                let w = self.fetch(loc, start, want, 0)?;
                 self.trees.push(w);
             }
             return self.trees.slice(off, len);
@@ -144,6 +150,7 @@ impl<'a> Blobs<'a> {
     fn fetch(&self, loc: &Located, start: u64, want: u64, grow: u64) -> Result<Window> {
         let (off, len) = (u64::from(loc.entry.offset), u64::from(loc.entry.stored));
         let key = pack::key(&self.prefix, &loc.pack);
+        tracing::trace!("{:?} blob at {off}+{len}: reading {key} {start}+{want}", loc.entry.kind);
         let bytes = self.store.get_range(&key, start, want)?;
         if (bytes.len() as u64) < off + len - start {
             return Err(Error::archive(
