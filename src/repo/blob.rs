@@ -53,8 +53,8 @@ impl Encoder {
                 return Ok(false);
             }
         }
-        // Exactly: `out` is a chunk-sized buffer handed round, and doubling it would hold
-        // megabytes nobody uses.
+        // Exactly: `out` travels on with the chunk until it is packed, and a doubled buffer
+        // would carry megabytes nobody uses.
         out.reserve_exact(zstd::zstd_safe::compress_bound(raw.len()));
         self.z.compress_to_buffer(raw, out).map_err(|e| Error::internal(format!("zstd: {e}")))?;
         if out.len() >= raw.len() {

@@ -570,8 +570,8 @@ fn compress(rx: Receiver<Batch>, tx: SyncSender<Batch>, shared: &Shared<'_>) {
                     if let Some(k) = keys {
                         k.seal_blob(id, &mut out)?;
                     }
-                    // The raw bytes go now, and the stored ones travel in a buffer of their
-                    // size: what is in flight is what will be packed, nothing more.
+                    // The stored bytes travel on in a buffer of their size (what is in flight
+                    // is what will be packed, nothing more); the raw one goes back to the walker.
                     out.shrink_to_fit();
                     let raw = std::mem::replace(data, std::mem::take(&mut out));
                     shared.give_back(raw);

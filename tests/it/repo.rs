@@ -602,14 +602,18 @@ fn repo_restore_of_many_small_files_reads_packs_in_few_ranges() {
     let to = format!("{}/", path_str(&repo));
     let first = export(local(&state), &src, &to, &["--instance-id", "acp-1", "--name", "many"]);
     assert_eq!(first["Status"], "AVAILABLE", "{first}");
-    let out = t.path().join("restored");
-    fs::create_dir_all(&out).unwrap();
-    let mut c = local(&state);
-    c.args(["import", "--from", &format!("{to}many.manifest.json"), "--root", path_str(&out), "--json"]);
-    let r = json(&run(&mut c, 0));
-    same(&src, &out, "data/data");
+    // Restores snapshot NAME whole next to the phone, checks it, and counts its requests.
+    let restore = |name: &str| {
+        let out = t.path().join(format!("restored-{name}"));
+        fs::create_dir_all(&out).unwrap();
+        let mut c = local(&state);
+        c.args(["import", "--from", &format!("{to}{name}.manifest.json"), "--root", path_str(&out), "--json"]);
+        let r = json(&run(&mut c, 0));
+        same(&src, &out, "data/data");
+        (r["Snapshot"]["Requests"].as_u64().unwrap(), r)
+    };
     // About 6 MB in one pack: windows doubling from one file's size to 8 MiB, and the trees.
-    let requests = r["Snapshot"]["Requests"].as_u64().unwrap();
+    let (requests, r) = restore("many");
     assert!(requests <= 40, "{requests} requests for 3,000 small files: {r}");
 
     // One file in a hundred changes: the next snapshot's files come from the old pack and,
@@ -619,12 +623,6 @@ fn repo_restore_of_many_small_files_reads_packs_in_few_ranges() {
     }
     let second = export(local(&state), &src, &to, &["--instance-id", "acp-1", "--name", "many2"]);
     assert_eq!(second["Snapshot"]["FilesUnchanged"], 2971, "{second}");
-    let out = t.path().join("restored2");
-    fs::create_dir_all(&out).unwrap();
-    let mut c = local(&state);
-    c.args(["import", "--from", &format!("{to}many2.manifest.json"), "--root", path_str(&out), "--json"]);
-    let r = json(&run(&mut c, 0));
-    same(&src, &out, "data/data");
-    let requests = r["Snapshot"]["Requests"].as_u64().unwrap();
+    let (requests, r) = restore("many2");
     assert!(requests <= 80, "{requests} requests for 3,000 small files in two packs: {r}");
 }
