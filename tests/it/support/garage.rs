@@ -186,6 +186,9 @@ fn detached(script: &str) {
         .spawn();
 }
 
+/// How long a starting Garage may take to create a bucket, then to accept a write.
+const READY_WITHIN: Duration = Duration::from_secs(180);
+
 /// A Garage cluster (one node, or three) with the test key and a layout applied.
 pub struct Garage {
     pub nodes: Vec<Node>,
@@ -223,7 +226,9 @@ impl Garage {
     /// Wait until the cluster answers S3 requests (the layout takes a moment to spread).
     fn wait_ready(&self) {
         let probe = format!("ready-{}", std::process::id());
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Generous: the wait ends as soon as Garage answers, and on a machine whose cores are
+        // all busy (the suite beside stress-ng, issue 19) its start took over a minute.
+        let deadline = Instant::now() + READY_WITHIN;
         loop {
             let out = self.nodes[0].cli_raw(&["bucket", "create", &probe]);
             if out {
@@ -234,7 +239,7 @@ impl Garage {
         }
         self.allow(&probe);
         let store = self.store(&probe);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + READY_WITHIN;
         loop {
             use cpbackup::store::Store;
             match store.put("probe", b"x") {
