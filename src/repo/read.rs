@@ -155,7 +155,9 @@ impl<'a> Blobs<'a> {
         if (bytes.len() as u64) < off + len - start {
             return Err(Error::archive(
                 self.store.url(&key),
-                format!("ends before the blob at {off} (+{len}) that a snapshot's tree names; the repository is damaged"),
+                format!(
+                    "ends before the blob at {off} (+{len}) that a snapshot's tree names; the repository is damaged"
+                ),
             ));
         }
         let grow = grow.max(bytes.len() as u64);

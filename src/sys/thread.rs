@@ -5,6 +5,7 @@
 //! knows nothing of what the threads do.
 
 use std::io;
+use std::path::Path;
 
 const IOPRIO_WHO_PROCESS: libc::c_int = 1;
 
@@ -49,8 +50,12 @@ pub fn ioprio(tid: i32) -> io::Result<u32> {
 
 /// Whether the calling process leads its own session (`setsid`, as init starts services):
 /// then the kernel's autogroup of that session holds this process and its children only.
+/// A session made outside this PID namespace reads as session 0 (containers, some CI
+/// machines), which is never ours; rustix's `getsid` asserts it is positive, so libc's is used.
 pub fn leads_session() -> bool {
-    rustix::process::getsid(None).is_ok_and(|sid| sid == rustix::process::getpid())
+    // SAFETY: no arguments that point anywhere; getsid(0) is the caller's session or -1.
+    let sid = unsafe { libc::getsid(0) };
+    sid > 0 && sid == std::process::id() as libc::pid_t
 }
 
 const AUTOGROUP: &str = "/proc/self/autogroup";
@@ -58,7 +63,12 @@ const AUTOGROUP: &str = "/proc/self/autogroup";
 /// The nice value of the calling process's autogroup (`/autogroup-N nice V`); `None` where the
 /// kernel has none (`CONFIG_SCHED_AUTOGROUP` unset).
 pub fn autogroup_nice() -> Option<i32> {
-    let text = std::fs::read_to_string(AUTOGROUP).ok()?;
+    autogroup_nice_of(Path::new(AUTOGROUP))
+}
+
+/// The nice value in an autogroup file such as `/proc/PID/autogroup`.
+pub fn autogroup_nice_of(file: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(file).ok()?;
     text.split_whitespace().skip_while(|w| *w != "nice").nth(1)?.parse().ok()
 }
 

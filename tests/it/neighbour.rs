@@ -38,8 +38,7 @@ fn own_nice() -> i32 {
 
 /// The nice value of `pid`'s autogroup (`/autogroup-N nice V`), where the kernel has them.
 fn autogroup_nice(pid: &str) -> Option<i32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/autogroup")).ok()?;
-    text.split_whitespace().skip_while(|w| *w != "nice").nth(1)?.parse().ok()
+    cpbackup::sys::thread::autogroup_nice_of(std::path::Path::new(&format!("/proc/{pid}/autogroup")))
 }
 
 /// An export to a pipe nobody reads: it starts every thread and then waits on the pipe.
