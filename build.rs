@@ -6,7 +6,7 @@ fn main() {
     // A build without git (cross-rs containers, tarballs) can pass the commit in.
     println!("cargo:rerun-if-env-changed=CPBACKUP_GIT_COMMIT");
     let given = std::env::var("CPBACKUP_GIT_COMMIT").ok().filter(|c| !c.is_empty());
-    let commit = given.unwrap_or_else(|| git_commit());
+    let commit = given.unwrap_or_else(git_commit);
     let target = std::env::var("TARGET").unwrap_or_default();
     // PROFILE says only "debug" or "release"; a custom profile's own name is the
     // directory OUT_DIR sits in: target/[TRIPLE/]NAME/build/cpbackup-HASH/out.

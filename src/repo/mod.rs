@@ -31,6 +31,7 @@
 //! - [`ops`]: export, import, ls and verify of snapshots as the command line runs them.
 //! - [`forget`] (records by a keep policy) and [`prune`] (unreferenced packs, two phases).
 
+pub mod ahead;
 pub mod blob;
 pub mod cache;
 pub mod chunker;

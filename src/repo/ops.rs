@@ -9,6 +9,7 @@
 //! record whose data prune may delete).
 
 use std::collections::HashSet;
+use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -322,8 +323,7 @@ pub fn import(found: Found, spec: &ImportSpec, progress: &Progress) -> Result<Re
         let tops: Vec<&[u8]> = tops.iter().map(Vec::as_slice).collect();
         unpacker.check_space(&tops, found.record.file_size)?;
     }
-    let mut blobs = Blobs::of(&repo);
-    let seen = read::entries(&mut blobs, &tree, &filter, &mut |item, data| {
+    let seen = super::ahead::entries(read::Opener::of(&repo), &tree, &filter, &mut |item, data| {
         progress.check_cancel()?;
         progress.entry(item.size);
         unpacker.entry(item, data)
@@ -398,7 +398,7 @@ pub fn ls(found: Found, spec: &LsSpec, each: &mut dyn FnMut(Listed)) -> Result<S
     let repo = Repo::open(&counted, &found.prefix, &spec.opening, &found.made_for())?;
     let tree = found.root()?;
     let mut blobs = Blobs::of(&repo);
-    let seen = read::walk(&mut blobs, &tree, &filter, &mut |path, node, _| {
+    let seen = read::walk(&mut blobs, &tree, &filter, &mut |path, node| {
         let (kind, target) = match node.kind {
             NodeKind::Dir | NodeKind::Implicit => ("d", String::new()),
             NodeKind::File => ("f", String::new()),
@@ -456,21 +456,23 @@ pub fn verify(found: Found, spec: &VerifySpec, progress: &Progress) -> Result<Re
     }
     let mut blobs = Blobs::of(&repo);
     let mut entries = 0u64;
-    let mut bytes = 0u64;
-    let mut buf = Vec::new();
-    read::walk(&mut blobs, &tree, &Filter::default(), &mut |_, node, blobs| {
+    read::walk(&mut blobs, &tree, &Filter::default(), &mut |_, node| {
         progress.check_cancel()?;
         entries += 1;
-        for l in &node.chunks {
-            check(l, &mut problems)?;
-            if spec.read_data && node.kind != NodeKind::Implicit && !node.kind.is_dir() {
-                blobs.read(l, u64::from(l.entry.stored), &mut buf)?;
-                bytes += buf.len() as u64;
-                progress.entry(buf.len() as u64);
-            }
-        }
-        Ok(())
+        node.chunks.iter().try_for_each(|l| check(l, &mut problems))
     })?;
+    // Every chunk read, decoded and hashed (the reading checks each against its id).
+    let mut bytes = 0u64;
+    if spec.read_data {
+        super::ahead::entries(read::Opener::of(&repo), &tree, &Filter::default(), &mut |_, data| {
+            progress.check_cancel()?;
+            let n = io::copy(data, &mut io::sink())
+                .map_err(|e| Error::Io { context: format!("reading {shown}"), source: e })?;
+            bytes += n;
+            progress.entry(n);
+            Ok(())
+        })?;
+    }
     progress.finish();
     if !problems.is_empty() {
         let n = problems.len();

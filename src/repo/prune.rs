@@ -72,7 +72,7 @@ pub fn referenced(repo: &Repo<'_>) -> Result<(usize, HashSet<Name>)> {
         n += 1;
         let root = info.root(&repo.store.url(&key))?;
         packs.extend(root.iter().map(|l| l.pack));
-        read::walk_nodes(&mut blobs, &root, &Filter::default(), true, &mut |_, node, _| {
+        read::walk_nodes(&mut blobs, &root, &Filter::default(), true, &mut |_, node| {
             packs.extend(node.chunks.iter().map(|l: &Located| l.pack));
             Ok(())
         })?;

@@ -1,16 +1,19 @@
-//! Reading a snapshot: from the root tree's blobs (named in its record) down the trees to the
-//! files, fetching only what the wanted paths need, by ranged reads of packs. No index is
-//! read: a tree names where each chunk lies.
+//! Reading a snapshot's trees: from the root tree's blobs (named in its record) down to the
+//! files, fetching only the trees the wanted paths need, by ranged reads of packs. No index
+//! is read: a tree names where each chunk lies. File content is read by `ahead`, on threads
+//! of its own; both open blobs with the `Opener` here.
 //!
-//! Data blobs come in windows that grow while reads are sequential (a whole restore reads
-//! each pack in a few large ranges; one file costs one range); tree blobs come in windows of
-//! their pack around them, or after them while the walk reads forwards. Every blob
-//! is checked against its id before it is used. It never writes: restoring is the caller's
-//! `Unpacker`.
+//! Tree blobs come in windows of their pack around them, or after them while the walk reads
+//! forwards. Every blob is checked against its id before it is used. It never writes:
+//! restoring is the caller's `Unpacker`.
 
+use std::cell::RefCell;
 use std::io::{self, Read};
 
-use super::blob;
+use crate::archive::read::{Item, Kind};
+use crate::archive::Meta;
+
+use super::blob::{self, Decoder};
 use super::id::{Hasher, Name};
 use super::pack::{self, Located};
 use super::seal::Keys;
@@ -19,12 +22,6 @@ use super::Repo;
 use crate::error::{Error, Result};
 use crate::store::Store;
 
-/// The largest data window.
-const DATA_WINDOW: u64 = 8 << 20;
-/// Data windows kept, each over its own pack: a snapshot taken after a few files changed reads
-/// the old pack and, every hundred files or so, the new one; one window would start again from
-/// a single file's size at every switch.
-const DATA_WINDOWS: usize = 2;
 /// What a tree blob is fetched with: a window of its pack around it, or after it.
 const TREE_WINDOW: u64 = 2 << 20;
 /// Tree windows kept: a snapshot after a change names its new trees and, for the unchanged
@@ -35,8 +32,6 @@ struct Window {
     pack: Name,
     start: u64,
     bytes: Vec<u8>,
-    /// How far the next sequential read from this window's pack reaches.
-    grow: u64,
 }
 
 impl Window {
@@ -50,7 +45,7 @@ impl Window {
     }
 }
 
-/// The windows of one kind of blob, the one used last at the end.
+/// The windows kept, the one used last at the end.
 struct Windows {
     held: Vec<Window>,
     max: usize,
@@ -91,144 +86,132 @@ impl Windows {
     }
 }
 
-/// Fetches and checks blobs.
-pub struct Blobs<'a> {
+/// What opens, decodes and checks a blob's stored bytes: the repository's store (where a
+/// sealed pack's key is), prefix, id hasher and keys, and a zstd context. Each thread that
+/// decodes has its own (a clone).
+pub struct Opener<'a> {
     store: &'a dyn Store,
     prefix: String,
     hasher: Hasher,
     keys: Option<&'a Keys>,
-    data: Windows,
-    trees: Windows,
+    decoder: RefCell<Decoder>,
 }
 
-impl<'a> Blobs<'a> {
-    pub fn new(store: &'a dyn Store, prefix: &str, hasher: Hasher) -> Blobs<'a> {
-        Blobs {
-            store,
-            prefix: prefix.to_string(),
-            hasher,
-            keys: None,
-            data: Windows::new(DATA_WINDOWS),
-            trees: Windows::new(TREE_WINDOWS),
-        }
+impl Clone for Opener<'_> {
+    fn clone(&self) -> Self {
+        Opener { prefix: self.prefix.clone(), hasher: self.hasher.clone(), decoder: RefCell::default(), ..*self }
+    }
+}
+
+impl<'a> Opener<'a> {
+    pub fn new(store: &'a dyn Store, prefix: &str, hasher: Hasher) -> Opener<'a> {
+        Opener { store, prefix: prefix.to_string(), hasher, keys: None, decoder: RefCell::default() }
     }
 
-    /// The blobs of `repo`, opened with its keys when it is sealed.
-    pub fn of(repo: &'a Repo<'_>) -> Blobs<'a> {
-        Blobs { keys: repo.keys.as_ref(), ..Blobs::new(repo.store, &repo.prefix, repo.hasher.clone()) }
+    /// The opener of `repo`'s blobs, with its keys when it is sealed.
+    pub fn of(repo: &'a Repo<'_>) -> Opener<'a> {
+        Opener { keys: repo.keys.as_ref(), ..Opener::new(repo.store, &repo.prefix, repo.hasher.clone()) }
     }
 
-    /// A blob's stored bytes; `ahead`: how many bytes from its offset the caller will want.
-    fn stored(&mut self, loc: &Located, ahead: u64) -> Result<&[u8]> {
-        let off = u64::from(loc.entry.offset);
-        let len = u64::from(loc.entry.stored);
-        if loc.entry.kind == blob::Kind::Tree {
-            if !self.trees.find(&loc.pack, off, len) {
-                // A walk down the trees reads a pack's trees forwards (the blob starts where a
-                // window ends: the window goes on from it) or jumps (the window is centred on
-                // it: a directory's subtrees were written just before it).
-                let start = match self.trees.take_continued(&loc.pack, off) {
-                    Some(_) => off,
-                    None => off.saturating_sub(TREE_WINDOW / 2),
-                };
-                let want = (off + len - start).max(TREE_WINDOW);
-                let w = self.fetch(loc, start, want, 0)?;
-                self.trees.push(w);
-            }
-            return self.trees.slice(off, len);
-        }
-        if !self.data.find(&loc.pack, off, len) {
-            // Sequential: that pack's window doubles; anything else starts again from the ask.
-            let grow = self.data.take_continued(&loc.pack, off).map_or(0, |w| (w.grow * 2).min(DATA_WINDOW));
-            let w = self.fetch(loc, off, ahead.max(len).max(grow), grow)?;
-            self.data.push(w);
-        }
-        self.data.slice(off, len)
+    /// The store's key of a pack.
+    pub fn pack_key(&self, pack: &Name) -> String {
+        pack::key(&self.prefix, pack)
     }
 
-    /// `want` bytes of the blob's pack from `start`, which must reach past the blob.
-    fn fetch(&self, loc: &Located, start: u64, want: u64, grow: u64) -> Result<Window> {
-        let (off, len) = (u64::from(loc.entry.offset), u64::from(loc.entry.stored));
-        let key = pack::key(&self.prefix, &loc.pack);
-        tracing::trace!("{:?} blob at {off}+{len}: reading {key} {start}+{want}", loc.entry.kind);
+    /// Up to `want` bytes of `pack` from `start`, of which the first `need` must come (the
+    /// blobs a tree names in them).
+    pub fn fetch(&self, pack: &Name, start: u64, want: u64, need: u64) -> Result<Vec<u8>> {
+        let key = self.pack_key(pack);
+        tracing::trace!("reading {key} {start}+{want}");
         let bytes = self.store.get_range(&key, start, want)?;
-        if (bytes.len() as u64) < off + len - start {
+        if (bytes.len() as u64) < need {
             return Err(Error::archive(
                 self.store.url(&key),
                 format!(
-                    "ends before the blob at {off} (+{len}) that a snapshot's tree names; the repository is damaged"
+                    "ends before byte {} that a snapshot's tree names a blob in; the repository is damaged",
+                    start + need
                 ),
             ));
         }
-        let grow = grow.max(bytes.len() as u64);
-        Ok(Window { pack: loc.pack, start, bytes, grow })
+        Ok(bytes)
     }
 
-    /// A blob decoded and checked against its id.
-    pub fn read(&mut self, loc: &Located, ahead: u64, out: &mut Vec<u8>) -> Result<()> {
-        let what = format!("blob {:?} in {}", loc.entry.id, self.store.url(&pack::key(&self.prefix, &loc.pack)));
-        let hasher = self.hasher.clone();
-        let (keys, store, prefix) = (self.keys, self.store, self.prefix.clone());
-        let stored = self.stored(loc, ahead)?;
-        match keys {
+    /// A blob's stored bytes opened (when sealed), decoded into `out` and checked against its id.
+    pub fn open(&self, loc: &Located, stored: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        self.decode(loc, stored, out)?;
+        self.check(loc, out)
+    }
+
+    /// A blob's stored bytes opened (when sealed) and decoded into `out`, not yet checked.
+    pub fn decode(&self, loc: &Located, stored: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let what = || format!("blob {:?} in {}", loc.entry.id, self.store.url(&self.pack_key(&loc.pack)));
+        let mut decoder = self.decoder.borrow_mut();
+        let (compressed, raw) = (loc.entry.compressed, loc.entry.raw);
+        match self.keys {
             Some(k) => {
-                let opened = k.open_blob(store, &prefix, &loc.entry.id, stored, &what)?;
-                blob::decode(&opened, loc.entry.compressed, loc.entry.raw, &what, out)?;
+                let opened = k.open_blob(self.store, &self.prefix, &loc.entry.id, stored, &what())?;
+                decoder.decode(&opened, compressed, raw, &what(), out)
             }
-            None => blob::decode(stored, loc.entry.compressed, loc.entry.raw, &what, out)?,
+            None => decoder.decode(stored, compressed, raw, &what(), out),
         }
-        if hasher.id(out) != loc.entry.id {
+    }
+
+    /// Whether a decoded blob hashes to its id.
+    pub fn check(&self, loc: &Located, decoded: &[u8]) -> Result<()> {
+        if self.hasher.id(decoded) != loc.entry.id {
+            let what = format!("blob {:?} in {}", loc.entry.id, self.store.url(&self.pack_key(&loc.pack)));
             return Err(Error::archive(what, "does not hash to its id: the repository is damaged"));
         }
         Ok(())
     }
 }
 
-/// The bytes the chunks from `i` on will want in one read: while they follow each other in
-/// one pack, up to the largest window.
-fn run_ahead(chunks: &[Located], i: usize) -> u64 {
-    let first = &chunks[i];
-    let mut end = u64::from(first.entry.offset) + u64::from(first.entry.stored);
-    for c in &chunks[i + 1..] {
-        if c.pack != first.pack
-            || u64::from(c.entry.offset) != end
-            || end - u64::from(first.entry.offset) >= DATA_WINDOW
-        {
-            break;
-        }
-        end += u64::from(c.entry.stored);
+/// Fetches and checks tree blobs.
+pub struct Blobs<'a> {
+    opener: Opener<'a>,
+    trees: Windows,
+}
+
+impl<'a> Blobs<'a> {
+    pub fn new(opener: Opener<'a>) -> Blobs<'a> {
+        Blobs { opener, trees: Windows::new(TREE_WINDOWS) }
     }
-    end - u64::from(first.entry.offset)
-}
 
-/// A file's content as a reader.
-pub struct Content<'b, 'a> {
-    blobs: &'b mut Blobs<'a>,
-    chunks: &'b [Located],
-    next: usize,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl<'b, 'a> Content<'b, 'a> {
-    pub fn new(blobs: &'b mut Blobs<'a>, chunks: &'b [Located]) -> Content<'b, 'a> {
-        Content { blobs, chunks, next: 0, buf: Vec::new(), pos: 0 }
+    /// The blobs of `repo`, opened with its keys when it is sealed.
+    pub fn of(repo: &'a Repo<'_>) -> Blobs<'a> {
+        Blobs::new(Opener::of(repo))
     }
-}
 
-impl Read for Content<'_, '_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.buf.len() {
-            let Some(c) = self.chunks.get(self.next) else { return Ok(0) };
-            let ahead = run_ahead(self.chunks, self.next);
-            self.next += 1;
-            self.pos = 0;
-            self.blobs.read(c, ahead, &mut self.buf).map_err(io::Error::other)?;
+    /// A tree blob's stored bytes.
+    fn stored(&mut self, loc: &Located) -> Result<&[u8]> {
+        let off = u64::from(loc.entry.offset);
+        let len = u64::from(loc.entry.stored);
+        if loc.entry.kind != blob::Kind::Tree {
+            return Err(Error::archive(
+                self.opener.store.url(&self.opener.pack_key(&loc.pack)),
+                format!("holds a data blob at {off} where a snapshot's tree names a tree; the repository is damaged"),
+            ));
         }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        if !self.trees.find(&loc.pack, off, len) {
+            // A walk down the trees reads a pack's trees forwards (the blob starts where a
+            // window ends: the window goes on from it) or jumps (the window is centred on
+            // it: a directory's subtrees were written just before it).
+            let start = match self.trees.take_continued(&loc.pack, off) {
+                Some(_) => off,
+                None => off.saturating_sub(TREE_WINDOW / 2),
+            };
+            let want = (off + len - start).max(TREE_WINDOW);
+            let bytes = self.opener.fetch(&loc.pack, start, want, off + len - start)?;
+            self.trees.push(Window { pack: loc.pack, start, bytes });
+        }
+        self.trees.slice(off, len)
+    }
+
+    /// A tree blob decoded and checked against its id.
+    pub fn read(&mut self, loc: &Located, out: &mut Vec<u8>) -> Result<()> {
+        let opener = self.opener.clone();
+        let stored = self.stored(loc)?;
+        opener.open(loc, stored, out)
     }
 }
 
@@ -254,7 +237,7 @@ impl Read for CursorRead<'_, '_, '_> {
             let Some(r) = self.c.refs.get(self.c.next).copied() else { return Ok(0) };
             self.c.next += 1;
             self.c.pos = 0;
-            self.blobs.read(&r, 0, &mut self.c.buf).map_err(io::Error::other)?;
+            self.blobs.read(&r, &mut self.c.buf).map_err(io::Error::other)?;
         }
         let n = out.len().min(self.c.buf.len() - self.c.pos);
         out[..n].copy_from_slice(&self.c.buf[self.c.pos..self.c.pos + n]);
@@ -367,7 +350,7 @@ impl Filter {
 }
 
 /// What `walk` calls for each node it takes.
-pub type Visit<'v> = dyn FnMut(&[u8], &Node, &mut Blobs<'_>) -> Result<()> + 'v;
+pub type Visit<'v> = dyn FnMut(&[u8], &Node) -> Result<()> + 'v;
 
 /// Visit every node the filter takes, in walk order (a directory before its contents), with
 /// its device path (no leading `/`). Trees outside the filter are not fetched. Returns, per
@@ -406,7 +389,7 @@ pub fn walk_nodes(
             seen[i] = true;
         }
         if place == Place::In && (implicit || node.kind != NodeKind::Implicit) {
-            visit(&path, &node, blobs)?;
+            visit(&path, &node)?;
         }
         if node.kind.is_dir() {
             stack.push(Cursor::new(node.chunks, path));
@@ -415,36 +398,29 @@ pub fn walk_nodes(
     Ok(seen)
 }
 
-/// What `entries` calls for each entry.
-pub type Each<'e> = dyn FnMut(crate::archive::read::Item, &mut dyn Read) -> Result<()> + 'e;
+/// What a reading of entries calls for each: the entry and its content.
+pub type Each<'e> = dyn FnMut(Item, &mut dyn Read) -> Result<()> + 'e;
 
-/// The nodes the filter takes, as archive entries with their content: what an `Unpacker`
-/// (or `ls`, or `verify --read-data`) eats. Returns, per include, whether it named something.
-pub fn entries(blobs: &mut Blobs<'_>, root: &[Located], filter: &Filter, each: &mut Each<'_>) -> Result<Vec<bool>> {
-    use crate::archive::read::{Item, Kind};
-    use crate::archive::Meta;
-    walk(blobs, root, filter, &mut |path, node, blobs| {
-        let meta = Meta {
-            path: path.to_vec(),
-            mode: node.mode & tree::PERMS,
-            uid: node.uid,
-            gid: node.gid,
-            mtime: node.mtime,
-            mtime_nsec: node.mtime_nsec,
-            xattrs: node.xattrs.clone(),
-        };
-        let sparse = node.mode & tree::SPARSE != 0;
-        let file = |meta| Item { meta, kind: Kind::File { sparse }, size: node.size };
-        match node.kind {
-            NodeKind::Dir | NodeKind::Implicit => each(Item { meta, kind: Kind::Dir, size: 0 }, &mut io::empty()),
-            NodeKind::Symlink => {
-                each(Item { meta, kind: Kind::Symlink(node.target.clone()), size: 0 }, &mut io::empty())
-            }
-            // A link to a file this read took is a link; otherwise the file itself.
-            NodeKind::Hardlink if filter.place(&node.target) == Place::In => {
-                each(Item { meta, kind: Kind::Hardlink(node.target.clone()), size: 0 }, &mut io::empty())
-            }
-            NodeKind::File | NodeKind::Hardlink => each(file(meta), &mut Content::new(blobs, &node.chunks)),
+/// A node as an archive entry, and the chunks of its content.
+pub fn item<'n>(path: &[u8], node: &'n Node, filter: &Filter) -> (Item, &'n [Located]) {
+    let meta = Meta {
+        path: path.to_vec(),
+        mode: node.mode & tree::PERMS,
+        uid: node.uid,
+        gid: node.gid,
+        mtime: node.mtime,
+        mtime_nsec: node.mtime_nsec,
+        xattrs: node.xattrs.clone(),
+    };
+    let none: &[Located] = &[];
+    let (kind, size, content) = match node.kind {
+        NodeKind::Dir | NodeKind::Implicit => (Kind::Dir, 0, none),
+        NodeKind::Symlink => (Kind::Symlink(node.target.clone()), 0, none),
+        // A link to a file this read took is a link; otherwise the file itself.
+        NodeKind::Hardlink if filter.place(&node.target) == Place::In => (Kind::Hardlink(node.target.clone()), 0, none),
+        NodeKind::File | NodeKind::Hardlink => {
+            (Kind::File { sparse: node.mode & tree::SPARSE != 0 }, node.size, &node.chunks[..])
         }
-    })
+    };
+    (Item { meta, kind, size }, content)
 }

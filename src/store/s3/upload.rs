@@ -464,14 +464,35 @@ async fn upload_part(to: Arc<Parts>, part: Part) -> Result<CompletedPart> {
                     .customize()
                     .archive_body(sh, &body, limiter, in_flight)
                     .send()
-                    .await
-                    .map_err(|e| sdk_error(&what, e))?;
-                Ok(r.e_tag().map(str::to_string))
+                    .await;
+                match r {
+                    Ok(r) => Ok(r.e_tag().map(str::to_string)),
+                    Err(e) => {
+                        let e = sdk_error(&what, e);
+                        // A store that refuses a part before reading its body (the upload is
+                        // gone) may close the connection under it: the agent sees a broken
+                        // pipe, not the answer, and would retry in vain.
+                        match e.is_retryable() && upload_gone(sh, key, upload_id).await {
+                            true => Err(Error::Store {
+                                what,
+                                reason: format!("NoSuchUpload: the multipart upload is gone (aborted by someone else, or expired by a lifecycle rule); the part failed with: {e}"),
+                                retryable: false,
+                            }),
+                            false => Err(e),
+                        }
+                    }
+                }
             }
         })
         .await?;
     tracing::debug!("UploadPart {} part {}: {len} bytes", sh.url(key), part.number);
     Ok(CompletedPart::builder().part_number(part.number).set_e_tag(etag).build())
+}
+
+/// Whether the store says the multipart upload no longer exists (ListParts: NoSuchUpload).
+async fn upload_gone(sh: &Shared, key: &str, upload_id: &str) -> bool {
+    let r = sh.client.list_parts().bucket(&sh.bucket).key(key).upload_id(upload_id).max_parts(1).send().await;
+    matches!(r, Err(e) if error_code(&e).as_deref() == Some("NoSuchUpload"))
 }
 
 async fn complete(sh: &Shared, key: &str, upload_id: &str, parts: Vec<CompletedPart>) -> Result<()> {
