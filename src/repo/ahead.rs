@@ -44,10 +44,10 @@ const GAP: u64 = 256 << 10;
 /// Ranges open at once, each in its own pack.
 const OPEN: usize = 3;
 /// Reads in flight at once: one leaves the store idle while a range is handed on.
-const FETCHERS: usize = 2;
+const FETCHERS: usize = 3;
 /// Ranges read and not yet done with: more than can be live at once (`OPEN`), and room for
 /// the readers to work ahead. Memory: `RANGE × RANGES_AHEAD` of stored bytes at most.
-const RANGES_AHEAD: usize = OPEN + 2;
+const RANGES_AHEAD: usize = OPEN + FETCHERS;
 /// Decoded chunks handed on and not yet written, at each of two stages.
 const CHUNKS_AHEAD: usize = 4;
 /// Entries and chunks the walk runs ahead of the decoder.
@@ -266,12 +266,15 @@ impl Plan {
     }
 
     /// Hand the decoder a step; while it has no room, answer its asks for open ranges (each
-    /// one's end goes after the step).
+    /// one's end goes after the step). An ask is answered only then: while the walk goes on,
+    /// the range grows to its full size, and the decoder has the steps before it to work on.
     fn send(&mut self, step: Step) -> Result<()> {
+        let step = match self.planned.try_send(step) {
+            Ok(()) => return Ok(()),
+            Err(crossbeam_channel::TrySendError::Full(step)) => step,
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(stopped("the decoder")),
+        };
         let mut steps = vec![step];
-        while let Ok(id) = self.wants.try_recv() {
-            self.wanted(id, &mut steps)?;
-        }
         let mut i = 0;
         while i < steps.len() {
             let mut sel = crossbeam_channel::Select::new();

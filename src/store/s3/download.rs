@@ -235,13 +235,18 @@ pub(super) async fn get_range(sh: &Shared, key: &str, offset: u64, len: u64) -> 
                 retryable: false,
             });
         }
-        let body = o.body.collect().await.map_err(|e| Error::Store {
+        // Straight into one buffer of the asked size: a range is a pack's worth of blobs, and
+        // collecting its pieces first copied it twice more.
+        let mut b = Vec::with_capacity(len as usize);
+        let mut body = o.body;
+        while let Some(piece) = body.try_next().await.map_err(|e| Error::Store {
             what: what.clone(),
             reason: format!("reading the body: {}", causes(&e)),
             retryable: true,
-        })?;
-        let mut b = body.into_bytes().to_vec();
-        b.truncate(len as usize);
+        })? {
+            let room = (len as usize).saturating_sub(b.len());
+            b.extend_from_slice(&piece[..piece.len().min(room)]);
+        }
         Ok(b)
     })
     .await
