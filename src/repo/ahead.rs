@@ -87,8 +87,8 @@ enum Out {
     End,
 }
 
-/// `read::entries` with the content read ahead: every entry the filter takes, in walk order,
-/// with its content. Returns, per include, whether it named something.
+/// Every entry the filter takes, in walk order, with its content read ahead: what an
+/// `Unpacker` (or `verify --read-data`) eats. Returns, per include, whether it named something.
 pub fn entries(opener: Opener<'_>, root: &[Located], filter: &Filter, each: &mut Each<'_>) -> Result<Vec<bool>> {
     let (ranges_tx, ranges_rx) = mpsc::channel::<Range>();
     // A token for each range that may be read and not yet done with.
