@@ -59,11 +59,13 @@ for p in pick:
         i = rnd.randrange(0, max(1, len(b) - 4096)); b[i:i + 4096] = rnd.randbytes(min(4096, len(b)))
     open(p, "wb").write(bytes(b))
 os.makedirs(os.path.join(root, "media/0/DCIM/Camera"), exist_ok=True)
-for i in range(2):
-    open(os.path.join(root, f"media/0/DCIM/Camera/NEW_{i}.jpg"), "wb").write(rnd.randbytes(4 << 20))
+new = [os.path.join(root, f"media/0/DCIM/Camera/NEW_{i}.jpg") for i in range(2)]
+new.append(os.path.join(root, "media/0/DCIM/Camera/ONE_MIB.jpg"))   # the one file restored alone
+for p in new:
+    open(p, "wb").write(rnd.randbytes(1 << 20 if p.endswith("ONE_MIB.jpg") else 4 << 20))
 with open(sys.argv[2], "w") as f:
-    f.writelines(p + "\n" for p in pick + [os.path.join(root, f"media/0/DCIM/Camera/NEW_{i}.jpg") for i in range(2)])
-print(f"changed {len(pick)} files and added 2 photos", file=sys.stderr)
+    f.writelines(p + "\n" for p in pick + new)
+print(f"changed {len(pick)} files and added 3 photos", file=sys.stderr)
 PY
     # What changed, compressed as a .tar.zst would hold it: the yardstick of the upload.
     local changed_zst; changed_zst=$(tr '\n' '\0' < "$OUT/changed-files" | xargs -0 cat | zstd -3 -q -c | wc -c)
@@ -80,12 +82,11 @@ PY
         "$CPBACKUP import --root $OUT/r2 --from ${repo}$name.manifest.json --endpoint $ENDPOINT --json > $J"
     repo_stat "whole restore" "$J"
     measure "restic restore, whole" "" "$(fresh $OUT/r3)" "restic restore --quiet latest --target $OUT/r3"
-    local one; one=$(cd "$changed" && find data/media -type f -size +900k -size -1100k | sort | head -1)
-    if [ -n "$one" ]; then
-        RUNS=1 measure "cpbackup import ← one 1 MiB file ($one)" "" "$(fresh $OUT/r4)" \
-            "$CPBACKUP import --root $OUT/r4 --from ${repo}$name.manifest.json --endpoint $ENDPOINT --json --include /$one > $J"
-        repo_stat "one file" "$J"
-    fi
+    local one=data/media/0/DCIM/Camera/ONE_MIB.jpg
+    RUNS=1 measure "cpbackup import ← one 1 MiB file (/$one)" "" "$(fresh $OUT/r4)" \
+        "$CPBACKUP import --root $OUT/r4 --from ${repo}$name.manifest.json --endpoint $ENDPOINT --json --include /$one > $J"
+    repo_stat "one 1 MiB file" "$J"
+    cmp "$changed/$one" "$OUT/r4/$one" || { echo "the one file restored differs" >&2; exit 1; }
 
     # Ten phones cloned from one image, each with 2% data of its own.
     eval "$clear_repo"

@@ -514,13 +514,31 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let input = e.downcast_ref::<cpbackup::Error>().is_some_and(|e| e.is_input());
-            eprintln!("cpbackup: error: {e:#}");
-            if let Some(hint) = cpbackup::net::hint(&format!("{e:#}")) {
+            let told = describe(&e);
+            eprintln!("cpbackup: error: {told}");
+            if let Some(hint) = cpbackup::net::hint(&told) {
                 eprintln!("cpbackup: hint: {hint}");
             }
             ExitCode::from(if input { 2 } else { 1 })
         }
     }
+}
+
+/// An error and its causes on one line. The library's errors already tell their cause (an I/O
+/// error's context is followed by the error): a cause the line ends with is not told twice.
+fn describe(e: &anyhow::Error) -> String {
+    let mut told = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if told.ends_with(&text) {
+            continue;
+        }
+        if !told.is_empty() {
+            told.push_str(": ");
+        }
+        told.push_str(&text);
+    }
+    told
 }
 
 /// DNS servers and CA roots for every connection of this process (see `cpbackup::net`): the CA

@@ -53,6 +53,9 @@ const CHUNKS_AHEAD: usize = 4;
 /// Entries and chunks the walk runs ahead of the decoder.
 const STEPS_AHEAD: usize = 4096;
 
+/// What an error of this module says was going on.
+const READING: &str = "reading a snapshot ahead";
+
 /// One read of a pack.
 struct Range {
     id: u64,
@@ -88,8 +91,20 @@ enum Out {
 }
 
 /// Every entry the filter takes, in walk order, with its content read ahead: what an
-/// `Unpacker` (or `verify --read-data`) eats. Returns, per include, whether it named something.
+/// `Unpacker` eats. Returns, per include, whether it named something.
 pub fn entries(opener: Opener<'_>, root: &[Located], filter: &Filter, each: &mut Each<'_>) -> Result<Vec<bool>> {
+    entries_seen_by(opener, root, filter, &mut |_, _| Ok(()), each)
+}
+
+/// `entries`, with each node the walk takes shown to `seen` first, on the walk's thread
+/// (`verify --read-data` checks its chunks against the index there: one walk, not two).
+pub fn entries_seen_by(
+    opener: Opener<'_>,
+    root: &[Located],
+    filter: &Filter,
+    seen: &mut (dyn FnMut(&[u8], &Node) -> Result<()> + Send),
+    each: &mut Each<'_>,
+) -> Result<Vec<bool>> {
     let (ranges_tx, ranges_rx) = mpsc::channel::<Range>();
     // A token for each range that may be read and not yet done with.
     let (token_tx, token_rx) = mpsc::sync_channel::<()>(RANGES_AHEAD);
@@ -112,9 +127,12 @@ pub fn entries(opener: Opener<'_>, root: &[Located], filter: &Filter, each: &mut
             spawn(s, "walk", move || {
                 let mut plan = Plan::new(ranges_tx, planned_tx, wants_rx);
                 let mut blobs = Blobs::new(opener);
-                let seen = read::walk(&mut blobs, root, filter, &mut |path, node| plan.entry(path, node, filter))?;
+                let found = read::walk(&mut blobs, root, filter, &mut |path, node| {
+                    seen(path, node)?;
+                    plan.entry(path, node, filter)
+                })?;
                 plan.finish()?;
-                Ok(seen)
+                Ok(found)
             })?
         };
         let mut fetchers = Vec::new();
@@ -185,7 +203,7 @@ fn write(out: &Receiver<Out>, spare: &SyncSender<Vec<u8>>, each: &mut Each<'_>) 
         let mut content = Content { out, spare, buf: Vec::new(), pos: 0, ended: false };
         each(item, &mut content)?;
         // What the caller did not read of the content (a file it skipped) is passed over.
-        io::copy(&mut content, &mut io::sink()).map_err(|e| stopped(e.to_string()))?;
+        io::copy(&mut content, &mut io::sink()).map_err(|e| Error::Io { context: READING.into(), source: e })?;
     }
     Ok(())
 }
@@ -424,10 +442,7 @@ fn check(opener: &Opener<'_>, decoded: Receiver<Decoded>, out: SyncSender<Out>) 
 }
 
 fn stopped(who: impl std::fmt::Display) -> Error {
-    Error::Io {
-        context: "reading a snapshot ahead".into(),
-        source: io::Error::new(io::ErrorKind::BrokenPipe, format!("{who} stopped")),
-    }
+    Error::Io { context: READING.into(), source: io::Error::new(io::ErrorKind::BrokenPipe, format!("{who} stopped")) }
 }
 
 fn spawn<'s, 'e, T: Send + 's>(

@@ -66,38 +66,34 @@ impl Encoder {
     }
 }
 
-/// Decode a stored blob into `out`; `raw_len` is what the index says it holds.
-pub fn decode(stored: &[u8], compressed: bool, raw_len: u32, what: &str, out: &mut Vec<u8>) -> Result<()> {
-    Decoder::default().decode(stored, compressed, raw_len, what, out)
-}
-
 /// Decodes blobs with one zstd context, made at the first compressed blob and reused: one
 /// made per blob cost a twentieth of a restore's CPU.
 #[derive(Default)]
 pub struct Decoder(Option<zstd::bulk::Decompressor<'static>>);
 
 impl Decoder {
-    /// A blob's stored bytes decoded into `out`, checked against the length its index says.
+    /// A blob's stored bytes decoded into `out`, checked against the length its index says;
+    /// `what` names the blob in an error (made only then).
     pub fn decode(
         &mut self,
         stored: &[u8],
         compressed: bool,
         raw_len: u32,
-        what: &str,
+        what: &dyn Fn() -> String,
         out: &mut Vec<u8>,
     ) -> Result<()> {
         out.clear();
         if !compressed {
             if stored.len() != raw_len as usize {
                 return Err(Error::archive(
-                    what,
+                    what(),
                     format!("holds {} bytes where its index says {raw_len}", stored.len()),
                 ));
             }
             out.extend_from_slice(stored);
             return Ok(());
         }
-        let cannot = |e: std::io::Error| Error::archive(what, format!("does not decode: {e}"));
+        let cannot = |e: std::io::Error| Error::archive(what(), format!("does not decode: {e}"));
         let d = match &mut self.0 {
             Some(d) => d,
             empty => empty.insert(zstd::bulk::Decompressor::new().map_err(cannot)?),
@@ -105,7 +101,7 @@ impl Decoder {
         out.reserve(raw_len as usize);
         let n = d.decompress_to_buffer(stored, out).map_err(cannot)?;
         if n != raw_len as usize {
-            return Err(Error::archive(what, format!("decodes to {n} bytes where its index says {raw_len}")));
+            return Err(Error::archive(what(), format!("decodes to {n} bytes where its index says {raw_len}")));
         }
         Ok(())
     }
@@ -127,14 +123,16 @@ mod tests {
         assert!(enc.encode(&text, &mut out).unwrap());
         assert!(out.len() < 10_000);
         let mut back = Vec::new();
-        decode(&out, true, text.len() as u32, "t", &mut back).unwrap();
+        let mut dec = Decoder::default();
+        let t = || "t".to_string();
+        dec.decode(&out, true, text.len() as u32, &t, &mut back).unwrap();
         assert_eq!(back, text);
-        assert!(decode(&out, true, 5, "t", &mut back).unwrap_err().to_string().contains("index says 5"));
-        assert!(decode(&out[..out.len() / 2], true, text.len() as u32, "t", &mut back).is_err());
-        assert!(decode(b"abc", false, 4, "t", &mut back).is_err());
-        // An empty file is one empty blob.
+        assert!(dec.decode(&out, true, 5, &t, &mut back).unwrap_err().to_string().contains("index says 5"));
+        assert!(dec.decode(&out[..out.len() / 2], true, text.len() as u32, &t, &mut back).is_err());
+        assert!(dec.decode(b"abc", false, 4, &t, &mut back).is_err());
+        // An empty file is one empty blob; the context is reused after a failure.
         let stored = enc.encode(b"", &mut out).unwrap();
-        decode(&out.clone(), stored, 0, "t", &mut back).unwrap();
+        dec.decode(&out.clone(), stored, 0, &t, &mut back).unwrap();
         assert!(back.is_empty());
     }
 }

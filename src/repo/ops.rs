@@ -19,7 +19,7 @@ use super::counted::Counted;
 use super::id::Name;
 use super::pack::{self, Located};
 use super::read::{self, Blobs, Filter};
-use super::tree::{self, NodeKind};
+use super::tree::{self, Node, NodeKind};
 use super::write::{self, Stats};
 use super::Repo;
 use crate::archive::unpack::{self, Unpacker};
@@ -454,24 +454,26 @@ pub fn verify(found: Found, spec: &VerifySpec, progress: &Progress) -> Result<Re
     for l in &tree {
         check(l, &mut problems)?;
     }
-    let mut blobs = Blobs::of(&repo);
     let mut entries = 0u64;
-    read::walk(&mut blobs, &tree, &Filter::default(), &mut |_, node| {
+    let mut seen = |_: &[u8], node: &Node| {
         progress.check_cancel()?;
         entries += 1;
         node.chunks.iter().try_for_each(|l| check(l, &mut problems))
-    })?;
-    // Every chunk read, decoded and hashed (the reading checks each against its id).
+    };
     let mut bytes = 0u64;
     if spec.read_data {
-        super::ahead::entries(read::Opener::of(&repo), &tree, &Filter::default(), &mut |_, data| {
-            progress.check_cancel()?;
+        // One walk: each node's chunks checked against the index, then read, decoded and
+        // hashed (the reading checks each against its id).
+        let opener = read::Opener::of(&repo);
+        super::ahead::entries_seen_by(opener, &tree, &Filter::default(), &mut seen, &mut |_, data| {
             let n = io::copy(data, &mut io::sink())
                 .map_err(|e| Error::Io { context: format!("reading {shown}"), source: e })?;
             bytes += n;
             progress.entry(n);
             Ok(())
         })?;
+    } else {
+        read::walk(&mut Blobs::of(&repo), &tree, &Filter::default(), &mut seen)?;
     }
     progress.finish();
     if !problems.is_empty() {

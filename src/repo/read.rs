@@ -144,23 +144,27 @@ impl<'a> Opener<'a> {
 
     /// A blob's stored bytes opened (when sealed) and decoded into `out`, not yet checked.
     pub fn decode(&self, loc: &Located, stored: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        let what = || format!("blob {:?} in {}", loc.entry.id, self.store.url(&self.pack_key(&loc.pack)));
+        let what = || self.blob_name(loc);
         let mut decoder = self.decoder.borrow_mut();
         let (compressed, raw) = (loc.entry.compressed, loc.entry.raw);
         match self.keys {
             Some(k) => {
-                let opened = k.open_blob(self.store, &self.prefix, &loc.entry.id, stored, &what())?;
-                decoder.decode(&opened, compressed, raw, &what(), out)
+                let opened = k.open_blob(self.store, &self.prefix, &loc.entry.id, stored, &what)?;
+                decoder.decode(&opened, compressed, raw, &what, out)
             }
-            None => decoder.decode(stored, compressed, raw, &what(), out),
+            None => decoder.decode(stored, compressed, raw, &what, out),
         }
+    }
+
+    /// A blob as an error names it: its id and its pack's URL.
+    fn blob_name(&self, loc: &Located) -> String {
+        format!("blob {:?} in {}", loc.entry.id, self.store.url(&self.pack_key(&loc.pack)))
     }
 
     /// Whether a decoded blob hashes to its id.
     pub fn check(&self, loc: &Located, decoded: &[u8]) -> Result<()> {
         if self.hasher.id(decoded) != loc.entry.id {
-            let what = format!("blob {:?} in {}", loc.entry.id, self.store.url(&self.pack_key(&loc.pack)));
-            return Err(Error::archive(what, "does not hash to its id: the repository is damaged"));
+            return Err(Error::archive(self.blob_name(loc), "does not hash to its id: the repository is damaged"));
         }
         Ok(())
     }

@@ -218,17 +218,27 @@ impl Keys {
         Ok(())
     }
 
-    /// Open a sealed blob: its data key unwrapped (once) from `keys/<name>`.
-    pub fn open_blob(&self, store: &dyn Store, prefix: &str, id: &Id, sealed: &[u8], what: &str) -> Result<Vec<u8>> {
+    /// Open a sealed blob: its data key unwrapped (once) from `keys/<name>`; `what` names
+    /// the blob in an error (made only then).
+    pub fn open_blob(
+        &self,
+        store: &dyn Store,
+        prefix: &str,
+        id: &Id,
+        sealed: &[u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<Vec<u8>> {
         if sealed.len() < OVERHEAD {
-            return Err(Error::archive(what, "is too short to be a sealed blob"));
+            return Err(Error::archive(what(), "is too short to be a sealed blob"));
         }
         let mut name = [0u8; 16];
         name.copy_from_slice(&sealed[..16]);
         let cipher = self.data_key(store, prefix, Name(name))?;
         cipher
             .decrypt(XNonce::from_slice(&sealed[16..16 + NONCE]), Payload { msg: &sealed[16 + NONCE..], aad: &id.0 })
-            .map_err(|_| Error::archive(what, "does not open with its key: the repository is damaged or tampered with"))
+            .map_err(|_| {
+                Error::archive(what(), "does not open with its key: the repository is damaged or tampered with")
+            })
     }
 
     fn data_key(&self, store: &dyn Store, prefix: &str, name: Name) -> Result<Arc<XChaCha20Poly1305>> {
@@ -311,13 +321,14 @@ mod tests {
 
         let opening = Opening::from_text(&Secret::new(who.to_string().expose_secret_bytes()), "t").unwrap();
         let r = Keys::for_reading(&s, "r/", &id.check_value(), &opening, &sealing.recipients).unwrap();
-        assert_eq!(r.open_blob(&s, "r/", &cid, &buf, "b").unwrap(), b"hello");
+        let b = || "b".to_string();
+        assert_eq!(r.open_blob(&s, "r/", &cid, &buf, &b).unwrap(), b"hello");
         assert_eq!(r.open_index(&idx, "i").unwrap(), b"index bytes");
         // Another id's blob, a flipped byte: refused.
-        assert!(r.open_blob(&s, "r/", &Id([1; 32]), &buf, "b").is_err());
+        assert!(r.open_blob(&s, "r/", &Id([1; 32]), &buf, &b).is_err());
         let mut bad = buf.clone();
         *bad.last_mut().unwrap() ^= 1;
-        assert!(r.open_blob(&s, "r/", &cid, &bad, "b").is_err());
+        assert!(r.open_blob(&s, "r/", &cid, &bad, &b).is_err());
         // A wrong identity: Error::Key naming the recipients.
         let other = age::x25519::Identity::generate();
         let wrong = Opening::from_text(&Secret::new(other.to_string().expose_secret_bytes()), "t").unwrap();

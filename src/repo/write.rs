@@ -2,9 +2,11 @@
 //! kinds of thread joined by bounded channels:
 //!
 //! ```text
-//! walker (caller's thread): walk, stat, metadata cache, read, cut, hash, look up
-//!   -> compressors (one per core, batches handed round-robin and taken back in order)
-//!   -> builder: packs and trees, the next metadata cache
+//! walker (caller's thread): walk, stat, metadata cache, read, cut
+//!   -> compressors (one per core, batches handed round-robin and taken back in order):
+//!      hash, look up, compress the new
+//!   -> builder: packs and trees (a chunk two compressors both found new is packed once),
+//!      the next metadata cache
 //!   -> uploader: each pack stored, an index object every few packs
 //! ```
 //!
@@ -107,12 +109,13 @@ impl Written {
 }
 
 enum Chunk {
-    /// Not in the repository: compressed by a worker, then packed.
+    /// As cut from a file: hashed and looked up by a compressor.
+    Cut(Vec<u8>),
+    /// Not in the repository when a compressor looked: compressed, then packed (unless the
+    /// builder packed the same chunk since).
     New { id: Id, data: Vec<u8>, raw: u32, compressed: bool },
-    /// Stored already, here.
+    /// Stored already, or packed earlier in this run, here.
     Known(Located),
-    /// Sent as `New` earlier in this run.
-    Dup(Id),
 }
 
 enum Ev {
@@ -148,8 +151,8 @@ type OpenFile = (Node, Stamp, Vec<u8>, Option<(u64, u64)>);
 
 struct Known {
     cache: IndexCache,
-    /// Blobs of this run not yet in a published index object: `None` until packed.
-    pending: HashMap<Id, Option<Located>>,
+    /// Blobs packed in this run and not yet in a published index object.
+    pending: HashMap<Id, Located>,
 }
 
 struct Shared<'a> {
@@ -188,17 +191,17 @@ impl Shared<'_> {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Where a blob is, when stored already or coming in this run.
-    fn classify(&self, id: Id) -> Result<Option<Chunk>> {
-        let mut k = self.lock();
-        if k.pending.contains_key(&id) {
-            return Ok(Some(Chunk::Dup(id)));
+    /// Where a blob is, when stored already or packed in this run; counted as reused.
+    fn find(&self, id: &Id) -> Result<Option<Located>> {
+        let k = self.lock();
+        let found = match k.pending.get(id) {
+            Some(l) => Some(*l),
+            None => k.cache.lookup(id, &self.usable())?,
+        };
+        if found.is_some() {
+            self.chunks_reused.fetch_add(1, Relaxed);
         }
-        if let Some(l) = k.cache.lookup(&id, &self.usable())? {
-            return Ok(Some(Chunk::Known(l)));
-        }
-        k.pending.insert(id, None);
-        Ok(None)
+        Ok(found)
     }
 }
 
@@ -374,7 +377,7 @@ fn node_of(name: &[u8], kind: NodeKind, m: &fs::Metadata, host: &Path) -> Node {
 
 impl Walker<'_, '_> {
     fn send(&mut self, ev: Ev) -> Result<()> {
-        if let Ev::Chunk(Chunk::New { data, .. }) = &ev {
+        if let Ev::Chunk(Chunk::Cut(data)) = &ev {
             self.batch_bytes += data.len();
         }
         self.batch.push(ev);
@@ -525,16 +528,8 @@ impl Walker<'_, '_> {
                 }
                 continue;
             };
-            let data = self.chunker.take(len);
-            let id = self.shared.repo.hasher.id(data);
-            let c = match self.shared.classify(id)? {
-                Some(c) => {
-                    self.shared.chunks_reused.fetch_add(1, Relaxed);
-                    c
-                }
-                None => Chunk::New { id, data: self.shared.chunk_buffer(data), raw: len as u32, compressed: false },
-            };
-            self.send(Ev::Chunk(c))?;
+            let data = self.shared.chunk_buffer(self.chunker.take(len));
+            self.send(Ev::Chunk(Chunk::Cut(data)))?;
         }
         if got < size {
             warn(format!("{shown}: shrank while being read ({got} of {size} bytes); the snapshot keeps what was read"));
@@ -551,7 +546,8 @@ impl Walker<'_, '_> {
     }
 }
 
-/// A compressor: new chunks of each batch encoded in place (and sealed, in a sealed repository).
+/// A compressor: the chunks of each batch hashed and looked up, the new ones encoded in place
+/// (and sealed, in a sealed repository).
 fn compress(rx: Receiver<Batch>, tx: SyncSender<Batch>, shared: &Shared<'_>) {
     let keys = shared.repo.keys.as_ref();
     let mut enc = match blob::Encoder::new() {
@@ -565,17 +561,24 @@ fn compress(rx: Receiver<Batch>, tx: SyncSender<Batch>, shared: &Shared<'_>) {
     for batch in rx {
         let batch = batch.and_then(|mut evs| {
             for ev in &mut evs {
-                if let Ev::Chunk(Chunk::New { id, data, compressed, .. }) = ev {
-                    *compressed = enc.encode(data, &mut out)?;
-                    if let Some(k) = keys {
-                        k.seal_blob(id, &mut out)?;
+                let Ev::Chunk(c @ Chunk::Cut(_)) = ev else { continue };
+                let Chunk::Cut(data) = std::mem::replace(c, Chunk::Cut(Vec::new())) else { continue };
+                let id = shared.repo.hasher.id(&data);
+                *c = match shared.find(&id)? {
+                    Some(l) => Chunk::Known(l),
+                    None => {
+                        let compressed = enc.encode(&data, &mut out)?;
+                        if let Some(k) = keys {
+                            k.seal_blob(&id, &mut out)?;
+                        }
+                        // The stored bytes travel on in a buffer of their size (what is in
+                        // flight is what will be packed, nothing more).
+                        out.shrink_to_fit();
+                        Chunk::New { id, data: std::mem::take(&mut out), raw: data.len() as u32, compressed }
                     }
-                    // The stored bytes travel on in a buffer of their size (what is in flight
-                    // is what will be packed, nothing more); the raw one goes back to the walker.
-                    out.shrink_to_fit();
-                    let raw = std::mem::replace(data, std::mem::take(&mut out));
-                    shared.give_back(raw);
-                }
+                };
+                // The raw buffer goes back to the walker.
+                shared.give_back(data);
             }
             Ok(evs)
         });
@@ -671,8 +674,12 @@ impl<'a, 's> Builder<'a, 's> {
             Ev::Chunk(c) => {
                 let loc = match c {
                     Chunk::Known(l) => l,
-                    Chunk::New { id, data, raw, compressed } => self.add(Kind::Data, id, &data, compressed, raw)?,
-                    Chunk::Dup(id) => self.resolve(&id)?,
+                    // Two compressors may both have found a chunk new: the first one packs it.
+                    Chunk::New { id, data, raw, compressed } => match self.shared.find(&id)? {
+                        Some(l) => l,
+                        None => self.add(Kind::Data, id, &data, compressed, raw)?,
+                    },
+                    Chunk::Cut(_) => return Err(Error::internal("a chunk no compressor saw")),
                 };
                 match self.file.as_mut() {
                     Some(f) => f.0.chunks.push(loc),
@@ -704,16 +711,6 @@ impl<'a, 's> Builder<'a, 's> {
         Ok(())
     }
 
-    /// Where a blob sent earlier in this run went.
-    fn resolve(&self, id: &Id) -> Result<Located> {
-        let k = self.shared.lock();
-        if let Some(Some(l)) = k.pending.get(id) {
-            return Ok(*l);
-        }
-        let usable = self.shared.usable();
-        k.cache.lookup(id, &usable)?.ok_or_else(|| Error::internal(format!("chunk {id:?} was sent and never packed")))
-    }
-
     /// A new blob into the pack of its kind; a full pack goes to the uploader.
     fn add(&mut self, kind: Kind, id: Id, stored: &[u8], compressed: bool, raw: u32) -> Result<Located> {
         self.shared.chunks_new.fetch_add(1, Relaxed);
@@ -724,7 +721,7 @@ impl<'a, 's> Builder<'a, 's> {
         let w = if kind == Kind::Tree { &mut self.trees } else { &mut self.data };
         let entry = w.add(id, kind, compressed, raw, stored);
         let loc = Located { pack: w.name, entry };
-        self.shared.lock().pending.insert(id, Some(loc));
+        self.shared.lock().pending.insert(id, loc);
         if w.full() {
             self.send_pack(kind)?;
         }
@@ -780,15 +777,8 @@ impl<'a, 's> Builder<'a, 's> {
 
     fn tree_blob(&mut self, data: &[u8]) -> Result<Located> {
         let id = self.shared.repo.hasher.id(data);
-        match self.shared.classify(id)? {
-            Some(Chunk::Known(l)) => {
-                self.shared.chunks_reused.fetch_add(1, Relaxed);
-                Ok(l)
-            }
-            Some(_) => {
-                self.shared.chunks_reused.fetch_add(1, Relaxed);
-                self.resolve(&id)
-            }
+        match self.shared.find(&id)? {
+            Some(l) => Ok(l),
             None => {
                 let compressed = self.enc.encode(data, &mut self.out)?;
                 if let Some(k) = &self.shared.repo.keys {

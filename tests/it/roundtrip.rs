@@ -187,6 +187,17 @@ fn path_rules_are_enforced_with_clear_errors() {
     run(cpbackup().args(["export", "--to", path_str(&dest), "--bogus"]), 2);
     let o = run(cpbackup().export(src.path(), &["/data/x"], "ftp://x/y"), 2);
     assert!(stderr(&o).contains("ftp://x/y"));
+    // A --root that is not there, on either side: named, its cause told once.
+    let missing = out.path().join("no-such-root");
+    run(cpbackup().export(src.path(), &["/data/x"], &dest), 0);
+    for o in [
+        run(cpbackup().export(&missing, &["/data/x"], out.path().join("y.tar")), 2),
+        run(cpbackup().import(&missing, &dest), 2),
+    ] {
+        let e = stderr(&o);
+        assert!(e.contains("--root") && e.contains("no-such-root"), "{e}");
+        assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
+    }
 }
 
 #[test]

@@ -72,7 +72,12 @@ pub struct Unpacker {
 
 impl Unpacker {
     pub fn new(root: &Path, opts: Options) -> Result<Unpacker> {
-        let meta = fs::metadata(root).ctx(|| format!("--root {}", root.display()))?;
+        let meta = fs::metadata(root).map_err(|e| {
+            Error::usage(format!(
+                "--root {}: {e}; restore into an existing directory that stands for the phone's /",
+                root.display()
+            ))
+        })?;
         if !meta.is_dir() {
             return Err(Error::usage(format!("--root {} is not a directory", root.display())));
         }
