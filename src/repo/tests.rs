@@ -160,6 +160,31 @@ fn snapshots_round_trip_dedup_and_skip_unchanged_files() {
     assert!(counted.downloaded() < (4 << 20) + (2 << 20), "{} bytes", counted.downloaded());
 }
 
+/// Chunks are hashed on the compressors, several batches at once: a chunk two of them both
+/// found new is stored once, and every copy names it.
+#[test]
+fn a_chunk_found_new_twice_in_one_run_is_stored_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (root, state) = (t.path().join("phone"), t.path().join("state"));
+    let dir = root.join("data/media/0");
+    fs::create_dir_all(&dir).unwrap();
+    fs::create_dir_all(root.join("data/data")).unwrap();
+    let same_bytes = noise(20_000, 5);
+    for i in 0..3000 {
+        fs::write(dir.join(format!("copy{i:04}.bin")), &same_bytes).unwrap();
+    }
+    let store = FileStore::new(&t.path().join("bucket"));
+    let w = snapshot(&store, &root, &state, 1);
+    // One data chunk and the trees (3,000 entries: a few blobs).
+    assert!(w.stats.chunks_new <= 12, "{:?}", w.stats);
+    assert!(w.stats.chunks_reused >= 2999, "{:?}", w.stats);
+    let stored: u64 = store.list("fleet/data/").unwrap().iter().map(|o| o.size).sum();
+    assert!(stored < 2 * 20_000 + (64 << 10), "the content once, with the trees: {stored}");
+    let out = t.path().join("restored");
+    restore(&store, &w.root, &out, &[]);
+    same(&dir, &out.join("data/media/0"));
+}
+
 /// A restore reads ahead on threads of its own: a file of more ranges than it holds at once,
 /// between many small files, comes back whole and in order; a damaged chunk stops it before
 /// anything is committed.
