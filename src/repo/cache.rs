@@ -8,7 +8,7 @@
 //! rewrote it), the cache starts again. It must never claim a blob that no index object in the
 //! store names: only published index objects go into it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -27,9 +27,9 @@ use crate::store::Store;
 const REC: usize = 64;
 /// Records sorted in memory before they are written as a run (16 MiB).
 const RUN_RECORDS: usize = 256 * 1024;
-/// Published entries kept in memory before they become a run (about 350 bytes each in the
-/// map: 1.7 MiB).
-const PENDING_MAX: usize = 5_000;
+/// Published entries kept in memory, as sorted records, before they become a run (1.25 MiB;
+/// plus one index object's, which can hold tens of thousands when the files are small).
+const PENDING_MAX: usize = 20_000;
 /// More runs than this are merged into one.
 const MAX_RUNS: usize = 8;
 /// Index objects fetched at once.
@@ -52,7 +52,8 @@ pub struct IndexCache {
     dir: PathBuf,
     runs: Vec<Run>,
     seen: BTreeSet<Name>,
-    pending: HashMap<Id, Vec<Located>>,
+    /// Records published by this process and not yet in a run, sorted.
+    pending: Vec<[u8; REC]>,
     pending_names: Vec<Name>,
     _lock: Option<File>,
     /// A private cache (another run holds the shared one): removed on drop.
@@ -192,7 +193,7 @@ impl IndexCache {
             dir,
             runs: Vec::new(),
             seen: BTreeSet::new(),
-            pending: HashMap::new(),
+            pending: Vec::new(),
             pending_names: Vec::new(),
             _lock: lock,
             private,
@@ -367,9 +368,10 @@ impl IndexCache {
 
     /// Where a blob is, in a pack `usable` accepts (writers pass one that refuses marked packs).
     pub fn lookup(&self, id: &Id, usable: &dyn Fn(&Name) -> bool) -> Result<Option<Located>> {
-        if let Some(ls) = self.pending.get(id) {
-            if let Some(l) = ls.iter().find(|l| usable(&l.pack)) {
-                return Ok(Some(*l));
+        let first = self.pending.partition_point(|r| r[..32] < id.0[..]);
+        for r in self.pending[first..].iter().take_while(|r| r[..32] == id.0[..]) {
+            if let Some(l) = decode(r).filter(|l| usable(&l.pack)) {
+                return Ok(Some(l));
             }
         }
         let mut found = None;
@@ -395,9 +397,10 @@ impl IndexCache {
     pub fn published(&mut self, name: Name, packs: &[(Name, Vec<Entry>)]) -> Result<()> {
         for (pack, entries) in packs {
             for e in entries {
-                self.pending.entry(e.id).or_default().push(Located { pack: *pack, entry: *e });
+                self.pending.push(encode(&Located { pack: *pack, entry: *e }));
             }
         }
+        self.pending.sort_unstable();
         self.pending_names.push(name);
         if self.pending.len() >= PENDING_MAX {
             self.flush()?;
@@ -410,8 +413,8 @@ impl IndexCache {
         if self.pending_names.is_empty() {
             return Ok(());
         }
-        let mut recs: Vec<[u8; REC]> = self.pending.drain().flat_map(|(_, ls)| ls).map(|l| encode(&l)).collect();
-        if !recs.is_empty() {
+        if !self.pending.is_empty() {
+            let mut recs = std::mem::take(&mut self.pending);
             self.write_run(&mut recs)?;
         }
         self.seen.extend(self.pending_names.drain(..));
@@ -421,7 +424,7 @@ impl IndexCache {
 
     /// Records in the cache (tests, reports).
     pub fn len(&self) -> u64 {
-        self.runs.iter().map(|r| r.n).sum::<u64>() + self.pending.values().map(|v| v.len() as u64).sum::<u64>()
+        self.runs.iter().map(|r| r.n).sum::<u64>() + self.pending.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -510,6 +513,18 @@ mod tests {
         }
         assert!(c.runs() <= MAX_RUNS, "{} runs", c.runs());
         assert_eq!(c.lookup(&loc(100_055, 0).entry.id, &all).unwrap(), Some(loc(100_055, 50)));
+        // Published and not yet in a run: found in memory, in a pack the caller may use.
+        let one = vec![loc(200_000, 0).entry];
+        let packs = [(Name([60; 16]), one.clone()), (Name([61; 16]), one)];
+        let n = Name::random();
+        store.put(&index::key("", &n), &index::encode(&packs, None).unwrap()).unwrap();
+        c.published(n, &packs).unwrap();
+        let id = loc(200_000, 0).entry.id;
+        assert_eq!(c.lookup(&id, &all).unwrap().map(|l| l.pack), Some(Name([60; 16])));
+        assert_eq!(c.lookup(&id, &|p: &Name| p.0[0] == 61).unwrap().map(|l| l.pack), Some(Name([61; 16])));
+        assert_eq!(c.lookup(&id, &|p: &Name| p.0[0] == 62).unwrap(), None);
+        assert_eq!(c.lookup(&loc(200_001, 0).entry.id, &all).unwrap(), None);
+        c.flush().unwrap();
         drop(c);
         // Reopened: nothing to read, everything found.
         let mut c = IndexCache::open(&dir).unwrap();
@@ -521,14 +536,14 @@ mod tests {
         drop(other);
         // An index object gone from the store: the cache starts again.
         store.delete(&index::key("", &names[0])).unwrap();
-        assert_eq!(c.sync(&store, "", None).unwrap(), 21, "11 left of the first twelve and our ten");
+        assert_eq!(c.sync(&store, "", None).unwrap(), 22, "11 left of the first twelve and our eleven");
         assert_eq!(c.lookup(&loc(5, 0).entry.id, &all).unwrap(), None);
         assert!(c.lookup(&loc(2005, 0).entry.id, &all).unwrap().is_some());
         drop(c);
         // A corrupt state: rebuilt.
         fs::write(dir.join("state.json"), b"{garbage").unwrap();
         let mut c = IndexCache::open(&dir).unwrap();
-        assert_eq!(c.sync(&store, "", None).unwrap(), 21);
+        assert_eq!(c.sync(&store, "", None).unwrap(), 22);
         assert!(c.lookup(&loc(2005, 0).entry.id, &all).unwrap().is_some());
     }
 }
