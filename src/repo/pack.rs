@@ -21,11 +21,13 @@ pub const ENTRY_LEN: usize = 42;
 pub const TRAILER_LEN: usize = 12;
 /// A pack is sent once it holds this much.
 pub const TARGET: usize = 16 << 20;
-/// Or this many blobs: its header then stays under 1 MiB.
-pub const MAX_ENTRIES: usize = 24_000;
-/// A tree pack is sent once it holds this much: trees of a million files are not held whole
-/// (and a tree pack's growing buffer stays far below a data pack's).
-pub const TREE_TARGET: usize = 4 << 20;
+/// Or this many blobs: what a writer holds per pack in flight (its entries, the index
+/// object's, the blobs not yet published) then stays the same whether the files are large
+/// or a few hundred bytes each (a pack of those reaches this long before its target).
+pub const MAX_ENTRIES: usize = 8_000;
+/// A tree pack is sent once it holds this much: trees of a million files are not held whole,
+/// and a writer of many small files holds little more than one of a few large ones.
+pub const TREE_TARGET: usize = 1 << 20;
 
 /// Where one blob lies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
