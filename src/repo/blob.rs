@@ -4,6 +4,8 @@
 //!
 //! It must never hand out a decoded blob that is not exactly the length the index says.
 
+use super::id::Id;
+use super::seal::Keys;
 use crate::compress::zst::looks_uniform;
 use crate::error::{Error, Result};
 
@@ -63,6 +65,15 @@ impl Encoder {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// `encode`, then sealed under `keys` when the repository is sealed: a blob as stored.
+    pub fn encode_sealed(&mut self, id: &Id, raw: &[u8], keys: Option<&Keys>, out: &mut Vec<u8>) -> Result<bool> {
+        let compressed = self.encode(raw, out)?;
+        if let Some(k) = keys {
+            k.seal_blob(id, out)?;
+        }
+        Ok(compressed)
     }
 }
 

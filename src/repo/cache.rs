@@ -28,7 +28,7 @@ const REC: usize = 64;
 /// Records sorted in memory before they are written as a run (16 MiB).
 const RUN_RECORDS: usize = 256 * 1024;
 /// Published entries kept in memory, as sorted records, before they become a run (1.25 MiB;
-/// plus one index object's, which can hold tens of thousands when the files are small).
+/// plus one index object's, at most `pack::MAX_ENTRIES` a pack).
 const PENDING_MAX: usize = 20_000;
 /// More runs than this are merged into one.
 const MAX_RUNS: usize = 8;
@@ -368,11 +368,8 @@ impl IndexCache {
 
     /// Where a blob is, in a pack `usable` accepts (writers pass one that refuses marked packs).
     pub fn lookup(&self, id: &Id, usable: &dyn Fn(&Name) -> bool) -> Result<Option<Located>> {
-        let first = self.pending.partition_point(|r| r[..32] < id.0[..]);
-        for r in self.pending[first..].iter().take_while(|r| r[..32] == id.0[..]) {
-            if let Some(l) = decode(r).filter(|l| usable(&l.pack)) {
-                return Ok(Some(l));
-            }
+        if let Some(l) = self.lookup_published(id, usable) {
+            return Ok(Some(l));
         }
         let mut found = None;
         for r in self.runs.iter().rev() {
@@ -393,14 +390,29 @@ impl IndexCache {
         Ok(None)
     }
 
+    /// Where a blob is among what this process published and has not yet written as a run:
+    /// memory only, never a read.
+    pub fn lookup_published(&self, id: &Id, usable: &dyn Fn(&Name) -> bool) -> Option<Located> {
+        let first = self.pending.partition_point(|r| r[..32] < id.0[..]);
+        self.pending[first..]
+            .iter()
+            .take_while(|r| r[..32] == id.0[..])
+            .filter_map(|r| decode(r))
+            .find(|l| usable(&l.pack))
+    }
+
     /// An index object this run published: its blobs are found from now on.
     pub fn published(&mut self, name: Name, packs: &[(Name, Vec<Entry>)]) -> Result<()> {
+        let before = self.pending.len();
         for (pack, entries) in packs {
             for e in entries {
                 self.pending.push(encode(&Located { pack: *pack, entry: *e }));
             }
         }
-        self.pending.sort_unstable();
+        // The new records sorted, then merged with those before: the stable sort finds the
+        // two sorted runs and merges them in one pass.
+        self.pending[before..].sort_unstable();
+        self.pending.sort();
         self.pending_names.push(name);
         if self.pending.len() >= PENDING_MAX {
             self.flush()?;

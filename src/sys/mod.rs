@@ -247,6 +247,7 @@ pub fn ids() -> (u32, u32) {
 }
 
 /// Buffers this large and larger are mapped from the kernel and given back to it when freed.
+#[cfg(target_env = "gnu")]
 const MMAP_THRESHOLD: usize = 1 << 20;
 /// glibc's arenas at most.
 #[cfg(target_env = "gnu")]
