@@ -93,9 +93,9 @@ impl Store for Counted<'_> {
         self.req();
         self.inner.delete(key)
     }
-    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+    fn get_range_into(&self, key: &str, offset: u64, len: u64, buf: Vec<u8>) -> Result<Vec<u8>> {
         self.req();
-        let b = self.inner.get_range(key, offset, len)?;
+        let b = self.inner.get_range_into(key, offset, len, buf)?;
         self.counts.down.fetch_add(b.len() as u64, Relaxed);
         Ok(b)
     }

@@ -78,6 +78,14 @@ impl Windows {
         self.held.push(w);
     }
 
+    /// A buffer for the next window: the one used longest ago, when all are taken.
+    fn spare(&mut self) -> Vec<u8> {
+        match self.held.len() >= self.max {
+            true => self.held.remove(0).bytes,
+            false => Vec::new(),
+        }
+    }
+
     /// The blob's bytes in the last window (which holds it).
     fn slice(&self, off: u64, len: u64) -> Result<&[u8]> {
         let w = self.held.last().ok_or_else(|| Error::internal("no window"))?;
@@ -119,11 +127,11 @@ impl<'a> Opener<'a> {
     }
 
     /// Up to `want` bytes of `pack` from `start`, of which the first `need` must come (the
-    /// blobs a tree names in them).
-    pub fn fetch(&self, pack: &Name, start: u64, want: u64, need: u64) -> Result<Vec<u8>> {
+    /// blobs a tree names in them), into `buf` (its bytes replaced).
+    pub fn fetch(&self, pack: &Name, start: u64, want: u64, need: u64, buf: Vec<u8>) -> Result<Vec<u8>> {
         let key = self.pack_key(pack);
         tracing::trace!("reading {key} {start}+{want}");
-        let bytes = self.store.get_range(&key, start, want)?;
+        let bytes = self.store.get_range_into(&key, start, want, buf)?;
         if (bytes.len() as u64) < need {
             return Err(Error::archive(
                 self.store.url(&key),
@@ -186,37 +194,36 @@ impl<'a> Blobs<'a> {
         Blobs::new(Opener::of(repo))
     }
 
-    /// A tree blob's stored bytes.
-    fn stored(&mut self, loc: &Located) -> Result<&[u8]> {
-        let off = u64::from(loc.entry.offset);
-        let len = u64::from(loc.entry.stored);
-        if loc.entry.kind != blob::Kind::Tree {
-            return Err(Error::archive(
-                self.opener.store.url(&self.opener.pack_key(&loc.pack)),
-                format!("holds a data blob at {off} where a snapshot's tree names a tree; the repository is damaged"),
-            ));
-        }
-        if !self.trees.find(&loc.pack, off, len) {
-            // A walk down the trees reads a pack's trees forwards (the blob starts where a
-            // window ends: the window goes on from it) or jumps (the window is centred on
-            // it: a directory's subtrees were written just before it).
-            let start = match self.trees.take_continued(&loc.pack, off) {
-                Some(_) => off,
-                None => off.saturating_sub(TREE_WINDOW / 2),
-            };
-            let want = (off + len - start).max(TREE_WINDOW);
-            let bytes = self.opener.fetch(&loc.pack, start, want, off + len - start)?;
-            self.trees.push(Window { pack: loc.pack, start, bytes });
-        }
-        self.trees.slice(off, len)
-    }
-
     /// A tree blob decoded and checked against its id.
     pub fn read(&mut self, loc: &Located, out: &mut Vec<u8>) -> Result<()> {
-        let opener = self.opener.clone();
-        let stored = self.stored(loc)?;
-        opener.open(loc, stored, out)
+        let stored = stored_tree(&self.opener, &mut self.trees, loc)?;
+        self.opener.open(loc, stored, out)
     }
+}
+
+/// A tree blob's stored bytes, in a window `trees` holds or fetches.
+fn stored_tree<'w>(opener: &Opener<'_>, trees: &'w mut Windows, loc: &Located) -> Result<&'w [u8]> {
+    let off = u64::from(loc.entry.offset);
+    let len = u64::from(loc.entry.stored);
+    if loc.entry.kind != blob::Kind::Tree {
+        return Err(Error::archive(
+            opener.store.url(&opener.pack_key(&loc.pack)),
+            format!("holds a data blob at {off} where a snapshot's tree names a tree; the repository is damaged"),
+        ));
+    }
+    if !trees.find(&loc.pack, off, len) {
+        // A walk down the trees reads a pack's trees forwards (the blob starts where a
+        // window ends: the window goes on from it) or jumps (the window is centred on
+        // it: a directory's subtrees were written just before it).
+        let (start, buf) = match trees.take_continued(&loc.pack, off) {
+            Some(w) => (off, w.bytes),
+            None => (off.saturating_sub(TREE_WINDOW / 2), trees.spare()),
+        };
+        let want = (off + len - start).max(TREE_WINDOW);
+        let bytes = opener.fetch(&loc.pack, start, want, off + len - start, buf)?;
+        trees.push(Window { pack: loc.pack, start, bytes });
+    }
+    trees.slice(off, len)
 }
 
 /// One directory's tree being read: its blobs, fetched one at a time.

@@ -204,13 +204,14 @@ impl Store for FileStore {
         Ok(out)
     }
 
-    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+    fn get_range_into(&self, key: &str, offset: u64, len: u64, mut buf: Vec<u8>) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
         let p = self.path(key)?;
         let f = open_existing(&p)?;
         let size = f.metadata().ctx(|| format!("reading {}", p.display()))?.len();
         let len = len.min(size.saturating_sub(offset));
-        let mut buf = vec![0u8; usize::try_from(len).map_err(|_| Error::usage("range too large"))?];
+        buf.clear();
+        buf.resize(usize::try_from(len).map_err(|_| Error::usage("range too large"))?, 0);
         f.read_exact_at(&mut buf, offset).ctx(|| format!("reading {} bytes at {offset} of {}", len, p.display()))?;
         Ok(buf)
     }

@@ -62,10 +62,16 @@ pub trait Store: Send + Sync {
     /// fewer only where the object ends. A store without ranged reads of its own reads through
     /// to the range.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.get_range_into(key, offset, len, Vec::new())
+    }
+    /// `get_range` into a buffer the caller gives up (its bytes are replaced) and gets back
+    /// filled: a restore reads a 4 MiB range after another, and a new buffer for each cost a
+    /// page fault per page.
+    fn get_range_into(&self, key: &str, offset: u64, len: u64, mut buf: Vec<u8>) -> Result<Vec<u8>> {
         let mut r = self.download(key)?;
         std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink())
             .map_err(|e| Error::Io { context: format!("reading {}", self.url(key)), source: e })?;
-        let mut buf = Vec::new();
+        buf.clear();
         r.take(len)
             .read_to_end(&mut buf)
             .map_err(|e| Error::Io { context: format!("reading {}", self.url(key)), source: e })?;

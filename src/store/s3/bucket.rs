@@ -290,8 +290,8 @@ impl Store for S3Store {
     }
 
     /// One ranged GET (`download::get_range`).
-    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.run(|sh| async move { download::get_range(&sh, key, offset, len).await })
+    fn get_range_into(&self, key: &str, offset: u64, len: u64, buf: Vec<u8>) -> Result<Vec<u8>> {
+        self.run(|sh| async move { download::get_range(&sh, key, offset, len, buf).await })
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>> {

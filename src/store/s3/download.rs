@@ -215,11 +215,14 @@ async fn fetch_range(from: Arc<Object>, start: u64, end: u64) -> Result<Bytes> {
 
 /// Up to `len` bytes of `key` from `offset` in one ranged GET (a repository's blobs and a
 /// pack's trailer): fewer only where the object ends. Retried whole as any small request.
-pub(super) async fn get_range(sh: &Shared, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+pub(super) async fn get_range(sh: &Shared, key: &str, offset: u64, len: u64, buf: Vec<u8>) -> Result<Vec<u8>> {
     if len == 0 {
         return Ok(Vec::new());
     }
     let last = offset + len - 1;
+    // The caller's buffer serves the first attempt (a retry, which is rare, makes its own).
+    let buf = std::sync::Mutex::new(Some(buf));
+    let buf = &buf;
     // Without the customer key: a repository's objects are stored as manifests are (`put`).
     sh.request(&sh.policy, "GetObject", key, |what, _| async move {
         let what = format!("{what} bytes {offset}-{last}");
@@ -237,7 +240,9 @@ pub(super) async fn get_range(sh: &Shared, key: &str, offset: u64, len: u64) -> 
         }
         // Straight into one buffer of the asked size: a range is a pack's worth of blobs, and
         // collecting its pieces first copied it twice more.
-        let mut b = Vec::with_capacity(len as usize);
+        let mut b = buf.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+        b.clear();
+        b.reserve_exact(len as usize);
         let mut body = o.body;
         while let Some(piece) = body.try_next().await.map_err(|e| Error::Store {
             what: what.clone(),
