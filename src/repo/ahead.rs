@@ -35,6 +35,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::Mutex;
 use std::thread::{Scope, ScopedJoinHandle};
 
+use super::buffers::Buffers;
 use super::id::Name;
 use super::pack::Located;
 use super::read::{self, Blobs, Each, Filter, Opener};
@@ -59,12 +60,9 @@ const RANGES_AHEAD: usize = OPEN + FETCHERS;
 /// most 4 MiB), or at `BATCH_ITEMS` entries, ends and chunks.
 const BATCH_BYTES: usize = 1 << 20;
 const BATCH_ITEMS: usize = 512;
-/// Buffers of written chunks kept for the decoder to fill again: `SPARE_BYTES` of them at
-/// most, each of `SPARE_MIN` or more (a file chunk's least: smaller ones are small files',
-/// which malloc recycles itself). A new large buffer faults in every page it is written to
-/// (`sys::large_allocations_from_the_kernel`): a restore of 1.2 GB faulted 135,000 times.
-const SPARE_BYTES: usize = 10 << 20;
-const SPARE_MIN: usize = 256 << 10;
+/// Buffers of written chunks kept for the decoder to fill again (a restore of 1.2 GB faulted
+/// 135,000 times without them).
+const SPARE_BYTES: usize = 6 << 20;
 /// Entries and chunks the walk runs ahead of the decoder, in batches of `STEP_BATCH`.
 const STEPS_AHEAD: usize = 4096;
 const STEP_BATCH: usize = 256;
@@ -131,7 +129,7 @@ pub fn entries_seen_by(
     let (range_spare_tx, range_spare_rx) = mpsc::sync_channel::<Vec<u8>>(RANGES_AHEAD);
     // The readers take the ranges in turn, each with a token (and a buffer when there is one).
     let next = Mutex::new((ranges_rx, token_rx, range_spare_rx));
-    let spare = Spare::default();
+    let spare = Buffers::new(SPARE_BYTES);
     std::thread::scope(|s| {
         let (planned_tx, planned_rx) = crossbeam_channel::bounded::<Vec<Step>>(STEPS_AHEAD / STEP_BATCH);
         // The decoder asks for a range it waits for that the walk still extends.
@@ -252,7 +250,7 @@ impl Outs<'_> {
 }
 
 /// The caller's end: each entry and its content, from the decoder.
-fn write(out: &Receiver<Vec<Out>>, spare: &Spare, each: &mut Each<'_>) -> Result<()> {
+fn write(out: &Receiver<Vec<Out>>, spare: &Buffers, each: &mut Each<'_>) -> Result<()> {
     let mut outs = Outs { rx: out, batch: Vec::new().into_iter() };
     while let Some(next) = outs.next() {
         let Out::Entry(item) = next else { return Err(Error::internal("content came without its entry")) };
@@ -265,49 +263,10 @@ fn write(out: &Receiver<Vec<Out>>, spare: &Spare, each: &mut Each<'_>) -> Result
     Ok(())
 }
 
-/// Written chunks' buffers, for the decoder to fill again, and the bytes they hold.
-#[derive(Default)]
-struct Spare(Mutex<(Vec<Vec<u8>>, usize)>);
-
-impl Spare {
-    /// A buffer with room for `need` bytes: the smallest spare one that has it, or a new one
-    /// of the next power of two (so that it fits the chunks of about its size after).
-    fn take(&self, need: usize) -> Vec<u8> {
-        if need < SPARE_MIN {
-            return Vec::new();
-        }
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let fits = g.0.iter().enumerate().filter(|(_, b)| b.capacity() >= need).min_by_key(|(_, b)| b.capacity());
-        let Some((i, _)) = fits else { return Vec::with_capacity(need.next_power_of_two()) };
-        let b = g.0.swap_remove(i);
-        g.1 -= b.capacity();
-        b
-    }
-
-    /// A written chunk's buffer kept, in place of smaller ones when there are enough.
-    fn give(&self, buf: Vec<u8>) {
-        let cap = buf.capacity();
-        if cap < SPARE_MIN || cap > SPARE_BYTES {
-            return;
-        }
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        while g.1 + cap > SPARE_BYTES {
-            let Some((i, _)) = g.0.iter().enumerate().min_by_key(|(_, b)| b.capacity()) else { return };
-            if g.0[i].capacity() >= cap {
-                return;
-            }
-            let b = g.0.swap_remove(i);
-            g.1 -= b.capacity();
-        }
-        g.1 += cap;
-        g.0.push(buf);
-    }
-}
-
 /// An entry's content as the decoder hands it on.
 struct Content<'c, 'o> {
     outs: &'c mut Outs<'o>,
-    spare: &'c Spare,
+    spare: &'c Buffers,
     buf: Vec<u8>,
     pos: usize,
     ended: bool,
@@ -498,7 +457,7 @@ struct Decode<'a> {
     batch: Vec<Decoded>,
     batch_bytes: usize,
     /// Written chunks' buffers, back from the caller.
-    spare: &'a Spare,
+    spare: &'a Buffers,
 }
 
 impl Decode<'_> {

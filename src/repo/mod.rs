@@ -33,6 +33,7 @@
 
 pub mod ahead;
 pub mod blob;
+mod buffers;
 mod build;
 pub mod cache;
 pub mod chunker;

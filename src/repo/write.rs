@@ -37,6 +37,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::blob::{self, Kind};
+use super::buffers::Buffers;
 use super::build::{upload, Builder};
 use super::cache::IndexCache;
 use super::chunker::Chunker;
@@ -52,11 +53,8 @@ use crate::select::{Selection, Skipped, Walked};
 /// New chunk bytes in one batch before it is handed on.
 const BATCH_BYTES: usize = 512 << 10;
 const BATCH_EVENTS: usize = 1024;
-/// Raw chunk buffers the compressors give back for the walker to fill again, at most this many
-/// of at most `SPARE_MAX` bytes each: a new buffer costs a page fault per page (large buffers
-/// come from the kernel: `sys::large_allocations_from_the_kernel`).
-const SPARE_CHUNKS: usize = 2;
-const SPARE_MAX: usize = 2 << 20;
+/// Raw chunk buffers the compressors give back for the walker to fill again.
+const SPARE_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -163,25 +161,20 @@ pub(super) struct Shared<'a> {
     pub(super) chunks_new: AtomicU64,
     chunks_reused: AtomicU64,
     /// Raw chunk buffers back from the compressors.
-    spare: Mutex<Vec<Vec<u8>>>,
+    spare: Buffers,
 }
 
 impl Shared<'_> {
     /// A copy of a new chunk's bytes, in a buffer a compressor gave back when there is one.
     fn chunk_buffer(&self, data: &[u8]) -> Vec<u8> {
-        let mut v = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
-        v.clear();
-        v.reserve_exact(data.len());
+        let mut v = self.spare.take(data.len());
         v.extend_from_slice(data);
         v
     }
 
     /// A chunk's raw buffer, its bytes encoded: kept for the next chunk, or freed.
     fn give_back(&self, v: Vec<u8>) {
-        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.len() < SPARE_CHUNKS && v.capacity() <= SPARE_MAX {
-            spare.push(v);
-        }
+        self.spare.give(v);
     }
 
     fn usable(&self) -> impl Fn(&Name) -> bool + '_ {
@@ -265,7 +258,7 @@ pub fn snapshot(
         marked,
         chunks_new: AtomicU64::new(0),
         chunks_reused: AtomicU64::new(0),
-        spare: Mutex::new(Vec::new()),
+        spare: Buffers::new(SPARE_BYTES),
     };
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 4);
 

@@ -271,6 +271,11 @@ fn repo_writers_and_prune_at_the_same_time() {
         tree::random_files(&p.join("data/media/0/image"), 4, MIB, 100);
         tree::random_files(&p.join("data/data/own"), 2, MIB / 2, i as u64);
     }
+    // The repository is made by a first export: forget and prune refuse a folder without one
+    // (on a loaded machine, the pruner could otherwise start before any phone made it).
+    let mut c = g.cpbackup();
+    c.env("CPBACKUP_STATE_DIR", phones[0].with_extension("state"));
+    export(c, &phones[0], &to, &["--instance-id", "acp-0"]);
     let grace = 6u64;
     let stop = Instant::now() + Duration::from_secs(30);
     std::thread::scope(|s| {
