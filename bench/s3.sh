@@ -27,7 +27,7 @@ TOML
     GARAGE="garage -c $dir/garage.toml"
     RUST_LOG=warn $GARAGE server > "$dir/log" 2>&1 &
     GARAGE_PID=$!
-    trap 'kill $GARAGE_PID 2>/dev/null' EXIT
+    trap 'kill $GARAGE_PID 2>/dev/null || true' EXIT
     for _ in $(seq 100); do $GARAGE status >/dev/null 2>&1 && break; sleep 0.2; done
     local id; id=$($GARAGE node id -q 2>/dev/null | cut -d@ -f1)
     $GARAGE layout assign -z dc1 -c 100G "$id" >/dev/null

@@ -26,8 +26,8 @@
 //!
 //! It must never hold more than `RANGES_AHEAD` ranges, three batches of decoded chunks of
 //! about `BATCH_BYTES` (one being decoded, one checked, one written: batches go from hand to
-//! hand, none waits in a channel), and `SPARE_BYTES` of spare buffers; never hand on a chunk that did not hash to its
-//! id, and never write: restoring is the caller's.
+//! hand, none waits in a channel), and `SPARE_BYTES` of spare buffers; never hand on a chunk
+//! that did not hash to its id, and never write: restoring is the caller's.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -135,7 +135,8 @@ pub fn entries_seen_by(
         // The decoder asks for a range it waits for that the walk still extends.
         let (wants_tx, wants_rx) = crossbeam_channel::unbounded::<u64>();
         let (fetched_tx, fetched_rx) = mpsc::channel::<Fetched>();
-        // Batches are handed from hand to hand: none waits in a channel.
+        // Batches are handed from hand to hand: none waits in a channel (one waiting at each
+        // hand-off took a restore through S3 to 64 MiB).
         let (decoded_tx, decoded_rx) = mpsc::sync_channel::<Vec<Decoded>>(0);
         let (out_tx, out_rx) = mpsc::sync_channel::<Vec<Out>>(0);
         let spare = &spare;
