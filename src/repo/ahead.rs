@@ -24,10 +24,10 @@
 //! about to wait. The buffers come back: a done range's to the readers, a written chunk's to
 //! the decoder (a new buffer costs a page fault per page).
 //!
-//! It must never hold more than `RANGES_AHEAD` ranges, three batches of decoded chunks of
-//! about `BATCH_BYTES` (one being decoded, one checked, one written: batches go from hand to
-//! hand, none waits in a channel), and `SPARE_BYTES` of spare buffers; never hand on a chunk
-//! that did not hash to its id, and never write: restoring is the caller's.
+//! It must never hold more than `RANGES_AHEAD` ranges, five batches of decoded chunks of
+//! about `BATCH_BYTES` (one being decoded, one checked, one written, one waiting at each of the
+//! two hand-offs), and `SPARE_BYTES` of spare buffers; never hand on a chunk that did not hash
+//! to its id, and never write: restoring is the caller's.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -58,11 +58,12 @@ const FETCHERS: usize = 3;
 const RANGES_AHEAD: usize = OPEN + FETCHERS;
 /// Decoded bytes in a batch handed on: it goes on at its first chunk past this (a chunk is at
 /// most 4 MiB), or at `BATCH_ITEMS` entries, ends and chunks.
-const BATCH_BYTES: usize = 1 << 20;
+const BATCH_BYTES: usize = 256 << 10;
 const BATCH_ITEMS: usize = 512;
 /// Buffers of written chunks kept for the decoder to fill again (a restore of 1.2 GB faulted
-/// 135,000 times without them).
-const SPARE_BYTES: usize = 6 << 20;
+/// 135,000 times without them; with 6 MiB, and a batch waiting at each hand-off, it peaked at
+/// 63 MiB through S3).
+const SPARE_BYTES: usize = 3 << 20;
 /// Entries and chunks the walk runs ahead of the decoder, in batches of `STEP_BATCH`.
 const STEPS_AHEAD: usize = 4096;
 const STEP_BATCH: usize = 256;
@@ -135,10 +136,10 @@ pub fn entries_seen_by(
         // The decoder asks for a range it waits for that the walk still extends.
         let (wants_tx, wants_rx) = crossbeam_channel::unbounded::<u64>();
         let (fetched_tx, fetched_rx) = mpsc::channel::<Fetched>();
-        // Batches are handed from hand to hand: none waits in a channel (one waiting at each
-        // hand-off took a restore through S3 to 64 MiB).
-        let (decoded_tx, decoded_rx) = mpsc::sync_channel::<Vec<Decoded>>(0);
-        let (out_tx, out_rx) = mpsc::sync_channel::<Vec<Out>>(0);
+        // One batch waits at each hand-off: without it the stages ran in lock-step, and a
+        // restore through S3 left a core idle half the time.
+        let (decoded_tx, decoded_rx) = mpsc::sync_channel::<Vec<Decoded>>(1);
+        let (out_tx, out_rx) = mpsc::sync_channel::<Vec<Out>>(1);
         let spare = &spare;
 
         let walk = {
