@@ -45,13 +45,23 @@ impl Encoder {
 
     /// Encode `raw` into `out` (cleared first); true when compressed, false when stored.
     pub fn encode(&mut self, raw: &[u8], out: &mut Vec<u8>) -> Result<bool> {
+        let compressed = self.compress(raw, out)?;
+        if !compressed {
+            out.clear();
+            out.reserve_exact(raw.len());
+            out.extend_from_slice(raw);
+        }
+        Ok(compressed)
+    }
+
+    /// `raw` compressed into `out` (cleared first) when that is worth it: true then; false
+    /// leaves `out` holding nothing of use.
+    fn compress(&mut self, raw: &[u8], out: &mut Vec<u8>) -> Result<bool> {
         out.clear();
         if looks_uniform(&raw[..raw.len().min(TRIAL)]) {
             let sample = &raw[..raw.len().min(TRIAL)];
             let small = self.trial.compress(sample).map_err(|e| Error::internal(format!("zstd: {e}")))?;
             if small.len() as u64 * 100 >= sample.len() as u64 * 99 {
-                out.reserve_exact(raw.len());
-                out.extend_from_slice(raw);
                 return Ok(false);
             }
         }
@@ -59,12 +69,7 @@ impl Encoder {
         // would carry megabytes nobody uses.
         out.reserve_exact(zstd::zstd_safe::compress_bound(raw.len()));
         self.z.compress_to_buffer(raw, out).map_err(|e| Error::internal(format!("zstd: {e}")))?;
-        if out.len() >= raw.len() {
-            out.clear();
-            out.extend_from_slice(raw);
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(out.len() < raw.len())
     }
 
     /// `encode`, then sealed under `keys` when the repository is sealed: a blob as stored.
@@ -74,6 +79,24 @@ impl Encoder {
             k.seal_blob(id, out)?;
         }
         Ok(compressed)
+    }
+
+    /// `encode_sealed` of a chunk in a buffer of its own, with `out` to compress into: the
+    /// blob as stored (in `raw`'s buffer when it does not compress: not copied), whether it is
+    /// compressed, and the buffer it did not need.
+    pub fn encode_owned(
+        &mut self,
+        id: &Id,
+        raw: Vec<u8>,
+        keys: Option<&Keys>,
+        mut out: Vec<u8>,
+    ) -> Result<(Vec<u8>, bool, Vec<u8>)> {
+        let compressed = self.compress(&raw, &mut out)?;
+        let (mut blob, unused) = if compressed { (out, raw) } else { (raw, out) };
+        if let Some(k) = keys {
+            k.seal_blob(id, &mut blob)?;
+        }
+        Ok((blob, compressed, unused))
     }
 }
 
@@ -133,6 +156,14 @@ mod tests {
         let text: Vec<u8> = b"the quick brown fox ".iter().cycle().take(300_000).copied().collect();
         assert!(enc.encode(&text, &mut out).unwrap());
         assert!(out.len() < 10_000);
+        // Owned: what does not compress travels on in its own buffer; what does, in `out`.
+        let at = random.as_ptr();
+        let (blob, compressed, _) = enc.encode_owned(&Id([0; 32]), random.clone(), None, Vec::new()).unwrap();
+        assert!(!compressed && blob == random);
+        let (blob, compressed, _) = enc.encode_owned(&Id([0; 32]), random, None, Vec::new()).unwrap();
+        assert!(!compressed && blob.as_ptr() == at);
+        let (blob, compressed, unused) = enc.encode_owned(&Id([0; 32]), text.clone(), None, Vec::new()).unwrap();
+        assert!(compressed && blob == out && unused == text);
         let mut back = Vec::new();
         let mut dec = Decoder::default();
         let t = || "t".to_string();

@@ -4,7 +4,8 @@
 //! each pack and publishes an index object after it. `write` owns the walk and the threads.
 //!
 //! It must never publish a pack's blobs before the pack is stored, nor hold more than one data
-//! pack and one tree pack being filled, and one open tree per directory level.
+//! pack buffer (the next pack keeps `ASIDE_BYTES` of blobs aside while it is stored), one
+//! tree pack being filled, and one open tree per directory level.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -23,6 +24,13 @@ use crate::error::{Error, Result};
 /// An index object is published after this many packs: one, so a killed run loses at most
 /// the pack in flight (a 1 GiB export killed at 80% uploads at most 25% again).
 const PACKS_PER_INDEX: usize = 1;
+/// While the last data pack is being stored, the next one keeps up to this many bytes of new
+/// blobs aside (the compressors' buffers, not copied) before the builder waits for the pack
+/// buffer: the compressors go on working while the store takes a pack, without a second pack
+/// buffer. Through Garage on two cores a snapshot took 1.23x the `.tar.zst` export's time
+/// without (the agent idle while Garage took each pack), 1.15x with 4 MiB and 1.13x with 6,
+/// at 61 and 63 MiB peak RSS.
+const ASIDE_BYTES: usize = 4 << 20;
 
 /// An open directory: its node and its tree, cut into blobs as it grows.
 struct Frame {
@@ -112,8 +120,11 @@ impl<'a, 's> Builder<'a, 's> {
                     Chunk::Known(l) => l,
                     // Two compressors may both have found a chunk new: the first one packs it.
                     Chunk::New { id, data, raw, compressed } => match self.shared.packed_since(&id) {
-                        Some(l) => l,
-                        None => self.add(Kind::Data, id, &data, compressed, raw)?,
+                        Some(l) => {
+                            self.shared.give_back(data);
+                            l
+                        }
+                        None => self.add_data(id, data, compressed, raw)?,
                     },
                     Chunk::Cut(_) => return Err(Error::internal("a chunk no compressor saw")),
                 };
@@ -147,15 +158,43 @@ impl<'a, 's> Builder<'a, 's> {
         Ok(())
     }
 
-    /// A new blob into the pack of its kind; a full pack goes to the uploader.
-    fn add(&mut self, kind: Kind, id: Id, stored: &[u8], compressed: bool, raw: u32) -> Result<Located> {
+    /// A new data blob into the data pack: copied into its buffer, or kept aside while the
+    /// last pack's buffer is still being stored.
+    fn add_data(&mut self, id: Id, stored: Vec<u8>, compressed: bool, raw: u32) -> Result<Located> {
         self.shared.chunks_new.fetch_add(1, Relaxed);
-        let w = if kind == Kind::Tree { &mut self.trees } else { &mut self.data };
-        if w.would_overflow(stored.len()) {
-            self.send_pack(kind)?;
+        if self.data.would_overflow(stored.len()) {
+            self.send_pack(Kind::Data)?;
         }
+        if let Some(aside) = self.data.waiting() {
+            // The buffer when it is back; waited for when enough is kept aside.
+            let back = match aside + stored.len() > ASIDE_BYTES {
+                true => Some(self.spare.recv().unwrap_or_default()),
+                false => self.spare.try_recv().ok(),
+            };
+            if let Some(buf) = back {
+                self.data.fill(buf, &mut |b| self.shared.give_back(b));
+            }
+        }
+        let (entry, packed) = self.data.add_owned(id, Kind::Data, compressed, raw, stored);
+        if let Some(b) = packed {
+            self.shared.give_back(b);
+        }
+        self.added(Kind::Data, id, entry)
+    }
+
+    /// A new tree blob into the tree pack.
+    fn add_tree(&mut self, id: Id, stored: &[u8], compressed: bool, raw: u32) -> Result<Located> {
+        self.shared.chunks_new.fetch_add(1, Relaxed);
+        if self.trees.would_overflow(stored.len()) {
+            self.send_pack(Kind::Tree)?;
+        }
+        let entry = self.trees.add(id, Kind::Tree, compressed, raw, stored);
+        self.added(Kind::Tree, id, entry)
+    }
+
+    /// A blob is in the pack of its kind: known as pending; a full pack goes to the uploader.
+    fn added(&mut self, kind: Kind, id: Id, entry: pack::Entry) -> Result<Located> {
         let w = if kind == Kind::Tree { &mut self.trees } else { &mut self.data };
-        let entry = w.add(id, kind, compressed, raw, stored);
         let loc = Located { pack: w.name, entry };
         self.shared.lock().pending.insert(id, loc);
         if w.full() {
@@ -169,20 +208,20 @@ impl<'a, 's> Builder<'a, 's> {
         if w.is_empty() {
             return Ok(());
         }
-        let placeholder = match kind {
+        // One data pack buffer: the next pack waits for it (keeping its first blobs aside)
+        // while the uploader stores this one.
+        let next = match kind {
             Kind::Tree => pack::Writer::with_target(pack::TREE_TARGET),
-            Kind::Data => pack::Writer::reuse(Vec::new()),
+            Kind::Data => pack::Writer::awaiting(),
         };
-        let (name, bytes, entries) = std::mem::replace(w, placeholder).finish();
+        if kind == Kind::Data && w.waiting().is_some() {
+            // A pack filled before the last one's buffer came back: it needs that buffer (an
+            // uploader that stopped returns none; its error is the one told, and the send fails).
+            w.fill(self.spare.recv().unwrap_or_default(), &mut |b| self.shared.give_back(b));
+        }
+        let (name, bytes, entries) = std::mem::replace(w, next).finish();
         let up = self.up.as_ref().ok_or_else(|| Error::internal("no uploader"))?;
         up.send((kind, name, bytes, entries)).map_err(|_| Error::internal("the snapshot's uploader stopped"))?;
-        if kind == Kind::Data {
-            // One data pack buffer: the full pack is handed over first, then its buffer comes
-            // back once stored (an uploader that stopped returns none; its error is the one
-            // told, and the next send fails).
-            let buf = self.spare.recv().unwrap_or_default();
-            self.data = pack::Writer::reuse(buf);
-        }
         Ok(())
     }
 
@@ -218,7 +257,7 @@ impl<'a, 's> Builder<'a, 's> {
             None => {
                 let compressed = self.enc.encode_sealed(&id, data, self.shared.repo.keys.as_ref(), &mut self.out)?;
                 let out = std::mem::take(&mut self.out);
-                let l = self.add(Kind::Tree, id, &out, compressed, data.len() as u32);
+                let l = self.add_tree(id, &out, compressed, data.len() as u32);
                 self.out = out;
                 l
             }

@@ -65,13 +65,54 @@ pub fn name_of(key: &str) -> Option<Name> {
 pub struct Writer {
     pub name: Name,
     buf: Vec<u8>,
+    /// Blobs added before the pack had its buffer (the last pack's, still being stored), in
+    /// order after `buf`'s bytes: copied in when the buffer comes.
+    later: Vec<Vec<u8>>,
+    later_bytes: usize,
+    /// Whether `buf` is the pack's buffer yet.
+    has_buf: bool,
     entries: Vec<Entry>,
     target: usize,
 }
 
 impl Writer {
     pub fn new() -> Writer {
-        Writer { name: Name::random(), buf: Vec::new(), entries: Vec::new(), target: TARGET }
+        Writer {
+            name: Name::random(),
+            buf: Vec::new(),
+            later: Vec::new(),
+            later_bytes: 0,
+            has_buf: true,
+            entries: Vec::new(),
+            target: TARGET,
+        }
+    }
+
+    /// A pack whose buffer is still in use: blobs are kept aside (`add_owned`) until `fill`
+    /// gives it one.
+    pub fn awaiting() -> Writer {
+        Writer { has_buf: false, ..Writer::new() }
+    }
+
+    /// Whether the pack still waits for its buffer, and how many bytes of blobs it keeps aside.
+    pub fn waiting(&self) -> Option<usize> {
+        (!self.has_buf).then_some(self.later_bytes)
+    }
+
+    /// The buffer of a pack that waits for one (emptied first; a pack that has one keeps its
+    /// own): the blobs kept aside are copied into it, and their buffers handed to `done`.
+    pub fn fill(&mut self, mut buf: Vec<u8>, done: &mut dyn FnMut(Vec<u8>)) {
+        if self.has_buf {
+            return;
+        }
+        buf.clear();
+        for b in self.later.drain(..) {
+            buf.extend_from_slice(&b);
+            done(b);
+        }
+        self.buf = buf;
+        self.later_bytes = 0;
+        self.has_buf = true;
     }
 
     /// A pack sent once it holds `target` bytes (at most `TARGET`).
@@ -83,11 +124,11 @@ impl Writer {
     /// that a snapshot allocates its two pack buffers once.
     pub fn reuse(mut buf: Vec<u8>) -> Writer {
         buf.clear();
-        Writer { name: Name::random(), buf, entries: Vec::new(), target: TARGET }
+        Writer { buf, ..Writer::new() }
     }
 
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.later_bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -95,24 +136,56 @@ impl Writer {
     }
 
     pub fn full(&self) -> bool {
-        self.buf.len() >= self.target || self.entries.len() >= MAX_ENTRIES
+        self.len() >= self.target || self.entries.len() >= MAX_ENTRIES
     }
 
     /// Whether a blob of `len` bytes would take the pack past its target (it goes into the
     /// next one, so a pack's buffer never grows past the target and its header).
     pub fn would_overflow(&self, len: usize) -> bool {
-        !self.entries.is_empty() && self.buf.len() + len > self.target
+        !self.entries.is_empty() && self.len() + len > self.target
     }
 
     pub fn add(&mut self, id: Id, kind: Kind, compressed: bool, raw: u32, stored: &[u8]) -> Entry {
-        let e = Entry { id, kind, compressed, offset: self.buf.len() as u32, stored: stored.len() as u32, raw };
-        self.buf.extend_from_slice(stored);
+        let e = self.entry(id, kind, compressed, raw, stored.len());
+        if self.has_buf {
+            self.buf.extend_from_slice(stored);
+        } else {
+            self.later.push(stored.to_vec());
+            self.later_bytes += stored.len();
+        }
+        e
+    }
+
+    /// `add`, of bytes the pack may keep as they are while it waits for its buffer; their
+    /// buffer back when they were copied.
+    pub fn add_owned(
+        &mut self,
+        id: Id,
+        kind: Kind,
+        compressed: bool,
+        raw: u32,
+        stored: Vec<u8>,
+    ) -> (Entry, Option<Vec<u8>>) {
+        if self.has_buf {
+            return (self.add(id, kind, compressed, raw, &stored), Some(stored));
+        }
+        let e = self.entry(id, kind, compressed, raw, stored.len());
+        self.later_bytes += stored.len();
+        self.later.push(stored);
+        (e, None)
+    }
+
+    fn entry(&mut self, id: Id, kind: Kind, compressed: bool, raw: u32, stored: usize) -> Entry {
+        let e = Entry { id, kind, compressed, offset: self.len() as u32, stored: stored as u32, raw };
         self.entries.push(e);
         e
     }
 
-    /// The pack's bytes and its entries.
+    /// The pack's bytes and its entries (a pack still waiting for its buffer makes one).
     pub fn finish(mut self) -> (Name, Vec<u8>, Vec<Entry>) {
+        if !self.has_buf {
+            self.fill(Vec::new(), &mut drop);
+        }
         let start = self.buf.len();
         self.buf.push(VERSION);
         for e in &self.entries {
@@ -195,5 +268,26 @@ mod tests {
         assert!(header_len(&bytes[bytes.len() - TRAILER_LEN..], 10, "p").is_err());
         assert!(parse_header(header, 20, "p").is_err());
         assert!(header_len(b"000000000000", size, "p").is_err());
+    }
+
+    #[test]
+    fn a_pack_waiting_for_its_buffer_keeps_blobs_aside_in_order() {
+        let mut w = Writer::awaiting();
+        let (a, copied) = w.add_owned(Id([1; 32]), Kind::Data, false, 3, b"abc".to_vec());
+        assert!(copied.is_none());
+        let (b, _) = w.add_owned(Id([2; 32]), Kind::Data, false, 2, b"de".to_vec());
+        assert_eq!((a.offset, b.offset, w.len(), w.waiting()), (0, 3, 5, Some(5)));
+        let mut back = Vec::new();
+        w.fill(b"old pack".to_vec(), &mut |v| back.push(v));
+        assert_eq!((back.len(), w.waiting()), (2, None));
+        let (c, copied) = w.add_owned(Id([3; 32]), Kind::Data, false, 1, b"f".to_vec());
+        assert_eq!((c.offset, copied), (5, Some(b"f".to_vec())));
+        let (_, bytes, entries) = w.finish();
+        assert_eq!(&bytes[..6], b"abcdef");
+        assert_eq!(entries, vec![a, b, c]);
+        // One that never got a buffer makes one.
+        let mut w = Writer::awaiting();
+        w.add_owned(Id([1; 32]), Kind::Data, false, 3, b"xyz".to_vec());
+        assert_eq!(&w.finish().1[..3], b"xyz");
     }
 }

@@ -19,8 +19,8 @@
 //!
 //! Memory is bounded by the channels (a few batches of at most a maximum chunk each, each
 //! chunk in a buffer of its stored size; raw buffers go back to the walker), one
-//! data pack's buffer (filled by the builder, then stored by the uploader while the builder
-//! waits for it back: the compressors keep working meanwhile), one tree pack of at most
+//! data pack's buffer (filled by the builder, then stored by the uploader while the next pack
+//! keeps a few megabytes of blobs aside: the compressors keep working meanwhile), one tree pack of at most
 //! `pack::TREE_TARGET`, the blobs not yet published, and one open tree per directory level;
 //! never by the number of files or the size of the repository.
 
@@ -160,7 +160,7 @@ pub(super) struct Shared<'a> {
     marked: HashSet<Name>,
     pub(super) chunks_new: AtomicU64,
     chunks_reused: AtomicU64,
-    /// Raw chunk buffers back from the compressors.
+    /// Chunk buffers back from the compressors and the builder.
     spare: Buffers,
 }
 
@@ -172,8 +172,8 @@ impl Shared<'_> {
         v
     }
 
-    /// A chunk's raw buffer, its bytes encoded: kept for the next chunk, or freed.
-    fn give_back(&self, v: Vec<u8>) {
+    /// A chunk's buffer, its bytes encoded or packed: kept for the next chunk, or freed.
+    pub(super) fn give_back(&self, v: Vec<u8>) {
         self.spare.give(v);
     }
 
@@ -553,8 +553,10 @@ impl Walker<'_, '_> {
     }
 }
 
-/// A compressor: the chunks of each batch hashed and looked up, the new ones encoded in place
-/// (and sealed, in a sealed repository).
+/// A compressor: the chunks of each batch hashed and looked up, the new ones encoded (and
+/// sealed, in a sealed repository): compressed into a buffer of their size, or, when they do
+/// not compress, passed on in their own (not copied). Raw buffers come back to the walker from
+/// here, or from the builder once packed.
 fn compress(rx: Receiver<Batch>, tx: SyncSender<Batch>, shared: &Shared<'_>) {
     let keys = shared.repo.keys.as_ref();
     let mut enc = match blob::Encoder::new() {
@@ -564,7 +566,6 @@ fn compress(rx: Receiver<Batch>, tx: SyncSender<Batch>, shared: &Shared<'_>) {
             return;
         }
     };
-    let mut out = Vec::new();
     for batch in rx {
         let batch = batch.and_then(|mut evs| {
             for ev in &mut evs {
@@ -573,17 +574,23 @@ fn compress(rx: Receiver<Batch>, tx: SyncSender<Batch>, shared: &Shared<'_>) {
                 let data = std::mem::take(data);
                 let id = shared.repo.hasher.id(&data);
                 *c = match shared.find(&id)? {
-                    Some(l) => Chunk::Known(l),
+                    Some(l) => {
+                        shared.give_back(data);
+                        Chunk::Known(l)
+                    }
                     None => {
-                        let compressed = enc.encode_sealed(&id, &data, keys, &mut out)?;
-                        // The stored bytes travel on in a buffer of their size (what is in
-                        // flight is what will be packed, nothing more).
-                        out.shrink_to_fit();
-                        Chunk::New { id, data: std::mem::take(&mut out), raw: data.len() as u32, compressed }
+                        let raw = data.len() as u32;
+                        let (mut data, compressed, unused) = enc.encode_owned(&id, data, keys, Vec::new())?;
+                        if compressed {
+                            // Compressed bytes travel on in a buffer of their size (what is in
+                            // flight is what will be packed, nothing more), the raw buffer
+                            // goes back to the walker.
+                            data.shrink_to_fit();
+                        }
+                        shared.give_back(unused);
+                        Chunk::New { id, data, raw, compressed }
                     }
                 };
-                // The raw buffer goes back to the walker.
-                shared.give_back(data);
             }
             Ok(evs)
         });
