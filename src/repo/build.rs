@@ -27,10 +27,10 @@ const PACKS_PER_INDEX: usize = 1;
 /// While the last data pack is being stored, the next one keeps up to this many bytes of new
 /// blobs aside (the compressors' buffers, not copied) before the builder waits for the pack
 /// buffer: the compressors go on working while the store takes a pack, without a second pack
-/// buffer. Through Garage on two cores a snapshot took 1.23x the `.tar.zst` export's time
-/// without (the agent idle while Garage took each pack), 1.15x with 4 MiB and 1.13x with 6,
-/// at 61 and 63 MiB peak RSS.
-const ASIDE_BYTES: usize = 4 << 20;
+/// buffer. Through Garage on two cores a first snapshot took 1.23x the `.tar.zst` export's
+/// time without, 1.15x with 4 MiB; 2, 3 and 4 MiB measured alike, and the snapshot after 1%
+/// of the files changed peaked at 63 MiB with 2 and 65-66 with 4.
+const ASIDE_BYTES: usize = 2 << 20;
 
 /// An open directory: its node and its tree, cut into blobs as it grows.
 struct Frame {
