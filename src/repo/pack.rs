@@ -121,7 +121,7 @@ impl Writer {
     }
 
     /// A pack filled in `buf` (emptied first): the buffer of a pack already stored, reused so
-    /// that a snapshot allocates its two pack buffers once.
+    /// that a snapshot allocates its data pack buffer once.
     pub fn reuse(mut buf: Vec<u8>) -> Writer {
         buf.clear();
         Writer { buf, ..Writer::new() }

@@ -18,9 +18,9 @@
 //! `snapshot` returns (every pack and index object it needs is stored by then).
 //!
 //! Memory is bounded by the channels (a few batches of at most a maximum chunk each, each
-//! chunk in a buffer of its stored size; raw buffers go back to the walker), one
-//! data pack's buffer (filled by the builder, then stored by the uploader while the next pack
-//! keeps a few megabytes of blobs aside: the compressors keep working meanwhile), one tree pack of at most
+//! chunk in a buffer of its stored size; raw buffers go back to the walker), one data pack's
+//! buffer (filled by the builder, then stored by the uploader while the next pack keeps a few
+//! megabytes of blobs aside: the compressors keep working meanwhile), one tree pack of at most
 //! `pack::TREE_TARGET`, the blobs not yet published, and one open tree per directory level;
 //! never by the number of files or the size of the repository.
 
