@@ -81,22 +81,26 @@ impl Encoder {
         Ok(compressed)
     }
 
-    /// `encode_sealed` of a chunk in a buffer of its own, with `out` to compress into: the
-    /// blob as stored (in `raw`'s buffer when it does not compress: not copied), whether it is
-    /// compressed, and the buffer it did not need.
+    /// `encode_sealed` of a chunk in a buffer of its own: the blob as stored (compressed, in a
+    /// buffer of its size; or, when it does not compress, in `raw`'s buffer: not copied),
+    /// whether it is compressed, and `raw`'s buffer when the blob is not in it.
     pub fn encode_owned(
         &mut self,
         id: &Id,
         raw: Vec<u8>,
         keys: Option<&Keys>,
-        mut out: Vec<u8>,
-    ) -> Result<(Vec<u8>, bool, Vec<u8>)> {
+    ) -> Result<(Vec<u8>, bool, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
         let compressed = self.compress(&raw, &mut out)?;
-        let (mut blob, unused) = if compressed { (out, raw) } else { (raw, out) };
+        let (mut blob, freed) = if compressed { (out, Some(raw)) } else { (raw, None) };
         if let Some(k) = keys {
             k.seal_blob(id, &mut blob)?;
         }
-        Ok((blob, compressed, unused))
+        if compressed {
+            // What is in flight is what will be packed, nothing more.
+            blob.shrink_to_fit();
+        }
+        Ok((blob, compressed, freed))
     }
 }
 
@@ -158,12 +162,12 @@ mod tests {
         assert!(out.len() < 10_000);
         // Owned: what does not compress travels on in its own buffer; what does, in `out`.
         let at = random.as_ptr();
-        let (blob, compressed, _) = enc.encode_owned(&Id([0; 32]), random.clone(), None, Vec::new()).unwrap();
-        assert!(!compressed && blob == random);
-        let (blob, compressed, _) = enc.encode_owned(&Id([0; 32]), random, None, Vec::new()).unwrap();
+        let (blob, compressed, freed) = enc.encode_owned(&Id([0; 32]), random.clone(), None).unwrap();
+        assert!(!compressed && blob == random && freed.is_none());
+        let (blob, compressed, _) = enc.encode_owned(&Id([0; 32]), random, None).unwrap();
         assert!(!compressed && blob.as_ptr() == at);
-        let (blob, compressed, unused) = enc.encode_owned(&Id([0; 32]), text.clone(), None, Vec::new()).unwrap();
-        assert!(compressed && blob == out && unused == text);
+        let (blob, compressed, freed) = enc.encode_owned(&Id([0; 32]), text.clone(), None).unwrap();
+        assert!(compressed && blob == out && blob.capacity() == blob.len() && freed.as_ref() == Some(&text));
         let mut back = Vec::new();
         let mut dec = Decoder::default();
         let t = || "t".to_string();

@@ -166,20 +166,31 @@ impl<'a, 's> Builder<'a, 's> {
             self.send_pack(Kind::Data)?;
         }
         if let Some(aside) = self.data.waiting() {
-            // The buffer when it is back; waited for when enough is kept aside.
-            let back = match aside + stored.len() > ASIDE_BYTES {
-                true => Some(self.spare.recv().unwrap_or_default()),
-                false => self.spare.try_recv().ok(),
-            };
-            if let Some(buf) = back {
-                self.data.fill(buf, &mut |b| self.shared.give_back(b));
-            }
+            // Waited for when enough is kept aside.
+            self.buffer_back(aside + stored.len() > ASIDE_BYTES);
         }
         let (entry, packed) = self.data.add_owned(id, Kind::Data, compressed, raw, stored);
         if let Some(b) = packed {
             self.shared.give_back(b);
         }
         self.added(Kind::Data, id, entry)
+    }
+
+    /// The last data pack's buffer, back from the uploader, to the data pack that waits for it
+    /// (if it does): waited for with `wait`, else taken only when already back. An uploader
+    /// that stopped returns none: a new one is made, its error is the one told, and the next
+    /// send fails.
+    fn buffer_back(&mut self, wait: bool) {
+        if self.data.waiting().is_none() {
+            return;
+        }
+        let back = match wait {
+            true => Some(self.spare.recv().unwrap_or_default()),
+            false => self.spare.try_recv().ok(),
+        };
+        if let Some(buf) = back {
+            self.data.fill(buf, &mut |b| self.shared.give_back(b));
+        }
     }
 
     /// A new tree blob into the tree pack.
@@ -204,6 +215,10 @@ impl<'a, 's> Builder<'a, 's> {
     }
 
     fn send_pack(&mut self, kind: Kind) -> Result<()> {
+        if kind == Kind::Data && !self.data.is_empty() {
+            // A pack filled before the last one's buffer came back needs that buffer.
+            self.buffer_back(true);
+        }
         let w = if kind == Kind::Tree { &mut self.trees } else { &mut self.data };
         if w.is_empty() {
             return Ok(());
@@ -214,11 +229,6 @@ impl<'a, 's> Builder<'a, 's> {
             Kind::Tree => pack::Writer::with_target(pack::TREE_TARGET),
             Kind::Data => pack::Writer::awaiting(),
         };
-        if kind == Kind::Data && w.waiting().is_some() {
-            // A pack filled before the last one's buffer came back: it needs that buffer (an
-            // uploader that stopped returns none; its error is the one told, and the send fails).
-            w.fill(self.spare.recv().unwrap_or_default(), &mut |b| self.shared.give_back(b));
-        }
         let (name, bytes, entries) = std::mem::replace(w, next).finish();
         let up = self.up.as_ref().ok_or_else(|| Error::internal("no uploader"))?;
         up.send((kind, name, bytes, entries)).map_err(|_| Error::internal("the snapshot's uploader stopped"))?;

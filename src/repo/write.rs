@@ -581,14 +581,10 @@ fn compress(rx: Receiver<Batch>, tx: SyncSender<Batch>, shared: &Shared<'_>) {
                     }
                     None => {
                         let raw = data.len() as u32;
-                        let (mut data, compressed, unused) = enc.encode_owned(&id, data, keys, Vec::new())?;
-                        if compressed {
-                            // Compressed bytes travel on in a buffer of their size (what is in
-                            // flight is what will be packed, nothing more), the raw buffer
-                            // goes back to the walker.
-                            data.shrink_to_fit();
+                        let (data, compressed, freed) = enc.encode_owned(&id, data, keys)?;
+                        if let Some(b) = freed {
+                            shared.give_back(b);
                         }
-                        shared.give_back(unused);
                         Chunk::New { id, data, raw, compressed }
                     }
                 };
