@@ -6,25 +6,36 @@
 //!
 //! The reads are planned from the chunks the walk names, in the order it names them: chunks
 //! that follow each other closely in one pack, across files, make one read of up to `RANGE`
-//! bytes (a whole restore reads each pack in a few ranges; one file costs one range). A
-//! snapshot taken after some files changed names, file after file, chunks in the old packs
-//! and in the new: a range stays open in each of up to `OPEN` packs at once.
+//! bytes (a whole restore reads each pack in one GET; one file costs one). A snapshot taken
+//! after some files changed names, file after file, chunks in the old packs and in the new: a
+//! range stays open in each of up to `OPEN` packs at once.
 //!
-//! Ranges are read in the order they were opened, which is the order the decoder first needs
-//! them, `FETCHERS` at once, each only once it holds one of `RANGES_AHEAD` tokens; the decoder
-//! gives a range's token back when the walk says its last chunk has gone by. A range is read
-//! once it is closed (full, or the oldest of `OPEN`, or the walk's end), or when the decoder
-//! asks for it (it has caught up with the walk). A range the decoder waits for is always read:
-//! the ranges opened before it were read already, at most `OPEN` ranges are live at any point
-//! of the walk, and there are more tokens than that.
+//! A range is streamed, not read whole: its reader hands the decoder pieces of up to `PIECE`
+//! bytes, each cut where a chunk ends, `PIECES_AHEAD` waiting at most; past them the rest
+//! waits in the connection. So the decoder starts on a pack's first chunks while the rest is
+//! on its way, a range costs memory by its pieces and not by its size, and ranges can be whole
+//! packs (4 MiB ranges read whole left the cores idle a quarter of a restore, and cost the
+//! store a partial block at each of four times as many ends). A chunk the walk names again
+//! that lies before its range's piece is read alone.
+//!
+//! Ranges are started in the order they were opened, which is the order the decoder first
+//! needs them, `FETCHERS` at once, each only once it holds one of `RANGES_AHEAD` tokens; the
+//! decoder gives a range's token back when the walk says its last chunk has gone by. A range is
+//! read once it is closed: full, or passed by the walk in its pack, or the oldest of `OPEN`, or
+//! opened half the walk's lead ago (small files fill a range more slowly than the walk runs
+//! ahead), or at the walk's end; or when the decoder asks for it (it has caught up with the
+//! walk). A range the decoder waits for is always started: the ranges opened before it were started already, and of those only the
+//! ones live at the decoder's point of the walk (at most `OPEN`) still hold a token or keep a
+//! reader waiting on a full piece queue; there are more tokens and readers than that.
 //!
 //! Every stage hands the next batches, not single steps: a snapshot of small files is three
 //! steps a file (entry, chunk, end), and a hand-off per step woke a thread per step (280,000
 //! context switches for 52,000 files). A batch goes on when it is full, or when its stage is
-//! about to wait. The buffers come back: a done range's to the readers, a written chunk's to
-//! the decoder (a new buffer costs a page fault per page).
+//! about to wait. The buffers come back: a decoded piece's to the readers, a written chunk's
+//! to the decoder (a new buffer costs a page fault per page).
 //!
-//! It must never hold more than `RANGES_AHEAD` ranges, five batches of decoded chunks of
+//! It must never hold more than `PIECES_AHEAD + 2` pieces of each of `RANGES_AHEAD` ranges
+//! (those waiting, one being read, one being decoded), five batches of decoded chunks of
 //! about `BATCH_BYTES` (one being decoded, one checked, one written, one waiting at each of the
 //! two hand-offs), and `SPARE_BYTES` of spare buffers; never hand on a chunk that did not hash
 //! to its id, and never write: restoring is the caller's.
@@ -44,18 +55,23 @@ use crate::archive::read::Item;
 use crate::error::{Error, Result};
 use crate::pipe;
 
-/// The largest read of a pack (a chunk larger than this is read alone).
-pub(super) const RANGE: u64 = 4 << 20;
+/// The largest read of a pack: a whole pack's data (a chunk larger than this is read alone).
+pub(super) const RANGE: u64 = 16 << 20;
 /// A gap between two chunks of one pack that a read spans rather than starting another: what
 /// a partial restore skips between the files it wants, or a chunk another snapshot stored.
 const GAP: u64 = 256 << 10;
 /// Ranges open at once, each in its own pack.
 const OPEN: usize = 3;
-/// Reads in flight at once: one leaves the store idle while a range is handed on.
-const FETCHERS: usize = 3;
-/// Ranges read and not yet done with: more than can be live at once (`OPEN`), and room for
-/// the readers to work ahead. Memory: `RANGE × RANGES_AHEAD` of stored bytes at most.
-const RANGES_AHEAD: usize = OPEN + FETCHERS;
+/// Ranges streamed at once: more than can be live at once (`OPEN`), so that the one the decoder
+/// waits for always has a reader.
+const FETCHERS: usize = OPEN + 1;
+/// Ranges started and not yet done with: more than can be live at once, and room for the
+/// readers to work ahead. Through Garage, 5 restored as fast as 7 and held 6 MiB less.
+const RANGES_AHEAD: usize = OPEN + 2;
+/// A piece of a range handed on while the rest of it streams in: chunks up to this many bytes.
+const PIECE: u64 = 1 << 20;
+/// Pieces of a range that wait for the decoder (1 was slower; 4 held more, no faster).
+const PIECES_AHEAD: usize = 2;
 /// Decoded bytes in a batch handed on: it goes on at its first chunk past this (a chunk is at
 /// most 4 MiB), or at `BATCH_ITEMS` entries, ends and chunks.
 const BATCH_BYTES: usize = 256 << 10;
@@ -77,10 +93,16 @@ struct Range {
     pack: Name,
     start: u64,
     len: u64,
+    /// Where the chunks it was extended by end, in order: its pieces end at them.
+    ends: Vec<u64>,
+    /// The walk's steps planned when it was opened.
+    opened: u64,
 }
 
-/// A range's id, first byte's offset and bytes, as a reader fetched them.
-type Fetched = (u64, u64, Result<Vec<u8>>);
+/// A piece of a range as a reader streamed it: its first byte's offset in the pack, its bytes.
+type Piece = Result<(u64, Vec<u8>)>;
+/// A range a reader started: its id, and its pieces as they come.
+type Started = (u64, Receiver<Piece>);
 
 /// What the walk hands the decoder: an entry, each chunk of its content with the range that
 /// holds it, its end; and when a range's last chunk has gone by.
@@ -126,16 +148,15 @@ pub fn entries_seen_by(
     for _ in 0..RANGES_AHEAD {
         let _ = token_tx.send(());
     }
-    // Range buffers done with, back to the readers.
-    let (range_spare_tx, range_spare_rx) = mpsc::sync_channel::<Vec<u8>>(RANGES_AHEAD);
-    // The readers take the ranges in turn, each with a token (and a buffer when there is one).
-    let next = Mutex::new((ranges_rx, token_rx, range_spare_rx));
+    // The readers take the ranges in turn, each with a token.
+    let next = Mutex::new((ranges_rx, token_rx));
+    // Pieces and decoded chunks done with, back to the readers and the decoder.
     let spare = Buffers::new(SPARE_BYTES);
     std::thread::scope(|s| {
         let (planned_tx, planned_rx) = crossbeam_channel::bounded::<Vec<Step>>(STEPS_AHEAD / STEP_BATCH);
         // The decoder asks for a range it waits for that the walk still extends.
         let (wants_tx, wants_rx) = crossbeam_channel::unbounded::<u64>();
-        let (fetched_tx, fetched_rx) = mpsc::channel::<Fetched>();
+        let (started_tx, started_rx) = mpsc::channel::<Started>();
         // One batch waits at each hand-off: without it the stages ran in lock-step, and a
         // restore through S3 left a core idle half the time.
         let (decoded_tx, decoded_rx) = mpsc::sync_channel::<Vec<Decoded>>(1);
@@ -157,30 +178,31 @@ pub fn entries_seen_by(
         };
         let mut fetchers = Vec::new();
         for _ in 0..FETCHERS {
-            let (opener, next, fetched_tx) = (opener.clone(), &next, fetched_tx.clone());
+            let (opener, next, started_tx) = (opener.clone(), &next, started_tx.clone());
             fetchers.push(spawn(s, "fetch", move || loop {
-                let (r, buf) = {
+                let r = {
                     let next = next.lock().unwrap_or_else(|p| p.into_inner());
                     let (Ok(r), Ok(())) = (next.0.recv(), next.1.recv()) else { return Ok(()) };
-                    (r, next.2.try_recv().unwrap_or_default())
+                    r
                 };
-                let got = opener.fetch(&r.pack, r.start, r.len, r.len, buf);
-                if fetched_tx.send((r.id, r.start, got)).is_err() {
+                let (pieces_tx, pieces_rx) = mpsc::sync_channel::<Piece>(PIECES_AHEAD);
+                if started_tx.send((r.id, pieces_rx)).is_err() {
                     return Ok(());
                 }
+                stream(&opener, &r, spare, &pieces_tx);
             })?);
         }
-        drop(fetched_tx);
+        drop(started_tx);
         let decode = {
             let opener = opener.clone();
             spawn(s, "decode", move || {
                 let mut d = Decode {
                     opener,
-                    fetched: fetched_rx,
+                    started: started_rx,
                     ranges: BTreeMap::new(),
+                    alone: Vec::new(),
                     wants: wants_tx,
                     tokens: token_tx,
-                    range_spare: range_spare_tx,
                     out: decoded_tx,
                     batch: Vec::new(),
                     batch_bytes: 0,
@@ -307,8 +329,9 @@ struct Plan {
     next: u64,
     next_out: u64,
     ranges: Sender<Range>,
-    /// The steps not yet handed on.
+    /// The steps not yet handed on, and how many were planned in all.
     batch: Vec<Step>,
+    steps: u64,
     planned: crossbeam_channel::Sender<Vec<Step>>,
     wants: crossbeam_channel::Receiver<u64>,
 }
@@ -326,6 +349,7 @@ impl Plan {
             next_out: 0,
             ranges,
             batch: Vec::new(),
+            steps: 0,
             planned,
             wants,
         }
@@ -353,6 +377,7 @@ impl Plan {
     /// A step for the decoder, handed on with a full batch.
     fn send(&mut self, step: Step) -> Result<()> {
         self.batch.push(step);
+        self.steps += 1;
         match self.batch.len() >= STEP_BATCH {
             true => self.flush(),
             false => Ok(()),
@@ -409,12 +434,31 @@ impl Plan {
         let fits = |r: &Range| {
             r.pack == c.pack && off >= r.start && off <= r.start + r.len + GAP && off + len <= r.start + RANGE
         };
+        // A range the decoder may soon need is read now: one opened half the walk's lead ago
+        // (small files fill a range more slowly than the walk runs ahead; read only once the
+        // decoder asked for it, each range kept the decoder waiting for its first piece).
+        while let Some(i) = self.open.iter().position(|r| self.steps - r.opened >= (STEPS_AHEAD / 2) as u64) {
+            let r = self.open.remove(i);
+            self.close(r)?;
+        }
         if let Some(i) = self.open.iter().position(fits) {
             let mut r = self.open.remove(i);
-            r.len = r.len.max(off + len - r.start);
+            if off + len > r.start + r.len {
+                r.len = off + len - r.start;
+                r.ends.push(off + len);
+            }
             let id = r.id;
             self.open.push(r);
             return Ok(id);
+        }
+        // A range of the pack that `c` lies beyond (it would overrun the range, or the walk
+        // skipped a file's old chunks) is done: read now, not once it is the oldest of `OPEN`
+        // (its reader would start only as the walk opened the third range after it, and the
+        // decoder give its token back as late).
+        let behind = |r: &Range| r.pack == c.pack && off >= r.start + r.len;
+        if let Some(i) = self.open.iter().position(behind) {
+            let r = self.open.remove(i);
+            self.close(r)?;
         }
         if self.open.len() >= OPEN {
             let r = self.open.remove(0);
@@ -422,7 +466,7 @@ impl Plan {
         }
         let id = self.next;
         self.next += 1;
-        self.open.push(Range { id, pack: c.pack, start: off, len });
+        self.open.push(Range { id, pack: c.pack, start: off, len, ends: vec![off + len], opened: self.steps });
         Ok(id)
     }
 
@@ -444,16 +488,24 @@ impl Plan {
     }
 }
 
+/// A range the decoder takes its chunks from: the pieces to come, the one it is in.
+struct Reading {
+    pieces: Receiver<Piece>,
+    /// The piece's first byte's offset in the pack, and its bytes.
+    at: u64,
+    piece: Vec<u8>,
+}
+
 /// The decoder's side: chunks out of their ranges, opened and decoded, handed on in order.
 struct Decode<'a> {
     opener: Opener<'a>,
-    fetched: Receiver<Fetched>,
-    /// The ranges read and not yet done with: id → first byte's offset, bytes.
-    ranges: BTreeMap<u64, (u64, Vec<u8>)>,
+    started: Receiver<Started>,
+    /// The ranges started and not yet done with.
+    ranges: BTreeMap<u64, Reading>,
+    /// A chunk that lies before its range's piece (the walk named it again), read alone.
+    alone: Vec<u8>,
     wants: crossbeam_channel::Sender<u64>,
     tokens: SyncSender<()>,
-    /// Done ranges' buffers, back to the readers.
-    range_spare: SyncSender<Vec<u8>>,
     out: SyncSender<Vec<Decoded>>,
     /// What is decoded and not yet handed on, and its decoded bytes.
     batch: Vec<Decoded>,
@@ -468,8 +520,8 @@ impl Decode<'_> {
             Step::Entry(item) => return self.send(Decoded::Entry(item), 0),
             Step::End => return self.send(Decoded::End, 0),
             Step::Done(id) => {
-                if let Some((_, bytes)) = self.ranges.remove(&id) {
-                    let _ = self.range_spare.try_send(bytes);
+                if let Some(r) = self.ranges.remove(&id) {
+                    self.spare.give(r.piece);
                 }
                 let _ = self.tokens.send(());
                 return Ok(());
@@ -481,25 +533,50 @@ impl Decode<'_> {
             let _ = self.wants.send(range);
         }
         while !self.ranges.contains_key(&range) {
-            let (id, start, got) = match self.fetched.try_recv() {
-                Ok(f) => f,
-                Err(TryRecvError::Empty) => {
-                    // About to wait for a read: what is decoded goes on first.
-                    self.flush()?;
-                    self.fetched.recv().map_err(|_| stopped("the readers"))?
-                }
-                Err(TryRecvError::Disconnected) => return Err(stopped("the readers")),
-            };
-            self.ranges.insert(id, (start, got?));
+            let (id, pieces) = self.wait(|d| d.started.try_recv(), |d| d.started.recv())?;
+            self.ranges.insert(id, Reading { pieces, at: 0, piece: Vec::new() });
         }
-        let (start, bytes) = self.ranges.get(&range).ok_or_else(|| Error::internal("no range"))?;
-        let s = (u64::from(c.entry.offset) - start) as usize;
-        let stored =
-            bytes.get(s..s + c.entry.stored as usize).ok_or_else(|| Error::internal("a chunk outside its range"))?;
+        let mut r = self.ranges.remove(&range).ok_or_else(|| Error::internal("no range"))?;
+        let got = self.chunk(&c, &mut r);
+        self.ranges.insert(range, r);
+        got
+    }
+
+    /// Chunk `c` out of range `r`'s pieces (those before it are done with), decoded and sent.
+    fn chunk(&mut self, c: &Located, r: &mut Reading) -> Result<()> {
+        let (off, len) = (u64::from(c.entry.offset), u64::from(c.entry.stored));
+        while off >= r.at && off + len > r.at + r.piece.len() as u64 {
+            let (at, piece) = self.wait(|_| r.pieces.try_recv(), |_| r.pieces.recv())??;
+            self.spare.give(std::mem::replace(&mut r.piece, piece));
+            r.at = at;
+        }
+        let stored = match off >= r.at {
+            true => &r.piece[(off - r.at) as usize..(off - r.at + len) as usize],
+            false => {
+                self.alone = self.opener.fetch(&c.pack, off, len, len, std::mem::take(&mut self.alone))?;
+                &self.alone[..]
+            }
+        };
         let mut out = self.spare.take(c.entry.raw as usize);
-        self.opener.decode(&c, stored, &mut out)?;
+        self.opener.decode(c, stored, &mut out)?;
         let n = out.len();
-        self.send(Decoded::Chunk(c, out), n)
+        self.send(Decoded::Chunk(*c, out), n)
+    }
+
+    /// What `now` takes, or else, with what is decoded handed on first, what `wait` waits for.
+    fn wait<T>(
+        &mut self,
+        now: impl FnOnce(&Self) -> std::result::Result<T, TryRecvError>,
+        wait: impl FnOnce(&Self) -> std::result::Result<T, mpsc::RecvError>,
+    ) -> Result<T> {
+        match now(self) {
+            Ok(t) => Ok(t),
+            Err(TryRecvError::Empty) => {
+                self.flush()?;
+                wait(self).map_err(|_| stopped("the readers"))
+            }
+            Err(TryRecvError::Disconnected) => Err(stopped("the readers")),
+        }
     }
 
     /// `d` into the batch, which goes on when full.
@@ -519,6 +596,36 @@ impl Decode<'_> {
         }
         self.batch_bytes = 0;
         self.out.send(std::mem::take(&mut self.batch)).map_err(|_| stopped("the check"))
+    }
+}
+
+/// Range `r` streamed into `pieces`: runs of its chunks of up to `PIECE` bytes (one chunk when
+/// it is larger), each cut where a chunk ends. Stops at an error (which goes on as the next
+/// piece), or when the decoder no longer wants the range.
+fn stream(opener: &Opener<'_>, r: &Range, spare: &Buffers, pieces: &SyncSender<Piece>) {
+    let mut body = match opener.stream(&r.pack, r.start, r.len) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = pieces.send(Err(e));
+            return;
+        }
+    };
+    let (mut at, mut ends) = (r.start, r.ends.iter().copied().peekable());
+    while let Some(mut end) = ends.next() {
+        while let Some(e) = ends.next_if(|e| e - at <= PIECE) {
+            end = e;
+        }
+        let mut buf = spare.take((end - at) as usize);
+        let piece = match (&mut body).take(end - at).read_to_end(&mut buf) {
+            Ok(n) if n as u64 == end - at => Ok((at, buf)),
+            Ok(_) => Err(opener.ends_before(&r.pack, end)),
+            Err(e) => Err(Error::Io { context: format!("reading {}", opener.pack_key(&r.pack)), source: e }),
+        };
+        let failed = piece.is_err();
+        if pieces.send(piece).is_err() || failed {
+            return;
+        }
+        at = end;
     }
 }
 

@@ -99,8 +99,26 @@ impl Store for Counted<'_> {
         self.counts.down.fetch_add(b.len() as u64, Relaxed);
         Ok(b)
     }
+    fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Box<dyn Read + Send + '_>> {
+        self.req();
+        Ok(Box::new(CountedRead { inner: self.inner.read_range(key, offset, len)?, down: &self.counts.down }))
+    }
     fn size(&self, key: &str) -> Result<Option<u64>> {
         self.req();
         self.inner.size(key)
+    }
+}
+
+/// A stream whose bytes count as downloaded as they are read.
+struct CountedRead<'a> {
+    inner: Box<dyn Read + Send + 'a>,
+    down: &'a AtomicU64,
+}
+
+impl Read for CountedRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.down.fetch_add(n as u64, Relaxed);
+        Ok(n)
     }
 }

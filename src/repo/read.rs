@@ -133,15 +133,24 @@ impl<'a> Opener<'a> {
         tracing::trace!("reading {key} {start}+{want}");
         let bytes = self.store.get_range_into(&key, start, want, buf)?;
         if (bytes.len() as u64) < need {
-            return Err(Error::archive(
-                self.store.url(&key),
-                format!(
-                    "ends before byte {} that a snapshot's tree names a blob in; the repository is damaged",
-                    start + need
-                ),
-            ));
+            return Err(self.ends_before(pack, start + need));
         }
         Ok(bytes)
+    }
+
+    /// Bytes `start..start + len` of `pack`, as they come.
+    pub fn stream(&self, pack: &Name, start: u64, len: u64) -> Result<Box<dyn Read + Send + 'a>> {
+        let key = self.pack_key(pack);
+        tracing::trace!("streaming {key} {start}+{len}");
+        self.store.read_range(&key, start, len)
+    }
+
+    /// A pack that ends before byte `at`, which a tree names a blob in.
+    pub fn ends_before(&self, pack: &Name, at: u64) -> Error {
+        Error::archive(
+            self.store.url(&self.pack_key(pack)),
+            format!("ends before byte {at} that a snapshot's tree names a blob in; the repository is damaged"),
+        )
     }
 
     /// A blob's stored bytes opened (when sealed), decoded into `out` and checked against its id.

@@ -216,6 +216,14 @@ impl Store for FileStore {
         Ok(buf)
     }
 
+    fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Box<dyn Read + Send + '_>> {
+        use std::io::Seek;
+        let p = self.path(key)?;
+        let mut f = open_existing(&p)?;
+        f.seek(io::SeekFrom::Start(offset)).ctx(|| format!("reading {}", p.display()))?;
+        Ok(Box::new(f.take(len)))
+    }
+
     fn size(&self, key: &str) -> Result<Option<u64>> {
         let p = self.path(key)?;
         match fs::metadata(&p) {

@@ -77,6 +77,12 @@ pub trait Store: Send + Sync {
             .map_err(|e| Error::Io { context: format!("reading {}", self.url(key)), source: e })?;
         Ok(buf)
     }
+    /// `get_range` as a stream: up to `len` bytes of an object from `offset`, as they come (a
+    /// restore decodes a pack's first blobs while the rest is on its way, and holds only what
+    /// it has not decoded). A store without streamed ranged reads reads the range whole.
+    fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Box<dyn Read + Send + '_>> {
+        Ok(Box::new(std::io::Cursor::new(self.get_range(key, offset, len)?)))
+    }
     /// The objects under `prefix` in its folder itself, not in folders below it (the records
     /// of a repository's folder, never its `data/`): a listing with the delimiter `/`.
     fn list_top(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {

@@ -294,6 +294,11 @@ impl Store for S3Store {
         self.run(|sh| async move { download::get_range(&sh, key, offset, len, buf).await })
     }
 
+    /// One ranged GET, streamed (`download::S3Reader::range`).
+    fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Box<dyn Read + Send + '_>> {
+        Ok(Box::new(download::S3Reader::range(self.rt.clone(), self.shared.clone(), key, offset, len)))
+    }
+
     fn size(&self, key: &str) -> Result<Option<u64>> {
         Ok(self.head(key)?.map(|(size, _)| size))
     }
