@@ -24,19 +24,24 @@ impl Buffers {
         Buffers { held: Mutex::new((Vec::new(), 0)), budget }
     }
 
-    /// An empty buffer with room for `need` bytes: the smallest kept one that has it, or a
-    /// new one of exactly that (rounding up made every buffer in flight resident at up to
-    /// twice its chunk: 6 MiB more at a snapshot's peak).
+    /// An empty buffer with room for `need` bytes: the smallest kept one that has it, else the
+    /// largest kept one grown to exactly that (a large buffer grows in place, remapped: the
+    /// pages it has stay, only the new ones fault in), else a new one of exactly that
+    /// (rounding up made every buffer in flight resident at up to twice its chunk: 6 MiB more
+    /// at a snapshot's peak).
     pub fn take(&self, need: usize) -> Vec<u8> {
         if need < MIN {
             return Vec::with_capacity(need);
         }
         let mut g = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let fits = g.0.iter().enumerate().filter(|(_, b)| b.capacity() >= need).min_by_key(|(_, b)| b.capacity());
-        let Some((i, _)) = fits else { return Vec::with_capacity(need) };
+        let Some((i, _)) = fits.or_else(|| g.0.iter().enumerate().max_by_key(|(_, b)| b.capacity())) else {
+            return Vec::with_capacity(need);
+        };
         let mut b = g.0.swap_remove(i);
         g.1 -= b.capacity();
         b.clear();
+        b.reserve_exact(need);
         b
     }
 
@@ -77,9 +82,10 @@ mod tests {
         pool.give(b);
         let again = pool.take(1_200_000);
         assert_eq!((again.as_ptr(), again.len()), (at, 0));
-        // None fits: a new one; the kept one stays.
+        // None fits: the largest kept one grows to the need.
         pool.give(again);
-        assert_eq!(pool.take(3 << 20).capacity(), 3 << 20);
+        let grown = pool.take(3 << 20);
+        assert_eq!((grown.capacity(), grown.len(), pool.held.lock().unwrap().1), (3 << 20, 0, 0));
         // Over the budget, a larger one replaces smaller ones; a smaller one is dropped.
         pool.give(Vec::with_capacity(2 << 20));
         pool.give(Vec::with_capacity(4 << 20));
