@@ -24,9 +24,10 @@
 //! read once it is closed: full, or passed by the walk in its pack, or the oldest of `OPEN`, or
 //! opened half the walk's lead ago (small files fill a range more slowly than the walk runs
 //! ahead), or at the walk's end; or when the decoder asks for it (it has caught up with the
-//! walk). A range the decoder waits for is always started: the ranges opened before it were started already, and of those only the
-//! ones live at the decoder's point of the walk (at most `OPEN`) still hold a token or keep a
-//! reader waiting on a full piece queue; there are more tokens and readers than that.
+//! walk). A range the decoder waits for is always started: the ranges opened before it were
+//! started already, and of those only the ones live at the decoder's point of the walk (at most
+//! `OPEN`) still hold a token or keep a reader waiting on a full queue of pieces; there are
+//! more tokens and readers than that.
 //!
 //! Every stage hands the next batches, not single steps: a snapshot of small files is three
 //! steps a file (entry, chunk, end), and a hand-off per step woke a thread per step (280,000

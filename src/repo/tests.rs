@@ -226,6 +226,14 @@ fn restores_read_ahead_in_order_and_stop_at_a_damaged_chunk() {
     let e = try_restore(&store, &w.root, &out, &[]).unwrap_err().to_string();
     assert!(e.contains("does not hash to its id") || e.contains("does not decode"), "{e}");
     assert!(!out.join("data/media").exists(), "nothing committed");
+
+    // A pack cut short: its stream ends before the blobs a tree names in it.
+    bytes.truncate(middle);
+    fs::write(&pack, &bytes).unwrap();
+    let out = t.path().join("short");
+    let e = try_restore(&store, &w.root, &out, &[]).unwrap_err().to_string();
+    assert!(e.contains("ends before byte") && e.contains("damaged"), "{e}");
+    assert!(!out.join("data/media").exists(), "nothing committed");
 }
 
 /// The prune rule, step by step: a forgotten snapshot's packs are marked, wait out the grace,

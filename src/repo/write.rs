@@ -193,10 +193,7 @@ impl Shared<'_> {
             Some(l) => Some(*l),
             None => k.cache.lookup(id, &self.usable())?,
         };
-        if found.is_some() {
-            self.chunks_reused.fetch_add(1, Relaxed);
-        }
-        Ok(found)
+        Ok(self.reused(found))
     }
 
     /// Where a chunk a compressor found new is, when the builder packed it since: it looks
@@ -206,6 +203,11 @@ impl Shared<'_> {
     pub(super) fn packed_since(&self, id: &Id) -> Option<Located> {
         let k = self.lock();
         let found = k.pending.get(id).copied().or_else(|| k.cache.lookup_published(id, &self.usable()));
+        self.reused(found)
+    }
+
+    /// A blob found, counted as reused.
+    fn reused(&self, found: Option<Located>) -> Option<Located> {
         if found.is_some() {
             self.chunks_reused.fetch_add(1, Relaxed);
         }

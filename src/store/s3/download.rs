@@ -8,7 +8,9 @@
 //! never accept an answer for bytes other than those asked for, and never hold more than
 //! `RANGE × (RANGES_IN_FLIGHT + 2)` bytes.
 //!
-//! `get_range` is the other read: one GET of a few bytes (a repository's blobs), whole in memory.
+//! `get_range` is the other read: one GET of a few bytes (a repository's blobs), whole in memory;
+//! and `S3Reader::range` one GET streamed (a restore's range of a pack), its body handed on as
+//! it comes, resumed as a download's ranges are.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -30,8 +32,8 @@ use crate::store::rate::Limiter;
 const RANGE: u64 = 2 << 20;
 const RANGES_IN_FLIGHT: usize = 2;
 /// Pieces of a streamed range's body (as the connection hands them: up to a few hundred KiB)
-/// that wait for its reader; past them the body waits in the connection. 16 held 25 MiB more
-/// at a restore's peak, through Garage, and were no faster.
+/// that wait for its reader; past them the body waits in the connection. 16 held about 20 MiB
+/// more at a restore's peak, through Garage, and were no faster.
 const PIECES: usize = 2;
 
 /// The synchronous end of a download: blocks handed on by the background `fetch`.
@@ -64,7 +66,8 @@ impl S3Reader {
     /// `PIECES` of the body wait for the reader at most.
     pub(super) fn range(rt: Arc<Runtime>, sh: Arc<Shared>, key: &str, offset: u64, len: u64) -> S3Reader {
         let (tx, rx) = mpsc::channel(PIECES);
-        let from = Arc::new(Object { sh, key: key.to_string(), etag: String::new(), limiter: None, customer_keyed: false });
+        let from =
+            Arc::new(Object { sh, key: key.to_string(), etag: String::new(), limiter: None, customer_keyed: false });
         let task = match len {
             0 => rt.spawn(async {}),
             _ => rt.spawn(stream_range(from, offset, offset + len, tx)),
@@ -189,10 +192,11 @@ impl Sink<'_> {
     }
 }
 
-/// Bytes `start..end` of `key`, each piece of a body put in `sink` as it comes. A dropped connection or a stalled body resumes from the last
-/// byte received (`If-Match` on the ETag, so a replaced object is noticed rather than
-/// spliced); the retry budget counts failures in a row, so a long download on a flaky link is
-/// not cut short by faults spread over hours.
+/// Bytes `start..end` of `key`, each piece of a body put in `sink` as it comes. A dropped
+/// connection or a stalled body resumes from the last byte received (`If-Match` on the ETag,
+/// when there is one, so a replaced object is noticed rather than spliced); the retry budget
+/// counts failures in a row, so a long download on a flaky link is not cut short by faults
+/// spread over hours.
 async fn each_piece(from: &Object, start: u64, end: u64, mut sink: Sink<'_>) -> Result<()> {
     let (sh, key, etag) = (&from.sh, from.key.as_str(), from.etag.as_str());
     let what = format!("GetObject {}", sh.url(key));
@@ -230,7 +234,11 @@ async fn each_piece(from: &Object, start: u64, end: u64, mut sink: Sink<'_>) -> 
             },
             Ok(o) if object_size(o.content_range()).is_some_and(|size| size < end) => Error::Store {
                 what: what.clone(),
-                reason: format!("asked for bytes {offset}-{} of an object of {:?}", end - 1, o.content_range()),
+                reason: format!(
+                    "asked for bytes {offset}-{} of an object that ends before them ({})",
+                    end - 1,
+                    o.content_range().unwrap_or_default()
+                ),
                 retryable: false,
             },
             Ok(o) => {
