@@ -18,15 +18,22 @@
 //! store a partial block at each of four times as many ends). A chunk the walk names again
 //! that lies before its range's piece is read alone.
 //!
+//! A range goes to the readers once it is closed: full, passed by the walk in its pack, the
+//! oldest of `OPEN`, at the walk's end, or when the decoder asks for it (it has caught up with
+//! the walk). Or earlier, while the walk still extends it, once it was opened half the walk's
+//! lead ago (small files fill a range more slowly than the walk runs ahead): such a range
+//! grows. Its reader asks the store for all it may grow to (`RANGE`), streams what the walk
+//! has named of it, and is told each chunk the walk adds until the walk closes it, then drops
+//! the rest (what the connection held of it is all it costs). So a pack of changed files,
+//! whose chunks come a file or two at a time between the old packs' runs, is read in one GET,
+//! not in one for every few files, each waited on.
+//!
 //! Ranges are started in the order they were opened, which is the order the decoder first
 //! needs them, `FETCHERS` at once, each only once it holds one of `RANGES_AHEAD` tokens; the
-//! decoder gives a range's token back when the walk says its last chunk has gone by. A range is
-//! read once it is closed: full, or passed by the walk in its pack, or the oldest of `OPEN`, or
-//! opened half the walk's lead ago (small files fill a range more slowly than the walk runs
-//! ahead), or at the walk's end; or when the decoder asks for it (it has caught up with the
-//! walk). A range the decoder waits for is always started: the ranges opened before it were
-//! started already, and of those only the ones live at the decoder's point of the walk (at most
-//! `OPEN`) still hold a token or keep a reader waiting on a full queue of pieces; there are
+//! decoder gives a range's token back when the walk says its last chunk has gone by. A range
+//! the decoder waits for is always started: the ranges opened before it were started already,
+//! and of those only the ones live at the decoder's point of the walk (at most `OPEN`) still
+//! hold a token or keep a reader waiting on a full queue of pieces or for the walk; there are
 //! more tokens and readers than that.
 //!
 //! Every stage hands the next batches, not single steps: a snapshot of small files is three
@@ -41,7 +48,7 @@
 //! two hand-offs), and `SPARE_BYTES` of spare buffers; never hand on a chunk that did not hash
 //! to its id, and never write: restoring is the caller's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::Mutex;
@@ -88,16 +95,31 @@ const STEP_BATCH: usize = 256;
 /// What an error of this module says was going on.
 const READING: &str = "reading a snapshot ahead";
 
-/// One read of a pack.
+/// One read of a pack, as the walk plans it.
 struct Range {
     id: u64,
     pack: Name,
     start: u64,
     len: u64,
-    /// Where the chunks it was extended by end, in order: its pieces end at them.
+    /// Where the chunks it was extended by end, in order, not yet told its reader: its pieces
+    /// end at them.
     ends: Vec<u64>,
     /// The walk's steps planned when it was opened.
     opened: u64,
+    /// Once its reader has it while the walk still extends it: where each new chunk ends.
+    grow: Option<Sender<u64>>,
+}
+
+/// What a reader is handed: a range of a pack, where the chunks in it end as far as the walk
+/// knows, and, while the walk still extends it, those to come.
+struct Fetch {
+    id: u64,
+    pack: Name,
+    start: u64,
+    /// The most it reads: the range's length, or `RANGE` while it grows.
+    len: u64,
+    ends: Vec<u64>,
+    more: Option<Receiver<u64>>,
 }
 
 /// A piece of a range as a reader streamed it: its first byte's offset in the pack, its bytes.
@@ -143,7 +165,7 @@ pub fn entries_seen_by(
     seen: &mut (dyn FnMut(&[u8], &Node) -> Result<()> + Send),
     each: &mut Each<'_>,
 ) -> Result<Vec<bool>> {
-    let (ranges_tx, ranges_rx) = mpsc::channel::<Range>();
+    let (ranges_tx, ranges_rx) = mpsc::channel::<Fetch>();
     // A token for each range that may be read and not yet done with.
     let (token_tx, token_rx) = mpsc::sync_channel::<()>(RANGES_AHEAD);
     for _ in 0..RANGES_AHEAD {
@@ -181,16 +203,16 @@ pub fn entries_seen_by(
         for _ in 0..FETCHERS {
             let (opener, next, started_tx) = (opener.clone(), &next, started_tx.clone());
             fetchers.push(spawn(s, "fetch", move || loop {
-                let r = {
+                let f = {
                     let next = next.lock().unwrap_or_else(|p| p.into_inner());
-                    let (Ok(r), Ok(())) = (next.0.recv(), next.1.recv()) else { return Ok(()) };
-                    r
+                    let (Ok(f), Ok(())) = (next.0.recv(), next.1.recv()) else { return Ok(()) };
+                    f
                 };
                 let (pieces_tx, pieces_rx) = mpsc::sync_channel::<Piece>(PIECES_AHEAD);
-                if started_tx.send((r.id, pieces_rx)).is_err() {
+                if started_tx.send((f.id, pieces_rx)).is_err() {
                     return Ok(());
                 }
-                stream(&opener, &r, spare, &pieces_tx);
+                stream(&opener, f, spare, &pieces_tx);
             })?);
         }
         drop(started_tx);
@@ -324,12 +346,12 @@ impl Read for Content<'_, '_> {
 struct Plan {
     /// The ranges being extended, the one extended longest ago first.
     open: Vec<Range>,
-    /// Ranges no longer extended, waiting for those opened before them to be handed over.
-    closed: BTreeMap<u64, Range>,
+    /// Ranges for the readers, waiting for those opened before them to be handed over.
+    waiting: BTreeMap<u64, Fetch>,
     /// The id of the next range opened, and of the next handed to the readers.
     next: u64,
     next_out: u64,
-    ranges: Sender<Range>,
+    ranges: Sender<Fetch>,
     /// The steps not yet handed on, and how many were planned in all.
     batch: Vec<Step>,
     steps: u64,
@@ -339,13 +361,13 @@ struct Plan {
 
 impl Plan {
     fn new(
-        ranges: Sender<Range>,
+        ranges: Sender<Fetch>,
         planned: crossbeam_channel::Sender<Vec<Step>>,
         wants: crossbeam_channel::Receiver<u64>,
     ) -> Plan {
         Plan {
             open: Vec::new(),
-            closed: BTreeMap::new(),
+            waiting: BTreeMap::new(),
             next: 0,
             next_out: 0,
             ranges,
@@ -386,46 +408,43 @@ impl Plan {
     }
 
     /// Hand the decoder the steps so far; while it has no room, answer its asks for open
-    /// ranges (each one's end goes after the steps). An ask is answered only then: while the
-    /// walk goes on, the range grows to its full size, and the decoder has the steps before it
-    /// to work on.
+    /// ranges. An ask is answered only then: while the walk goes on, the range grows to its
+    /// full size, and the decoder has the steps before it to work on.
     fn flush(&mut self) -> Result<()> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
-        let batch = match self.planned.try_send(batch) {
-            Ok(()) => return Ok(()),
-            Err(crossbeam_channel::TrySendError::Full(batch)) => batch,
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(stopped("the decoder")),
-        };
-        let mut batches = vec![batch];
-        let mut i = 0;
-        while i < batches.len() {
+        let mut batch = std::mem::take(&mut self.batch);
+        loop {
+            batch = match self.planned.try_send(batch) {
+                Ok(()) => return Ok(()),
+                Err(crossbeam_channel::TrySendError::Full(batch)) => batch,
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(stopped("the decoder")),
+            };
             let mut sel = crossbeam_channel::Select::new();
             let send = sel.send(&self.planned);
             sel.recv(&self.wants);
             let op = sel.select();
             if op.index() == send {
-                let batch = std::mem::take(&mut batches[i]);
-                op.send(&self.planned, batch).map_err(|_| stopped("the decoder"))?;
-                i += 1;
-            } else {
-                let id = op.recv(&self.wants).map_err(|_| stopped("the decoder"))?;
-                self.wanted(id, &mut batches)?;
+                return op.send(&self.planned, batch).map_err(|_| stopped("the decoder"));
             }
+            let id = op.recv(&self.wants).map_err(|_| stopped("the decoder"))?;
+            self.wanted(id)?;
         }
-        Ok(())
     }
 
-    /// The decoder waits for range `id`: when it is still open, the readers get it now.
-    fn wanted(&mut self, id: u64, batches: &mut Vec<Vec<Step>>) -> Result<()> {
-        if let Some(i) = self.open.iter().position(|r| r.id == id) {
-            let r = self.open.remove(i);
-            self.hand_over(r)?;
-            batches.push(vec![Step::Done(id)]);
+    /// The decoder waits for range `id`: when it is still open and not read yet, the readers get
+    /// it as it is (a range that grows asks for all it may grow to, and a partial restore that
+    /// caught up with its walk, one file, would pay for what it drops), and its end goes after
+    /// the batch being handed on.
+    fn wanted(&mut self, id: u64) -> Result<()> {
+        match self.open.iter().position(|r| r.id == id && r.grow.is_none()) {
+            Some(i) => {
+                let r = self.open.remove(i);
+                self.close(r)
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The range that will hold chunk `c`: an open one of its pack that `c` follows closely,
@@ -435,18 +454,25 @@ impl Plan {
         let fits = |r: &Range| {
             r.pack == c.pack && off >= r.start && off <= r.start + r.len + GAP && off + len <= r.start + RANGE
         };
-        // A range the decoder may soon need is read now: one opened half the walk's lead ago
-        // (small files fill a range more slowly than the walk runs ahead; read only once the
-        // decoder asked for it, each range kept the decoder waiting for its first piece).
-        while let Some(i) = self.open.iter().position(|r| self.steps - r.opened >= (STEPS_AHEAD / 2) as u64) {
-            let r = self.open.remove(i);
-            self.close(r)?;
+        // A range the decoder may soon need is read now, and goes on growing: one opened half
+        // the walk's lead ago (small files fill a range more slowly than the walk runs ahead;
+        // read only once the decoder asked for it, each range kept the decoder waiting for its
+        // first piece; closed then, a pack of changed files between old ones was read in a
+        // hundred ranges of a few files each, every one waited on).
+        while let Some(i) =
+            self.open.iter().position(|r| r.grow.is_none() && self.steps - r.opened >= (STEPS_AHEAD / 2) as u64)
+        {
+            self.grow(i)?;
         }
         if let Some(i) = self.open.iter().position(fits) {
             let mut r = self.open.remove(i);
             if off + len > r.start + r.len {
                 r.len = off + len - r.start;
-                r.ends.push(off + len);
+                match &r.grow {
+                    // A reader that stopped (at an error) is past caring.
+                    Some(more) => drop(more.send(off + len)),
+                    None => r.ends.push(off + len),
+                }
             }
             let id = r.id;
             self.open.push(r);
@@ -467,22 +493,45 @@ impl Plan {
         }
         let id = self.next;
         self.next += 1;
-        self.open.push(Range { id, pack: c.pack, start: off, len, ends: vec![off + len], opened: self.steps });
+        let r = Range { id, pack: c.pack, start: off, len, ends: vec![off + len], opened: self.steps, grow: None };
+        self.open.push(r);
         Ok(id)
     }
 
-    /// A range is complete: the readers get it, the decoder learns its last chunk went by.
+    /// Open range `i` goes to the readers now, and is told each chunk it grows by.
+    fn grow(&mut self, i: usize) -> Result<()> {
+        let r = &mut self.open[i];
+        if r.grow.is_some() {
+            return Ok(());
+        }
+        let (more_tx, more_rx) = mpsc::channel();
+        r.grow = Some(more_tx);
+        let f = Fetch {
+            id: r.id,
+            pack: r.pack,
+            start: r.start,
+            len: RANGE,
+            ends: std::mem::take(&mut r.ends),
+            more: Some(more_rx),
+        };
+        self.hand_over(f)
+    }
+
+    /// A range is complete: the readers get it (a growing one's reader learns it has ended as
+    /// its `grow` goes), the decoder learns its last chunk went by.
     fn close(&mut self, r: Range) -> Result<()> {
         let id = r.id;
-        self.hand_over(r)?;
+        if r.grow.is_none() {
+            self.hand_over(Fetch { id, pack: r.pack, start: r.start, len: r.len, ends: r.ends, more: None })?;
+        }
         self.send(Step::Done(id))
     }
 
     /// The readers get the ranges in the order they were opened.
-    fn hand_over(&mut self, r: Range) -> Result<()> {
-        self.closed.insert(r.id, r);
-        while let Some(r) = self.closed.remove(&self.next_out) {
-            self.ranges.send(r).map_err(|_| stopped("the readers"))?;
+    fn hand_over(&mut self, f: Fetch) -> Result<()> {
+        self.waiting.insert(f.id, f);
+        while let Some(f) = self.waiting.remove(&self.next_out) {
+            self.ranges.send(f).map_err(|_| stopped("the readers"))?;
             self.next_out += 1;
         }
         Ok(())
@@ -600,27 +649,39 @@ impl Decode<'_> {
     }
 }
 
-/// Range `r` streamed into `pieces`: runs of its chunks of up to `PIECE` bytes (one chunk when
-/// it is larger), each cut where a chunk ends. Stops at an error (which goes on as the next
-/// piece), or when the decoder no longer wants the range.
-fn stream(opener: &Opener<'_>, r: &Range, spare: &Buffers, pieces: &SyncSender<Piece>) {
-    let mut body = match opener.stream(&r.pack, r.start, r.len) {
+/// Range `f` streamed into `pieces`: runs of its chunks of up to `PIECE` bytes (one chunk when
+/// it is larger), each cut where a chunk ends, as far as the walk has told (a growing range's
+/// reader waits for more, and reads no further once the walk closed it). Stops at an error
+/// (which goes on as the next piece), or when the decoder no longer wants the range.
+fn stream(opener: &Opener<'_>, f: Fetch, spare: &Buffers, pieces: &SyncSender<Piece>) {
+    let mut body = match opener.stream(&f.pack, f.start, f.len) {
         Ok(b) => b,
         Err(e) => {
             let _ = pieces.send(Err(e));
             return;
         }
     };
-    let (mut at, mut ends) = (r.start, r.ends.iter().copied().peekable());
-    while let Some(mut end) = ends.next() {
-        while let Some(e) = ends.next_if(|e| e - at <= PIECE) {
+    let (mut at, mut ends) = (f.start, VecDeque::from(f.ends));
+    loop {
+        if let Some(more) = &f.more {
+            ends.extend(more.try_iter());
+            if ends.is_empty() {
+                match more.recv() {
+                    Ok(e) => ends.push_back(e),
+                    Err(_) => return,
+                }
+            }
+        }
+        let Some(mut end) = ends.pop_front() else { return };
+        while let Some(e) = ends.front().copied().filter(|e| e - at <= PIECE) {
             end = e;
+            ends.pop_front();
         }
         let mut buf = spare.take((end - at) as usize);
         let piece = match (&mut body).take(end - at).read_to_end(&mut buf) {
             Ok(n) if n as u64 == end - at => Ok((at, buf)),
-            Ok(_) => Err(opener.ends_before(&r.pack, end)),
-            Err(e) => Err(Error::Io { context: format!("reading {}", opener.pack_key(&r.pack)), source: e }),
+            Ok(_) => Err(opener.ends_before(&f.pack, end)),
+            Err(e) => Err(Error::Io { context: format!("reading {}", opener.pack_key(&f.pack)), source: e }),
         };
         let failed = piece.is_err();
         if pieces.send(piece).is_err() || failed {

@@ -98,6 +98,25 @@ fn s3_small_archive_is_one_put_and_oss_obs_schemes_work() {
     }
 }
 
+/// A ranged read gives what the object holds of the range: fewer bytes where it ends (a
+/// restore's read of a pack asks for as much as a pack's data may be), none for an empty range.
+#[test]
+fn s3_ranged_reads_end_where_the_object_ends() {
+    let g = garage::shared();
+    let store = g.store(&g.bucket("ranges"));
+    let body: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+    store.put("fleet/data/ab/pack", &body).unwrap();
+    let read = |offset: u64, len: u64| {
+        let mut got = Vec::new();
+        store.read_range("fleet/data/ab/pack", offset, len).unwrap().read_to_end(&mut got).unwrap();
+        got
+    };
+    assert_eq!(read(100, 1000), body[100..1100]);
+    assert_eq!(read(2500, 16 << 20), body[2500..]);
+    assert!(read(10, 0).is_empty());
+    assert_eq!(store.get_range("fleet/data/ab/pack", 2990, 100).unwrap(), body[2990..]);
+}
+
 #[test]
 fn s3_folder_keys_name_the_object() {
     let g = garage::shared();

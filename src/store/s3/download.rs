@@ -61,17 +61,14 @@ impl S3Reader {
         S3Reader { rx, cur: Bytes::new(), task, _rt: rt }
     }
 
-    /// Stream bytes `offset..offset + len` of `key` in one ranged GET (resumed from its last
-    /// byte as a download's ranges are): a repository's pack, immutable, so no `If-Match`.
-    /// `PIECES` of the body wait for the reader at most.
+    /// Stream up to `len` bytes of `key` from `offset` (fewer where it ends) in one ranged GET,
+    /// resumed from its last byte as a download's ranges are: a repository's pack, immutable,
+    /// so no `If-Match`. `PIECES` of the body wait for the reader at most.
     pub(super) fn range(rt: Arc<Runtime>, sh: Arc<Shared>, key: &str, offset: u64, len: u64) -> S3Reader {
         let (tx, rx) = mpsc::channel(PIECES);
         let from =
             Arc::new(Object { sh, key: key.to_string(), etag: String::new(), limiter: None, customer_keyed: false });
-        let task = match len {
-            0 => rt.spawn(async {}),
-            _ => rt.spawn(stream_range(from, offset, offset + len, tx)),
-        };
+        let task = rt.spawn(stream_range(from, offset, offset + len, tx));
         S3Reader { rx, cur: Bytes::new(), task, _rt: rt }
     }
 }
@@ -192,17 +189,17 @@ impl Sink<'_> {
     }
 }
 
-/// Bytes `start..end` of `key`, each piece of a body put in `sink` as it comes. A dropped
-/// connection or a stalled body resumes from the last byte received (`If-Match` on the ETag,
-/// when there is one, so a replaced object is noticed rather than spliced); the retry budget
-/// counts failures in a row, so a long download on a flaky link is not cut short by faults
-/// spread over hours.
-async fn each_piece(from: &Object, start: u64, end: u64, mut sink: Sink<'_>) -> Result<()> {
+/// Bytes `start..end` of `key` (up to where it ends), each piece of a body put in `sink` as
+/// it comes. A dropped connection or a stalled body resumes from the last byte received
+/// (`If-Match` on the ETag, when there is one, so a replaced object is noticed rather than
+/// spliced); the retry budget counts failures in a row, so a long download on a flaky link is
+/// not cut short by faults spread over hours.
+async fn each_piece(from: &Object, start: u64, mut end: u64, mut sink: Sink<'_>) -> Result<()> {
     let (sh, key, etag) = (&from.sh, from.key.as_str(), from.etag.as_str());
     let what = format!("GetObject {}", sh.url(key));
     let mut got = 0u64;
     let mut failures = 0u32;
-    loop {
+    while start + got < end {
         let offset = start + got;
         let range = format!("bytes={offset}-{}", end - 1);
         let mut req = sh.client.get_object().bucket(&sh.bucket).key(key).range(range);
@@ -232,16 +229,8 @@ async fn each_piece(from: &Object, start: u64, end: u64, mut sink: Sink<'_>) -> 
                 ),
                 retryable: false,
             },
-            Ok(o) if object_size(o.content_range()).is_some_and(|size| size < end) => Error::Store {
-                what: what.clone(),
-                reason: format!(
-                    "asked for bytes {offset}-{} of an object that ends before them ({})",
-                    end - 1,
-                    o.content_range().unwrap_or_default()
-                ),
-                retryable: false,
-            },
             Ok(o) => {
+                end = end.min(object_size(o.content_range()).unwrap_or(end));
                 let mut body = o.body;
                 loop {
                     match body.try_next().await {
@@ -279,6 +268,7 @@ async fn each_piece(from: &Object, start: u64, end: u64, mut sink: Sink<'_>) -> 
         tracing::warn!("{what}: {err}; resuming at byte {} in {wait:?}", start + got);
         tokio::time::sleep(wait).await;
     }
+    Ok(())
 }
 
 /// The object's size in a `Content-Range` answer (`bytes 0-99/1234`).
