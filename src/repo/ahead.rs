@@ -681,7 +681,7 @@ fn stream(opener: &Opener<'_>, f: Fetch, spare: &Buffers, pieces: &SyncSender<Pi
         let piece = match (&mut body).take(end - at).read_to_end(&mut buf) {
             Ok(n) if n as u64 == end - at => Ok((at, buf)),
             Ok(_) => Err(opener.ends_before(&f.pack, end)),
-            Err(e) => Err(Error::Io { context: format!("reading {}", opener.pack_key(&f.pack)), source: e }),
+            Err(e) => Err(Error::Io { context: format!("reading {}", opener.pack_url(&f.pack)), source: e }),
         };
         let failed = piece.is_err();
         if pieces.send(piece).is_err() || failed {

@@ -122,8 +122,13 @@ impl<'a> Opener<'a> {
     }
 
     /// The store's key of a pack.
-    pub fn pack_key(&self, pack: &Name) -> String {
+    fn pack_key(&self, pack: &Name) -> String {
         pack::key(&self.prefix, pack)
+    }
+
+    /// A pack as an error names it: its URL in the store.
+    pub fn pack_url(&self, pack: &Name) -> String {
+        self.store.url(&self.pack_key(pack))
     }
 
     /// Up to `want` bytes of `pack` from `start`, of which the first `need` must come (the
@@ -148,7 +153,7 @@ impl<'a> Opener<'a> {
     /// A pack that ends before byte `at`, which a tree names a blob in.
     pub fn ends_before(&self, pack: &Name, at: u64) -> Error {
         Error::archive(
-            self.store.url(&self.pack_key(pack)),
+            self.pack_url(pack),
             format!("ends before byte {at} that a snapshot's tree names a blob in; the repository is damaged"),
         )
     }
@@ -175,7 +180,7 @@ impl<'a> Opener<'a> {
 
     /// A blob as an error names it: its id and its pack's URL.
     fn blob_name(&self, loc: &Located) -> String {
-        format!("blob {:?} in {}", loc.entry.id, self.store.url(&self.pack_key(&loc.pack)))
+        format!("blob {:?} in {}", loc.entry.id, self.pack_url(&loc.pack))
     }
 
     /// Whether a decoded blob hashes to its id.
@@ -216,7 +221,7 @@ fn stored_tree<'w>(opener: &Opener<'_>, trees: &'w mut Windows, loc: &Located) -
     let len = u64::from(loc.entry.stored);
     if loc.entry.kind != blob::Kind::Tree {
         return Err(Error::archive(
-            opener.store.url(&opener.pack_key(&loc.pack)),
+            opener.pack_url(&loc.pack),
             format!("holds a data blob at {off} where a snapshot's tree names a tree; the repository is damaged"),
         ));
     }

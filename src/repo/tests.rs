@@ -236,6 +236,45 @@ fn restores_read_ahead_in_order_and_stop_at_a_damaged_chunk() {
     assert!(!out.join("data/media").exists(), "nothing committed");
 }
 
+/// A range the walk still extends once it has planned half its lead (small files fill a pack
+/// slowly) is read while it grows: a pack of 1,500 small files in one read; cut short, its read
+/// stops at the cut and the restore with it, before anything is committed.
+#[test]
+fn a_growing_range_reads_its_pack_once_and_stops_where_the_pack_is_cut_short() {
+    let t = tempfile::tempdir().unwrap();
+    let (root, state) = (t.path().join("phone"), t.path().join("state"));
+    let media = root.join("data/media/0");
+    fs::create_dir_all(&media).unwrap();
+    fs::create_dir_all(root.join("data/data/com.a")).unwrap();
+    for i in 0..1500 {
+        fs::write(media.join(format!("f{i:04}")), noise(1000 + i * 7 % 2000, i as u64)).unwrap();
+    }
+    let store = FileStore::new(&t.path().join("bucket"));
+    let w = snapshot(&store, &root, &state, 1);
+    let packs: Vec<_> = fs::read_dir(t.path().join("bucket/fleet/data"))
+        .unwrap()
+        .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+
+    let counted = Counted::new(&store);
+    let out = t.path().join("restored");
+    restore(&counted, &w.root, &out, &[]);
+    same(&root.join("data/media"), &out.join("data/media"));
+    // Each pack read once at most: its trees' and its files' (4,500 steps of the walk; a range
+    // read once the walk had gone half its lead was one read of a few hundred files).
+    assert!(counted.requests() <= packs.len() as u64, "{} requests for {} packs", counted.requests(), packs.len());
+
+    let data = packs.iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = fs::read(data).unwrap();
+    bytes.truncate(bytes.len() * 2 / 3);
+    fs::write(data, &bytes).unwrap();
+    let out = t.path().join("short");
+    let e = try_restore(&store, &w.root, &out, &[]).unwrap_err().to_string();
+    assert!(e.contains("ends before byte") && e.contains("damaged"), "{e}");
+    assert!(!out.join("data/media").exists(), "nothing committed");
+}
+
 /// The prune rule, step by step: a forgotten snapshot's packs are marked, wait out the grace,
 /// and go; a writer after the mark stores what it needs again; a writer that reused a marked
 /// pack before the mark (its record written after) keeps it.
