@@ -185,6 +185,19 @@ fn a_chunk_found_new_twice_in_one_run_is_stored_once() {
     same(&dir, &out.join("data/media/0"));
 }
 
+/// The pack files of the repository `fleet/` in a local store at `bucket`.
+fn packs(bucket: &Path) -> Vec<std::path::PathBuf> {
+    fs::read_dir(bucket.join("fleet/data"))
+        .unwrap()
+        .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+fn largest(files: &[std::path::PathBuf]) -> std::path::PathBuf {
+    files.iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap().clone()
+}
+
 /// A restore reads ahead on threads of its own: a file of more ranges than it holds at once,
 /// between many small files, comes back whole and in order; a damaged chunk stops it before
 /// anything is committed.
@@ -212,12 +225,7 @@ fn restores_read_ahead_in_order_and_stop_at_a_damaged_chunk() {
     let reads = (41 << 20) / super::ahead::RANGE + 1;
     assert!(counted.requests() <= reads + 5, "{} requests for {reads} reads", counted.requests());
 
-    let pack = fs::read_dir(t.path().join("bucket/fleet/data"))
-        .unwrap()
-        .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
-        .map(|e| e.unwrap().path())
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
-        .unwrap();
+    let pack = largest(&packs(&t.path().join("bucket")));
     let mut bytes = fs::read(&pack).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
@@ -251,11 +259,7 @@ fn a_growing_range_reads_its_pack_once_and_stops_where_the_pack_is_cut_short() {
     }
     let store = FileStore::new(&t.path().join("bucket"));
     let w = snapshot(&store, &root, &state, 1);
-    let packs: Vec<_> = fs::read_dir(t.path().join("bucket/fleet/data"))
-        .unwrap()
-        .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
-        .map(|e| e.unwrap().path())
-        .collect();
+    let packs = packs(&t.path().join("bucket"));
 
     let counted = Counted::new(&store);
     let out = t.path().join("restored");
@@ -265,10 +269,10 @@ fn a_growing_range_reads_its_pack_once_and_stops_where_the_pack_is_cut_short() {
     // read once the walk had gone half its lead was one read of a few hundred files).
     assert!(counted.requests() <= packs.len() as u64, "{} requests for {} packs", counted.requests(), packs.len());
 
-    let data = packs.iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
-    let mut bytes = fs::read(data).unwrap();
+    let data = largest(&packs);
+    let mut bytes = fs::read(&data).unwrap();
     bytes.truncate(bytes.len() * 2 / 3);
-    fs::write(data, &bytes).unwrap();
+    fs::write(&data, &bytes).unwrap();
     let out = t.path().join("short");
     let e = try_restore(&store, &w.root, &out, &[]).unwrap_err().to_string();
     assert!(e.contains("ends before byte") && e.contains("damaged"), "{e}");
