@@ -155,10 +155,18 @@ async fn fetch(from: Arc<Object>, size: u64, tx: mpsc::Sender<Result<Bytes>>) {
     }
 }
 
-/// Bytes `start..end` of `key`, whole (a download's block).
+/// Bytes `start..end` of `key`, whole (a download's block: the HEAD said the object holds them,
+/// so a shorter answer is an error, not the object's end).
 async fn fetch_range(from: Arc<Object>, start: u64, end: u64) -> Result<Bytes> {
     let mut block = BytesMut::with_capacity((end - start) as usize);
     each_piece(&from, start, end, Sink::Block(&mut block)).await?;
+    if (block.len() as u64) < end - start {
+        return Err(Error::Store {
+            what: format!("GetObject {}", from.sh.url(&from.key)),
+            reason: format!("asked for bytes {start}-{} of an object that ends before them", end - 1),
+            retryable: false,
+        });
+    }
     Ok(block.freeze())
 }
 
