@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::counted::Counted;
 use super::read::{self, Filter};
@@ -185,8 +185,29 @@ fn a_chunk_found_new_twice_in_one_run_is_stored_once() {
     same(&dir, &out.join("data/media/0"));
 }
 
+/// A phone's root under `dir` with an app's folder and `/data/media/0` (the third), and a state
+/// folder beside it.
+fn phone(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (root, state) = (dir.join("phone"), dir.join("state"));
+    let media = root.join("data/media/0");
+    fs::create_dir_all(&media).unwrap();
+    fs::create_dir_all(root.join("data/data/com.a")).unwrap();
+    (root, state, media)
+}
+
+/// `pack` cut to its first `keep` bytes: restoring snapshot `w` into `out` stops, naming the
+/// damage, with nothing committed.
+fn restore_stops_at_a_pack_cut_short(store: &FileStore, w: &Written, pack: &Path, keep: usize, out: &Path) {
+    let mut bytes = fs::read(pack).unwrap();
+    bytes.truncate(keep);
+    fs::write(pack, &bytes).unwrap();
+    let e = try_restore(store, &w.root, out, &[]).unwrap_err().to_string();
+    assert!(e.contains("ends before byte") && e.contains("damaged"), "{e}");
+    assert!(!out.join("data/media").exists(), "nothing committed");
+}
+
 /// The pack files of the repository `fleet/` in a local store at `bucket`.
-fn packs(bucket: &Path) -> Vec<std::path::PathBuf> {
+fn packs(bucket: &Path) -> Vec<PathBuf> {
     fs::read_dir(bucket.join("fleet/data"))
         .unwrap()
         .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
@@ -194,7 +215,7 @@ fn packs(bucket: &Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-fn largest(files: &[std::path::PathBuf]) -> std::path::PathBuf {
+fn largest(files: &[PathBuf]) -> PathBuf {
     files.iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap().clone()
 }
 
@@ -204,10 +225,7 @@ fn largest(files: &[std::path::PathBuf]) -> std::path::PathBuf {
 #[test]
 fn restores_read_ahead_in_order_and_stop_at_a_damaged_chunk() {
     let t = tempfile::tempdir().unwrap();
-    let (root, state) = (t.path().join("phone"), t.path().join("state"));
-    let media = root.join("data/media/0");
-    fs::create_dir_all(&media).unwrap();
-    fs::create_dir_all(root.join("data/data/com.a")).unwrap();
+    let (root, state, media) = phone(t.path());
     for i in 0..200 {
         fs::write(media.join(format!("a{i:03}")), noise(1000 + i * 37, i as u64)).unwrap();
         fs::write(media.join(format!("z{i:03}")), format!("{i}").repeat(i)).unwrap();
@@ -236,12 +254,7 @@ fn restores_read_ahead_in_order_and_stop_at_a_damaged_chunk() {
     assert!(!out.join("data/media").exists(), "nothing committed");
 
     // A pack cut short: its stream ends before the blobs a tree names in it.
-    bytes.truncate(middle);
-    fs::write(&pack, &bytes).unwrap();
-    let out = t.path().join("short");
-    let e = try_restore(&store, &w.root, &out, &[]).unwrap_err().to_string();
-    assert!(e.contains("ends before byte") && e.contains("damaged"), "{e}");
-    assert!(!out.join("data/media").exists(), "nothing committed");
+    restore_stops_at_a_pack_cut_short(&store, &w, &pack, middle, &t.path().join("short"));
 }
 
 /// A range the walk still extends once it has planned half its lead (small files fill a pack
@@ -250,10 +263,7 @@ fn restores_read_ahead_in_order_and_stop_at_a_damaged_chunk() {
 #[test]
 fn a_growing_range_reads_its_pack_once_and_stops_where_the_pack_is_cut_short() {
     let t = tempfile::tempdir().unwrap();
-    let (root, state) = (t.path().join("phone"), t.path().join("state"));
-    let media = root.join("data/media/0");
-    fs::create_dir_all(&media).unwrap();
-    fs::create_dir_all(root.join("data/data/com.a")).unwrap();
+    let (root, state, media) = phone(t.path());
     for i in 0..1500 {
         fs::write(media.join(format!("f{i:04}")), noise(1000 + i * 7 % 2000, i as u64)).unwrap();
     }
@@ -270,13 +280,8 @@ fn a_growing_range_reads_its_pack_once_and_stops_where_the_pack_is_cut_short() {
     assert!(counted.requests() <= packs.len() as u64, "{} requests for {} packs", counted.requests(), packs.len());
 
     let data = largest(&packs);
-    let mut bytes = fs::read(&data).unwrap();
-    bytes.truncate(bytes.len() * 2 / 3);
-    fs::write(&data, &bytes).unwrap();
-    let out = t.path().join("short");
-    let e = try_restore(&store, &w.root, &out, &[]).unwrap_err().to_string();
-    assert!(e.contains("ends before byte") && e.contains("damaged"), "{e}");
-    assert!(!out.join("data/media").exists(), "nothing committed");
+    let keep = fs::metadata(&data).unwrap().len() as usize * 2 / 3;
+    restore_stops_at_a_pack_cut_short(&store, &w, &data, keep, &t.path().join("short"));
 }
 
 /// The prune rule, step by step: a forgotten snapshot's packs are marked, wait out the grace,
